@@ -1,0 +1,176 @@
+"""Greedy decoding: the cache changes nothing, [EOS] stops a sentence, length caps hold, and
+sentences in one batch do not influence each other."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+import torch
+
+from translator.decoding import greedy_decode, max_output_lengths
+from translator.model import Transformer, build_transformer
+from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
+
+if TYPE_CHECKING:
+    from tests.conftest import Overfit
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+V = 12
+
+
+def _random_model(norm: str = "pre", seed: int = 0, layers: int = 2) -> Transformer:
+    """A randomly initialised model in float64, so that the cached and uncached paths (which
+    add up the same numbers in a different order) cannot flip an argmax by rounding."""
+    torch.manual_seed(seed)
+    model = build_transformer(V, V, 8, 8, d_model=16, N=layers, h=2, dropout=0.1, d_ff=32,
+                              norm=norm)
+    return model.double().eval()
+
+
+def _src_batch(lengths: list[int], seed: int = 0) -> torch.Tensor:
+    """[SOS] x [EOS] rows with x of the given lengths, right-padded."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths) + 2
+    src = torch.full((len(lengths), width), PAD_ID, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        src[i, 0] = SOS_ID
+        src[i, 1:n + 1] = torch.randint(4, V, (n,), generator=gen)
+        src[i, n + 1] = EOS_ID
+    return src
+
+
+def _rows(src: torch.Tensor) -> list[torch.Tensor]:
+    """Each row of a padded batch alone, without its padding."""
+    return [row[row != PAD_ID].unsqueeze(0) for row in src]
+
+
+def _constant_model(token: int) -> Transformer:
+    """A model whose logits are its projection bias: it always predicts `token`."""
+    torch.manual_seed(0)
+    model = build_transformer(V, V, 8, 8, d_model=8, N=1, h=2, dropout=0.0, d_ff=16)
+    with torch.no_grad():
+        model.projection.proj.weight.zero_()
+        model.projection.proj.bias.zero_()
+        model.projection.proj.bias[token] = 10.0
+    return model.eval()
+
+
+# ---------------------------------------------------------------- cache == no cache
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cached_greedy_equals_uncached_on_random_model(norm: str, seed: int) -> None:
+    model = _random_model(norm, seed)
+    src = _src_batch([1, 7, 3, 5, 2, 9], seed=seed)
+    cached = greedy_decode(model, src, max_len_a=1.0, max_len_b=4)
+    uncached = greedy_decode(model, src, max_len_a=1.0, max_len_b=4, use_cache=False)
+    assert cached == uncached
+    assert len(cached) == src.size(0)
+    assert any(len(out) > 1 for out in cached)
+    assert not model.training
+
+
+def test_cached_greedy_equals_uncached_in_float32() -> None:
+    torch.manual_seed(0)
+    model = build_transformer(V, V, 8, 8, d_model=16, N=2, h=2, dropout=0.0, d_ff=32).eval()
+    src = _src_batch([2, 6, 4], seed=5)
+    assert greedy_decode(model, src) == greedy_decode(model, src, use_cache=False)
+
+
+def test_cached_greedy_equals_uncached_on_trained_model(overfit: Overfit) -> None:
+    src = overfit.batch.src
+    assert greedy_decode(overfit.model, src) == greedy_decode(overfit.model, src,
+                                                              use_cache=False)
+
+
+# ---------------------------------------------------------------- stopping
+
+
+def test_trained_model_reproduces_targets_and_stops_at_eos(overfit: Overfit) -> None:
+    src = overfit.batch.src
+    out = greedy_decode(overfit.model, src, max_len_a=3.0, max_len_b=20)
+    assert out == overfit.tgt  # exactly the memorised targets, [EOS] not included
+    limits = max_output_lengths(src, 3.0, 20)
+    assert all(len(o) < int(lim) for o, lim in zip(out, limits, strict=True))
+    assert all(EOS_ID not in o and SOS_ID not in o and PAD_ID not in o for o in out)
+
+
+def test_eos_first_gives_empty_output() -> None:
+    model = _constant_model(EOS_ID)
+    src = _src_batch([3, 1, 5])
+    assert greedy_decode(model, src, max_len_a=2.0, max_len_b=10) == [[], [], []]
+    assert greedy_decode(model, src, use_cache=False) == [[], [], []]
+
+
+def test_without_eos_output_length_is_the_cap() -> None:
+    model = _constant_model(7)
+    src = _src_batch([1, 4, 2])  # real lengths 3, 6, 4
+    out = greedy_decode(model, src, max_len_a=1.0, max_len_b=2)
+    assert [len(o) for o in out] == [5, 8, 6]
+    assert all(set(o) == {7} for o in out)
+    out = greedy_decode(model, src, max_len_a=0.5, max_len_b=1, use_cache=False)
+    assert [len(o) for o in out] == [2, 4, 3]
+
+
+# ---------------------------------------------------------------- length caps
+
+
+def test_max_output_lengths_is_a_times_source_length_plus_b() -> None:
+    P, S, E = PAD_ID, SOS_ID, EOS_ID
+    src = torch.tensor([[S, 5, 6, E, P, P], [S, 5, 6, 7, 8, E], [S, E, P, P, P, P]])
+    assert max_output_lengths(src, 1.5, 10).tolist() == [16, 19, 13]
+    assert max_output_lengths(src, 0.5, 1).tolist() == [3, 4, 2]
+    assert max_output_lengths(src, 1.0, 0).tolist() == [4, 6, 2]
+    assert max_output_lengths(src, 0.0, 0).tolist() == [1, 1, 1]  # at least one token
+    assert max_output_lengths(src, 1.5, 10).dtype == torch.long
+
+
+def test_random_model_output_respects_caps() -> None:
+    model = _random_model()
+    src = _src_batch([1, 6, 3])
+    limits = max_output_lengths(src, 1.2, 3).tolist()
+    out = greedy_decode(model, src, max_len_a=1.2, max_len_b=3)
+    assert all(len(o) <= lim for o, lim in zip(out, limits, strict=True))
+
+
+# ---------------------------------------------------------------- batch independence
+
+
+def test_each_sentence_alone_equals_in_batch_trained(overfit: Overfit) -> None:
+    src = overfit.batch.src
+    together = greedy_decode(overfit.model, src)
+    alone = [greedy_decode(overfit.model, row)[0] for row in _rows(src)]
+    assert together == alone
+    assert len({len(o) for o in together}) > 2  # sentences really finish at different steps
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_each_sentence_alone_equals_in_batch_random(use_cache: bool) -> None:
+    model = _random_model(seed=2)
+    src = _src_batch([5, 1, 8, 3, 2], seed=3)
+    together = greedy_decode(model, src, max_len_a=1.0, max_len_b=3, use_cache=use_cache)
+    alone = [greedy_decode(model, row, max_len_a=1.0, max_len_b=3, use_cache=use_cache)[0]
+             for row in _rows(src)]
+    assert together == alone
+
+
+@pytest.mark.parametrize(("seed", "eos_bias"), [(0, 1.0), (1, 1.5)])
+def test_rows_finishing_at_eos_do_not_change_the_others(seed: int, eos_bias: float) -> None:
+    """A random model nudged towards [EOS], so that rows stop at different steps by [EOS]
+    (not only by their caps) and leave the batch while the others go on."""
+    model = _random_model(seed=seed)
+    with torch.no_grad():
+        model.projection.proj.bias[EOS_ID] += eos_bias
+    src = _src_batch([5, 1, 8, 3, 2, 6], seed=seed)
+    limits = max_output_lengths(src, 2.0, 5).tolist()
+    together = greedy_decode(model, src, max_len_a=2.0, max_len_b=5)
+    lengths = [len(o) for o in together]
+    # the premise: some rows stopped at [EOS] early, at different steps, and some did not
+    early = {n for n, lim in zip(lengths, limits, strict=True) if n < lim}
+    assert len(early) >= 2 and any(n == lim for n, lim in zip(lengths, limits, strict=True))
+    alone = [greedy_decode(model, row, max_len_a=2.0, max_len_b=5)[0] for row in _rows(src)]
+    assert together == alone
+    assert together == greedy_decode(model, src, max_len_a=2.0, max_len_b=5, use_cache=False)

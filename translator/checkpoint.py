@@ -1,0 +1,143 @@
+"""The run-folder layout, atomic checkpoint writes and safe checkpoint loads.
+
+A run folder holds everything needed to reproduce and to translate:
+
+    runs/<name>/config.yaml            the resolved config
+    runs/<name>/tokenizer_<lang>.json  one tokenizer per language
+    runs/<name>/checkpoints/           epoch/step checkpoints, latest.pt, best.pt
+    runs/<name>/tensorboard/           event files
+    runs/<name>/eval/                  evaluation reports
+
+Checkpoints hold plain data only (tensors, numbers, strings, lists, dicts), so they load with
+`torch.load(weights_only=True)`: a file from anywhere cannot run code when it is opened.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from translator.errors import TranslatorError
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(TranslatorError):
+    """A checkpoint that is missing, corrupt, unsafe, or from an incompatible run."""
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths inside one run folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    def tokenizer(self, lang: str) -> Path:
+        return self.root / f"tokenizer_{lang}.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / "latest.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    def numbered(self, epoch: int, step: int) -> Path:
+        """Name of a periodic checkpoint; zero-padded so names sort in training order."""
+        return self.checkpoints / f"epoch{epoch:03d}_step{step:08d}.pt"
+
+    def numbered_checkpoints(self) -> list[Path]:
+        """Periodic checkpoints, oldest first."""
+        return sorted(self.checkpoints.glob("epoch*_step*.pt"))
+
+    def default_checkpoint(self) -> Path:
+        """What translate/evaluate use: best.pt if it exists, else latest.pt."""
+        return self.best if self.best.is_file() else self.latest
+
+
+def atomic_save(obj: dict[str, Any], path: Path) -> None:
+    """Write `obj` to a temp file in the same folder, fsync, then rename over `path`, so a crash
+    at any moment leaves either the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_link(src: Path, dst: Path) -> None:
+    """Make `dst` name the same file as `src` (hard link, else copy), replacing it atomically.
+    `latest.pt` and `best.pt` are such names, so they cost no extra write."""
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (`weights_only=True`); any failure is one clear error naming
+    the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"refusing to load {path}: it holds objects other than plain "
+                              f"data, which could run code ({first[:200]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: corrupt or truncated "
+                              f"({first[:200]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a translator checkpoint")
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {version!r}; this version of "
+                              f"translator reads format <= {FORMAT_VERSION}")
+    return ckpt
+
+
+def prune_checkpoints(layout: RunLayout, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` periodic checkpoints (latest/best are separate
+    links, so their data survives)."""
+    if keep_last <= 0:
+        return
+    for path in layout.numbered_checkpoints()[:-keep_last]:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,423 @@
+"""Typed run configuration: YAML -> dataclasses, `--set section.key=value` overrides, validation.
+
+Every key a user can write lives in one of the dataclasses below, with its type, default and
+meaning (the README's config reference is written from them). Loading is strict: an unknown
+key, a wrong type, an impossible value or a missing data file raises `ConfigError` with a
+one-line message that names the key, so nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from translator.errors import TranslatorError
+
+
+class ConfigError(TranslatorError):
+    """A config file or override that cannot be used."""
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """The safe loader with YAML 1.2 scalars: `1e-3` is a float (PyYAML's 1.1 rules read it as
+    a string) and only true/false are booleans (1.1 reads `no`, Norwegian's code, as False)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML with the safe loader (no object construction) and YAML 1.2 scalars."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel text comes from and how long a sentence may be."""
+
+    source: Literal["builtin", "hub", "text", "tsv"] = "builtin"
+    """builtin: the project's grammar corpus; hub: a Hugging Face dataset; text: line-aligned
+    files `<dir>/<split>.<lang>`; tsv: `<dir>/<file>` with source<TAB>target per line."""
+    src_lang: str = "en"
+    """Source language code: file suffix (text), key in a `translation` dict or column (hub)."""
+    tgt_lang: str = "de"
+    """Target language code, as `src_lang`."""
+    name: str | None = None
+    """hub: dataset name, e.g. Helsinki-NLP/opus_books (or a local dataset folder)."""
+    subset: str | None = None
+    """hub: dataset config name, e.g. en-it."""
+    dir: str | None = None
+    """text/tsv: folder holding the files."""
+    train: str = "train"
+    """Train split: hub split name, text file prefix, or tsv file name."""
+    valid: str | None = None
+    """Validation split (same meaning as `train`); empty: carved from train by `valid_ratio`."""
+    test: str | None = None
+    """Test split (same meaning as `train`); empty: carved from train by `test_ratio`."""
+    valid_ratio: float = 0.0
+    """Share of train carved out as validation when `valid` is empty."""
+    test_ratio: float = 0.0
+    """Share of train carved out as test when `test` is empty."""
+    split_seed: int = 1234
+    """Seed of the shuffle that carves valid/test out of train."""
+    builtin_size: int = 30000
+    """builtin: number of pairs generated (train + valid + test)."""
+    builtin_seed: int = 1234
+    """builtin: seed of the grammar generator (same seed, same corpus)."""
+    max_len: int = 128
+    """Longest sentence in tokens, [SOS]/[EOS] included; longer training pairs are dropped."""
+
+
+@dataclass
+class TokenizerConfig:
+    """How text becomes token ids (one tokenizer per language, built from the train split)."""
+
+    kind: Literal["word"] = "word"
+    """word: one id per word or punctuation mark (tokenizers' WordLevel)."""
+    min_frequency: int = 1
+    """Words seen fewer times in train become [UNK]."""
+    vocab_size: int = 0
+    """Upper bound on the vocabulary (special tokens included); 0: no bound."""
+    lowercase: bool = False
+    """Lowercase text before tokenizing (translations then come out lowercase)."""
+
+
+@dataclass
+class ModelConfig:
+    """Transformer size. The defaults are the paper's base model."""
+
+    d_model: int = 512
+    """Width of embeddings and hidden states."""
+    layers: int = 6
+    """Encoder layers, and decoder layers too unless `decoder_layers` is set."""
+    decoder_layers: int = 0
+    """0: same as `layers`."""
+    heads: int = 8
+    """Attention heads; must divide d_model."""
+    d_ff: int = 2048
+    """Inner width of the feed-forward sublayers."""
+    dropout: float = 0.1
+    """Dropout on embeddings, sublayer outputs and attention probabilities."""
+    norm: Literal["pre", "post"] = "pre"
+    """post: LayerNorm after each residual add (the paper); pre: before each sublayer (trains
+    more stably without long warmup)."""
+    tie_embeddings: bool = True
+    """Share the target embedding matrix with the output projection."""
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, validation and logging."""
+
+    epochs: int = 10
+    """Passes over the training data."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps; 0: no limit."""
+    max_minutes: float = 0.0
+    """Stop after this much wall time (checkpoint and validate first); 0: no limit."""
+    max_tokens: int = 4096
+    """Token budget per batch (padding included, source or target side, whichever is longer);
+    0: use `batch_size` sentences instead."""
+    batch_size: int = 64
+    """Sentences per batch when `max_tokens` is 0."""
+    lr: float = 0.0005
+    """Peak learning rate, reached at the end of warmup."""
+    warmup_steps: int = 4000
+    """Steps of linear learning-rate warmup from 0 to `lr`."""
+    schedule: Literal["inverse_sqrt", "constant"] = "inverse_sqrt"
+    """inverse_sqrt: linear warmup then lr * sqrt(warmup / step) (the paper's Noam shape)."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.98
+    """Adam beta2 (the paper's 0.98)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW); 0: plain Adam."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the training cross-entropy (padding is always ignored)."""
+    clip_grad_norm: float = 1.0
+    """Clip the global gradient norm to this; 0: no clipping."""
+    seed: int = 42
+    """Seed of parameter init, dropout and batch shuffling."""
+    device: str = "auto"
+    """auto: CUDA if available, else MPS, else CPU; or cpu, cuda, cuda:1, mps."""
+    threads: int = 0
+    """CPU threads for torch; 0: torch's default (all cores)."""
+    log_every: int = 50
+    """Write train loss and learning rate to TensorBoard every N steps."""
+    valid_every: int = 0
+    """Validate every N steps; 0: at the end of each epoch."""
+    valid_max_sentences: int = 0
+    """Score BLEU on the first N validation sentences; 0: all of them."""
+    decode_batch_size: int = 128
+    """Sentences per batch when greedy-decoding for validation."""
+    examples: int = 3
+    """Source/reference/prediction examples printed at each validation."""
+    keep_last: int = 3
+    """Periodic checkpoints kept on disk (best.pt and latest.pt besides); 0: keep all."""
+
+
+@dataclass
+class OutputConfig:
+    """Where the run is written."""
+
+    dir: str | None = None
+    """Run folder; empty: runs/<config file name without .yaml>."""
+
+
+@dataclass
+class Config:
+    """A whole run configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    name: str = "run"
+    """Run name: the config file's stem. Not a YAML key."""
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder: `output.dir`, or `runs/<name>`."""
+        return Path(self.output.dir) if self.output.dir else Path("runs") / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict of the YAML keys (no `name`), safe for YAML and torch.save."""
+        d = dataclasses.asdict(self)
+        d.pop("name")
+        return d
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "output": OutputConfig,
+}
+
+
+def _suggest(key: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config error: {key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build_section(name: str, cls: type, raw: Any) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config error: {name}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(
+                f"config error: unknown key '{name}.{key}'{_suggest(str(key), fields)}"
+            )
+        values[key] = _coerce(f"{name}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def _validate(cfg: Config) -> None:
+    """Cross-field checks that the types alone cannot express."""
+
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(f"config error: {key}: {msg}")
+
+    positive = {
+        "data.max_len": cfg.data.max_len,
+        "data.builtin_size": cfg.data.builtin_size,
+        "model.d_model": cfg.model.d_model,
+        "model.layers": cfg.model.layers,
+        "model.heads": cfg.model.heads,
+        "model.d_ff": cfg.model.d_ff,
+        "training.epochs": cfg.training.epochs,
+        "training.batch_size": cfg.training.batch_size,
+        "training.lr": cfg.training.lr,
+        "training.decode_batch_size": cfg.training.decode_batch_size,
+        "training.log_every": cfg.training.log_every,
+    }
+    for key, value in positive.items():
+        if not (math.isfinite(value) and value > 0):
+            fail(key, f"must be > 0, got {value}")
+    non_negative = {
+        "model.decoder_layers": cfg.model.decoder_layers,
+        "tokenizer.vocab_size": cfg.tokenizer.vocab_size,
+        "training.max_steps": cfg.training.max_steps,
+        "training.max_minutes": cfg.training.max_minutes,
+        "training.max_tokens": cfg.training.max_tokens,
+        "training.warmup_steps": cfg.training.warmup_steps,
+        "training.weight_decay": cfg.training.weight_decay,
+        "training.clip_grad_norm": cfg.training.clip_grad_norm,
+        "training.threads": cfg.training.threads,
+        "training.valid_every": cfg.training.valid_every,
+        "training.valid_max_sentences": cfg.training.valid_max_sentences,
+        "training.examples": cfg.training.examples,
+        "training.keep_last": cfg.training.keep_last,
+    }
+    for key, value in non_negative.items():
+        if not (math.isfinite(value) and value >= 0):
+            fail(key, f"must be >= 0, got {value}")
+    if cfg.tokenizer.min_frequency < 1:
+        fail("tokenizer.min_frequency", f"must be >= 1, got {cfg.tokenizer.min_frequency}")
+    if cfg.model.d_model % cfg.model.heads:
+        fail("model.heads", f"d_model ({cfg.model.d_model}) must be divisible by heads "
+             f"({cfg.model.heads})")
+    if (cfg.model.d_model // cfg.model.heads) % 2:
+        fail("model.heads", "d_model / heads must be even")
+    for key, value in (("model.dropout", cfg.model.dropout),
+                       ("training.label_smoothing", cfg.training.label_smoothing)):
+        if not 0.0 <= value < 1.0:  # False for NaN too
+            fail(key, f"must be in [0, 1), got {value}")
+    for key, value in (("data.valid_ratio", cfg.data.valid_ratio),
+                       ("data.test_ratio", cfg.data.test_ratio)):
+        if not 0.0 <= value < 1.0:
+            fail(key, f"must be in [0, 1), got {value}")
+    if cfg.data.valid_ratio + cfg.data.test_ratio >= 1.0:
+        fail("data.valid_ratio", "valid_ratio + test_ratio must be < 1")
+    if not 0.0 < cfg.training.adam_beta1 < 1.0:
+        fail("training.adam_beta1", f"must be in (0, 1), got {cfg.training.adam_beta1}")
+    if not 0.0 < cfg.training.adam_beta2 < 1.0:
+        fail("training.adam_beta2", f"must be in (0, 1), got {cfg.training.adam_beta2}")
+    if cfg.data.src_lang == cfg.data.tgt_lang:
+        fail("data.tgt_lang", f"must differ from data.src_lang ('{cfg.data.src_lang}')")
+    if cfg.training.max_tokens and cfg.training.max_tokens < cfg.data.max_len:
+        fail("training.max_tokens", f"must be 0 or >= data.max_len ({cfg.data.max_len}) so "
+             "that the longest sentence fits in a batch")
+    d = cfg.data
+    if d.source == "hub" and not d.name:
+        fail("data.name", "required when data.source is 'hub' (e.g. Helsinki-NLP/opus_books)")
+    if d.source in ("text", "tsv"):
+        if not d.dir:
+            fail("data.dir", f"required when data.source is '{d.source}'")
+        if not Path(d.dir).is_dir():
+            fail("data.dir", f"folder not found: {d.dir}")
+        for split in ("train", "valid", "test"):
+            stem = getattr(d, split)
+            if not stem:
+                continue
+            base = Path(d.dir)
+            paths = ([base / stem] if d.source == "tsv"
+                     else [base / f"{stem}.{d.src_lang}", base / f"{stem}.{d.tgt_lang}"])
+            for path in paths:
+                if not path.is_file():
+                    fail(f"data.{split}", f"file not found: {path}")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split `section.key=value` into its parts; the value is read as YAML (`3`, `true`, `null`)."""
+    if "=" not in text:
+        raise ConfigError(f"config error: --set '{text}': expected section.key=value")
+    dotted, _, raw_value = text.partition("=")
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"config error: --set '{text}': expected section.key=value")
+    try:
+        value = yaml_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError:
+        value = raw_value
+    return parts[0], parts[1], value
+
+
+def config_from_dict(raw: Any, name: str = "run", overrides: typing.Sequence[str] = ()) -> Config:
+    """Build and validate a `Config` from a parsed YAML document plus `--set` overrides."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("config error: the file must hold a mapping of sections "
+                          f"({', '.join(SECTIONS)}), got {type(raw).__name__}")
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in SECTIONS:
+            raise ConfigError(f"config error: unknown section '{section}' in --set "
+                              f"'{text}'{_suggest(section, SECTIONS)}")
+        current = raw.get(section)
+        if current is None:
+            current = raw[section] = {}
+        if not isinstance(current, dict):
+            raise ConfigError(f"config error: {section}: expected a mapping of keys")
+        current[key] = value
+    for section in raw:
+        if section not in SECTIONS:
+            raise ConfigError(f"config error: unknown section '{section}'"
+                              f"{_suggest(str(section), SECTIONS)}")
+    sections = {s: _build_section(s, cls, raw.get(s)) for s, cls in SECTIONS.items()}
+    cfg = Config(name=name, **sections)
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config (safe loader only), apply overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config error: file not found: {path}")
+    try:
+        raw = yaml_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"config error: {path} is not valid YAML: {first}") from None
+    return config_from_dict(raw, name=path.stem, overrides=overrides)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (what the run actually used)."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

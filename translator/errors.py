@@ -1,0 +1,7 @@
+"""The one exception type for errors a user can cause (bad config, missing file, bad input)."""
+
+
+class TranslatorError(Exception):
+    """An error with a message meant for the user; the CLI prints it as one line, exit code 2."""
+
+    exit_code = 2

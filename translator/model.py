@@ -1,0 +1,382 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al., 2017).
+
+Tensors in, tensors out: this module knows nothing of files, configs or tokenizers.
+
+Shapes: B batch, S source length, T target length, D d_model, H heads, K = D / H, V vocabulary.
+Masks are boolean with True meaning "may be attended to"; the source padding mask has shape
+[B, 1, 1, S] so it broadcasts over heads and query positions. Decoder self-attention needs no
+mask tensor: targets are right-padded, so the causal rule alone keeps every real position away
+from padding, and `is_causal` lets the fused attention kernel apply it without materialising it.
+
+Normalisation: the paper uses *post-norm* (LayerNorm after each residual addition,
+x = LN(x + Sublayer(x))). `norm="pre"` (x = x + Sublayer(LN(x)), plus a final LayerNorm per
+stack) is the variant most toolkits default to because it trains stably with short warmup.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# A decoder layer's incremental state: self-attention keys/values so far, cross-attention
+# keys/values of the source (computed once). One dict per layer.
+LayerCache = dict[str, Tensor]
+
+
+class InputEmbedding(nn.Module):
+    """Token ids -> vectors, scaled by sqrt(d_model) as in the paper (section 3.4)."""
+
+    def __init__(self, vocab_size: int, d_model: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.embedding = nn.Embedding(vocab_size, d_model)
+
+    def forward(self, ids: Tensor) -> Tensor:  # [B, L] -> [B, L, D]
+        return self.embedding(ids) * math.sqrt(self.d_model)
+
+
+class PositionalEncoding(nn.Module):
+    """Adds the fixed sinusoidal position signal of section 3.5, then dropout.
+
+    The table covers `max_len` positions and grows on demand, so a sentence longer than the
+    training maximum still gets correct encodings at translation time.
+    """
+
+    def __init__(self, d_model: int, max_len: int, dropout: float) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.dropout = nn.Dropout(dropout)
+        self.register_buffer("pe", self._table(max_len, d_model), persistent=False)
+
+    @staticmethod
+    def _table(length: int, d_model: int) -> Tensor:
+        pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # [L, 1]
+        div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32)
+                        * (-math.log(10000.0) / d_model))  # [D/2]
+        pe = torch.zeros(length, d_model)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div)
+        return pe
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:  # [B, L, D] -> [B, L, D]
+        end = offset + x.size(1)
+        if end > self.pe.size(0):
+            self.pe = self._table(max(end, 2 * self.pe.size(0)), self.d_model).to(self.pe.device)
+        return self.dropout(x + self.pe[offset:end].to(x.dtype))
+
+
+class LayerNormalization(nn.Module):
+    """LayerNorm with learned gain and bias (Ba et al., 2016), via the fused kernel."""
+
+    def __init__(self, d_model: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.bias = nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, (x.size(-1),), self.weight, self.bias, self.eps)
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: Linear(D, d_ff) -> ReLU -> dropout -> Linear(d_ff, D)."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention over H heads (section 3.2).
+
+    Self-attention projects queries, keys and values with one fused [D, 3D] matrix;
+    cross-attention projects queries from the decoder and keys/values (one [D, 2D] matrix)
+    from the encoder output. Set `store_weights` to keep the last attention probabilities in
+    `weights` ([B, H, Lq, Lk]) for inspection; that path computes the softmax explicitly,
+    the normal path uses `F.scaled_dot_product_attention`.
+    """
+
+    def __init__(self, d_model: int, h: int, dropout: float, cross: bool = False) -> None:
+        super().__init__()
+        assert d_model % h == 0, "d_model must be divisible by h"
+        self.h, self.d_k, self.cross = h, d_model // h, cross
+        if cross:
+            self.q_proj = nn.Linear(d_model, d_model)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        else:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+        self.store_weights = False
+        self.weights: Tensor | None = None
+
+    def _heads(self, x: Tensor) -> Tensor:  # [B, L, D] -> [B, H, L, K]
+        return x.view(x.size(0), x.size(1), self.h, self.d_k).transpose(1, 2)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None = None,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        cache: LayerCache | None = None,
+        prefix: str = "",
+    ) -> Tensor:
+        """x: [B, Lq, D]; memory: [B, S, D] for cross-attention; mask: [B, 1, 1|Lq, Lk].
+
+        With `cache`, self-attention appends this call's keys/values to those of earlier
+        steps and cross-attention computes the source keys/values only on the first call.
+        """
+        if self.cross:
+            q = self._heads(self.q_proj(x))
+            if cache is not None and prefix + "k" in cache:
+                k, v = cache[prefix + "k"], cache[prefix + "v"]
+            else:
+                assert memory is not None, "cross-attention needs the encoder output"
+                k, v = (self._heads(t) for t in self.kv_proj(memory).chunk(2, dim=-1))
+                if cache is not None:
+                    cache[prefix + "k"], cache[prefix + "v"] = k, v
+        else:
+            q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
+            if cache is not None:
+                if prefix + "k" in cache:
+                    k = torch.cat([cache[prefix + "k"], k], dim=2)
+                    v = torch.cat([cache[prefix + "v"], v], dim=2)
+                cache[prefix + "k"], cache[prefix + "v"] = k, v
+        # A cached step attends from the newest position(s) to everything before, so the
+        # causal rule only matters when several query positions arrive at once.
+        causal = is_causal and q.size(2) > 1
+        if causal and q.size(2) != k.size(2):
+            raise ValueError("causal attention over a cache takes one new position at a time")
+        if causal and mask is not None:
+            mask, causal = mask & causal_mask(q.size(2), q.device), False
+        if self.store_weights:
+            out = self._explicit(q, k, v, mask, causal)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal,
+                dropout_p=self.dropout if self.training else 0.0,
+            )
+        out = out.transpose(1, 2).reshape(x.size(0), x.size(1), self.h * self.d_k)
+        return self.out_proj(out)  # [B, Lq, D]
+
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                  causal: bool) -> Tensor:
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_k)  # [B, H, Lq, Lk]
+        if causal:
+            mask = causal_mask(q.size(2), q.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = scores.softmax(dim=-1)
+        self.weights = probs.detach()
+        probs = F.dropout(probs, self.dropout, self.training)
+        return probs @ v
+
+
+def causal_mask(size: int, device: torch.device | str | None = None) -> Tensor:
+    """[1, 1, size, size] boolean mask: position t may attend to positions <= t only."""
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril().view(1, 1, size, size)
+
+
+def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
+    """[B, 1, 1, L] boolean mask: True where `ids` [B, L] is a real token, False at padding."""
+    return (ids != pad_id).view(ids.size(0), 1, 1, ids.size(1))
+
+
+class ResidualConnection(nn.Module):
+    """x + dropout(sublayer(x)) with LayerNorm before (pre-norm) or after the sum (post-norm)."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.norm = LayerNormalization(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderBlock(nn.Module):
+    """Self-attention then feed-forward, each wrapped in a residual connection."""
+
+    def __init__(self, d_model: int, h: int, d_ff: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, h, dropout)
+        self.ff = FeedForward(d_model, d_ff, dropout)
+        self.res = nn.ModuleList([ResidualConnection(d_model, dropout, pre_norm) for _ in range(2)])
+
+    def forward(self, x: Tensor, src_mask: Tensor | None) -> Tensor:
+        x = self.res[0](x, lambda y: self.self_attn(y, mask=src_mask))
+        return self.res[1](x, self.ff)
+
+
+class DecoderBlock(nn.Module):
+    """Masked self-attention, cross-attention over the encoder output, then feed-forward."""
+
+    def __init__(self, d_model: int, h: int, d_ff: int, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, h, dropout)
+        self.cross_attn = MultiHeadAttention(d_model, h, dropout, cross=True)
+        self.ff = FeedForward(d_model, d_ff, dropout)
+        self.res = nn.ModuleList([ResidualConnection(d_model, dropout, pre_norm) for _ in range(3)])
+
+    def forward(self, x: Tensor, memory: Tensor, src_mask: Tensor | None,
+                cache: LayerCache | None = None) -> Tensor:
+        x = self.res[0](x, lambda y: self.self_attn(y, is_causal=True, cache=cache, prefix="self_"))
+        x = self.res[1](x, lambda y: self.cross_attn(y, memory, src_mask, cache=cache,
+                                                     prefix="cross_"))
+        return self.res[2](x, self.ff)
+
+
+class Encoder(nn.Module):
+    """N encoder blocks; with pre-norm a final LayerNorm (post-norm outputs are normalised)."""
+
+    def __init__(self, blocks: list[EncoderBlock], d_model: int, pre_norm: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = LayerNormalization(d_model) if pre_norm else nn.Identity()
+
+    def forward(self, x: Tensor, src_mask: Tensor | None) -> Tensor:
+        for block in self.blocks:
+            x = block(x, src_mask)
+        return self.norm(x)
+
+
+class Decoder(nn.Module):
+    """N decoder blocks; with pre-norm a final LayerNorm."""
+
+    def __init__(self, blocks: list[DecoderBlock], d_model: int, pre_norm: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = LayerNormalization(d_model) if pre_norm else nn.Identity()
+
+    def forward(self, x: Tensor, memory: Tensor, src_mask: Tensor | None,
+                cache: list[LayerCache] | None = None) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, memory, src_mask, None if cache is None else cache[i])
+        return self.norm(x)
+
+
+class ProjectionLayer(nn.Module):
+    """Decoder states -> vocabulary logits (softmax is left to the loss / the search)."""
+
+    def __init__(self, d_model: int, vocab_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, vocab_size)
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, T, D] -> [B, T, V]
+        return self.proj(x)
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer exposing `encode`, `decode` and `project` separately, so a
+    search can run the encoder once and the decoder step by step with a cache."""
+
+    def __init__(self, encoder: Encoder, decoder: Decoder, src_embed: InputEmbedding,
+                 tgt_embed: InputEmbedding, src_pos: PositionalEncoding,
+                 tgt_pos: PositionalEncoding, projection: ProjectionLayer) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.src_embed, self.tgt_embed = src_embed, tgt_embed
+        self.src_pos, self.tgt_pos = src_pos, tgt_pos
+        self.projection = projection
+
+    def encode(self, src: Tensor, src_mask: Tensor | None) -> Tensor:
+        """src: [B, S] ids -> memory [B, S, D]."""
+        return self.encoder(self.src_pos(self.src_embed(src)), src_mask)
+
+    def decode(self, memory: Tensor, src_mask: Tensor | None, tgt: Tensor,
+               cache: list[LayerCache] | None = None, offset: int = 0) -> Tensor:
+        """tgt: [B, T] ids at positions offset..offset+T-1 -> states [B, T, D].
+
+        With `cache` (from `new_cache`), pass only the newest token(s) and their `offset`;
+        the keys and values of earlier positions come from the cache.
+        """
+        x = self.tgt_pos(self.tgt_embed(tgt), offset)
+        return self.decoder(x, memory, src_mask, cache)
+
+    def project(self, x: Tensor) -> Tensor:
+        """[B, T, D] -> logits [B, T, V]."""
+        return self.projection(x)
+
+    def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None) -> Tensor:
+        """Teacher-forced logits [B, T, V] for decoder input `tgt` [B, T]."""
+        return self.project(self.decode(self.encode(src, src_mask), src_mask, tgt))
+
+    def new_cache(self) -> list[LayerCache]:
+        """An empty incremental-decoding cache, one dict per decoder layer."""
+        return [{} for _ in self.decoder.blocks]
+
+    def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
+        """The attention layers by kind, for inspection (set `store_weights` on them)."""
+        return {
+            "encoder_self": [b.self_attn for b in self.encoder.blocks],
+            "decoder_self": [b.self_attn for b in self.decoder.blocks],
+            "cross": [b.cross_attn for b in self.decoder.blocks],
+        }
+
+
+def reorder_cache(cache: list[LayerCache], index: Tensor) -> list[LayerCache]:
+    """Select batch rows `index` of every cached tensor (beam search reorders hypotheses)."""
+    return [{k: v.index_select(0, index) for k, v in layer.items()} for layer in cache]
+
+
+def build_transformer(
+    src_vocab_size: int,
+    tgt_vocab_size: int,
+    src_seq_len: int,
+    tgt_seq_len: int,
+    d_model: int = 512,
+    N: int = 6,
+    h: int = 8,
+    dropout: float = 0.1,
+    d_ff: int = 2048,
+    *,
+    decoder_layers: int | None = None,
+    norm: str = "pre",
+    tie_embeddings: bool = False,
+) -> Transformer:
+    """Assemble a Transformer with N encoder and N (or `decoder_layers`) decoder blocks.
+
+    `src_seq_len` / `tgt_seq_len` size the positional tables (they grow if a longer input
+    comes). `tie_embeddings` shares the target embedding with the output projection.
+    Weights get Xavier-uniform initialisation.
+    """
+    if norm not in ("pre", "post"):
+        raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
+    pre = norm == "pre"
+    n_dec = decoder_layers or N
+    model = Transformer(
+        Encoder([EncoderBlock(d_model, h, d_ff, dropout, pre) for _ in range(N)], d_model, pre),
+        Decoder([DecoderBlock(d_model, h, d_ff, dropout, pre) for _ in range(n_dec)], d_model, pre),
+        InputEmbedding(src_vocab_size, d_model),
+        InputEmbedding(tgt_vocab_size, d_model),
+        PositionalEncoding(d_model, src_seq_len, dropout),
+        PositionalEncoding(d_model, tgt_seq_len, dropout),
+        ProjectionLayer(d_model, tgt_vocab_size),
+    )
+    for p in model.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    if tie_embeddings:
+        # Scaled-by-sqrt(D) embeddings want small entries; N(0, D^-1/2) keeps the tied output
+        # logits at unit scale too.
+        nn.init.normal_(model.tgt_embed.embedding.weight, std=d_model**-0.5)
+        model.projection.proj.weight = model.tgt_embed.embedding.weight
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, a tied matrix counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
