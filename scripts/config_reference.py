@@ -17,6 +17,7 @@ SECTION_CLASSES = {
     "ModelConfig": "model",
     "TrainingConfig": "training",
     "OutputConfig": "output",
+    "DecodingConfig": "decoding",
 }
 
 

@@ -1,22 +1,28 @@
-"""Dataset: special tokens and per-batch padding, masks, length filtering, bucketed batching."""
+"""Dataset: special tokens and per-batch padding, masks, length filtering, bucketed batching,
+cached tokenization of Arrow splits."""
 
 from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
+import datasets
+import numpy as np
 import pytest
 import torch
 
-from translator.config import TokenizerConfig
+from translator.config import DataConfig, TokenizerConfig
+from translator.corpus import load_corpus
 from translator.dataset import (
     Batch,
     BilingualDataset,
     BucketBatchSampler,
     collate,
     padding_fraction,
+    tokenize,
 )
-from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID, build_tokenizer
+from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer, build_tokenizer
 
 
 def _random_dataset(n: int, max_words: int, seed: int = 0, max_len: int = 64) -> BilingualDataset:
@@ -246,3 +252,72 @@ def test_bucketing_wastes_less_padding_than_random_batches() -> None:
     bucket_pad = padding_fraction(ds, bucketed)
     random_pad = padding_fraction(ds, shuffled)
     assert bucket_pad < random_pad / 2, (bucket_pad, random_pad)
+
+
+# ---------------------------------------------------------------- from an Arrow split, cached
+
+
+def _arrow_split(tmp_path: Path, pairs: list[tuple[str, str]]) -> datasets.Dataset:
+    """A file-backed split, as `translator.corpus` makes them (so map results are cached)."""
+    for lang, side in (("en", 0), ("de", 1)):
+        path = tmp_path / f"train.{lang}"
+        if not path.exists():  # rewriting would change the mtime, hence the cache key
+            path.write_text("".join(p[side] + "\n" for p in pairs), encoding="utf-8")
+    cfg = DataConfig(source="text", dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    return load_corpus(cfg)["train"]
+
+
+PAIRS = [("the dog sleeps .", "der Hund schläft ."), ("the cat", "die Katze"),
+         ("a very long sentence with far too many words in it", "ein Satz"),
+         ("the dog", "der Hund")]
+
+
+def test_from_dataset_matches_from_pairs(tmp_path: Path) -> None:
+    src_tok = build_tokenizer([s for s, _ in PAIRS], TokenizerConfig())
+    tgt_tok = build_tokenizer([t for _, t in PAIRS], TokenizerConfig())
+    split = _arrow_split(tmp_path, PAIRS)
+    a = BilingualDataset.from_dataset(split, src_tok, tgt_tok, max_len=8, name="train")
+    b = BilingualDataset.from_pairs(PAIRS, src_tok, tgt_tok, max_len=8, name="train")
+    assert a.dropped == b.dropped == 1 and a.kept_index == b.kept_index == [0, 1, 3]
+    assert a.src_lens == b.src_lens and a.tgt_lens == b.tgt_lens
+    for i in range(len(a)):
+        assert a[i][0].tolist() == b[i][0].tolist() and a[i][1].tolist() == b[i][1].tolist()
+    # one flat int32 tensor per side, not Python lists of tensors
+    assert a.src_flat.dtype == torch.int32 and a.src_flat.dim() == 1
+    assert list(a.token_counts) == [a.token_count(i) for i in range(len(a))]
+
+
+def test_tokenized_split_is_cached_and_reused(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    src_tok = build_tokenizer([s for s, _ in PAIRS], TokenizerConfig())
+    tgt_tok = build_tokenizer([t for _, t in PAIRS], TokenizerConfig())
+    split = _arrow_split(tmp_path, PAIRS)
+    first = tokenize(split, src_tok, tgt_tok)
+    assert first.cache_files and first.cache_files[0]["filename"].startswith(str(tmp_path))
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(TextTokenizer, "encode_batch", fail)
+    again = BilingualDataset.from_dataset(_arrow_split(tmp_path, PAIRS), src_tok, tgt_tok,
+                                          max_len=64)
+    assert len(again) == len(PAIRS)
+    # a different tokenizer is a different cache entry
+    other = build_tokenizer([s for s, _ in PAIRS], TokenizerConfig(lowercase=True))
+    with pytest.raises(AssertionError, match="tokenized again"):
+        tokenize(split, other, tgt_tok)
+
+
+def test_sampler_and_padding_over_a_large_dataset_are_fast() -> None:
+    rng = np.random.default_rng(0)
+    n = 200_000
+    src_lens = rng.integers(1, 40, n)
+    tgt_lens = np.clip(src_lens + rng.integers(-3, 4, n), 1, None)
+    ds = BilingualDataset.__new__(BilingualDataset)
+    off = [np.concatenate([[0], np.cumsum(lens)]) for lens in (src_lens, tgt_lens)]
+    ds._setup(np.zeros(off[0][-1], np.int32), off[0], np.zeros(off[1][-1], np.int32), off[1],
+              max_len=64, name="big")
+    sampler = BucketBatchSampler(ds, max_tokens=4000, seed=1)
+    batches = sampler.batches()
+    assert sum(len(b) for b in batches) == n
+    assert padding_fraction(ds, batches) < 0.1

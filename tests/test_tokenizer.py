@@ -1,4 +1,5 @@
-"""Word tokenizer: special ids, lossless round trips, [UNK], decode rules, save/load, odd input."""
+"""Tokenizers (word, BPE, Unigram): special ids, lossless round trips, [UNK], decode rules,
+shared vocabularies, normalization, save/load, odd input."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from translator.tokenizer import (
     UNK_ID,
     TextTokenizer,
     build_tokenizer,
+    build_tokenizers,
     detokenize,
+    round_trip_stats,
 )
 
 SENTENCES = [
@@ -197,3 +200,124 @@ def test_detokenize_rules() -> None:
     assert detokenize(["don", "'", "t"]) == "don't"
     assert detokenize(["say", '"', "hi", "there", '"', "now"]) == 'say "hi there" now'
     assert detokenize([]) == ""
+
+
+# ---------------------------------------------------------------- subword tokenizers
+
+CORPUS = [
+    "Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche.",
+    "Mehrere Männer mit Schutzhelmen bedienen ein Antriebsradsystem.",
+    "Ein kleines Mädchen klettert in ein Spielhaus aus Holz.",
+    "Two young, White males are outside near many bushes.",
+    'A man (in an orange hat) says "hello" -- isn\'t it 12.5% cooler?',
+    "Ein Mann schläft; eine Frau liest ein Buch...",
+] * 5
+
+
+@pytest.fixture(scope="module", params=["bpe", "unigram"])
+def subword(request: pytest.FixtureRequest) -> TextTokenizer:
+    return build_tokenizer(CORPUS, TokenizerConfig(kind=request.param, vocab_size=120))
+
+
+def test_subword_special_ids_and_kind(subword: TextTokenizer) -> None:
+    assert subword.tokens([UNK_ID, PAD_ID, SOS_ID, EOS_ID]) == SPECIAL_TOKENS
+    assert subword.kind in ("bpe", "unigram")
+    assert subword.vocab_size <= 120
+
+
+@pytest.mark.parametrize("text", [*dict.fromkeys(CORPUS), "Männer klettern, Frauen lesen.",
+                                  "Two  young   men", "(Holz)?", "Holz.Holz"])
+def test_subword_round_trip_restores_the_text_exactly(subword: TextTokenizer, text: str) -> None:
+    ids = subword.encode(text)
+    assert UNK_ID not in ids
+    assert subword.decode(ids) == text
+
+
+def test_subword_splits_punctuation_and_marks_spaces(subword: TextTokenizer) -> None:
+    tokens = subword.tokens(subword.encode("Holz."))
+    assert tokens[-1] == "." and tokens[0].startswith("\u2581")
+
+
+def test_subword_unseen_characters_become_visible_unk(subword: TextTokenizer) -> None:
+    ids = subword.encode("Ein 😀 Mann")
+    assert UNK_ID in ids
+    assert "[UNK]" in subword.decode(ids)
+
+
+def test_subword_decode_stops_at_eos_and_skips_pad_sos(subword: TextTokenizer) -> None:
+    ids = subword.encode("Ein Mann")
+    assert subword.decode([SOS_ID, *ids, EOS_ID, *ids]) == "Ein Mann"
+    assert subword.decode([PAD_ID, *ids, PAD_ID]) == "Ein Mann"
+
+
+def test_subword_save_load_keeps_ids_and_decoding(subword: TextTokenizer, tmp_path: Path) -> None:
+    path = tmp_path / "tok.json"
+    subword.save(path)
+    loaded = TextTokenizer.load(path)
+    assert loaded.kind == subword.kind
+    # Unigram scores may move by a float ulp through JSON, so the fingerprint is that of the
+    # file (what every later run loads), not necessarily that of the freshly trained object.
+    assert TextTokenizer.load(path).fingerprint == loaded.fingerprint
+    for text in CORPUS[:6]:
+        assert loaded.encode(text) == subword.encode(text)
+        assert loaded.decode(loaded.encode(text)) == text
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe", "unigram"])
+def test_odd_input_never_raises_for_any_kind(kind: str) -> None:
+    tok = build_tokenizer(CORPUS, TokenizerConfig(kind=kind, vocab_size=100))
+    for text in ["", "   ", "Der\x00Hund\u202e 😀", "a" * 3000, "\ufeff\ufffd"]:
+        ids = tok.encode(text)
+        assert all(0 <= i < tok.vocab_size for i in ids)
+        assert isinstance(tok.decode(ids), str)
+
+
+def test_bpe_vocab_size_is_the_target() -> None:
+    small = build_tokenizer(CORPUS, TokenizerConfig(kind="bpe", vocab_size=80))
+    large = build_tokenizer(CORPUS, TokenizerConfig(kind="bpe", vocab_size=200))
+    assert small.vocab_size == 80 and 80 < large.vocab_size <= 200
+    text = "Zwei junge weiße Männer"
+    assert len(large.encode(text)) < len(small.encode(text))
+
+
+def test_shared_vocabulary_is_one_tokenizer_for_both_sides() -> None:
+    src = ["the dog sleeps", "a cat"]
+    tgt = ["der Hund schläft", "eine Katze"]
+    cfg = TokenizerConfig(kind="bpe", vocab_size=60, shared=True)
+    s, t = build_tokenizers(src, tgt, cfg)
+    assert s is t
+    assert UNK_ID not in s.encode("der Hund") and UNK_ID not in s.encode("the dog")
+    s2, t2 = build_tokenizers(src, tgt, TokenizerConfig(kind="bpe", vocab_size=60))
+    assert s2 is not t2 and s2.fingerprint != t2.fingerprint
+    assert UNK_ID in s2.encode("Hund")  # 'H' never occurs on the English side
+
+
+def test_training_accepts_batches_of_strings() -> None:
+    one = build_tokenizer(CORPUS, TokenizerConfig(kind="bpe", vocab_size=90))
+    batched = build_tokenizer([CORPUS[:10], CORPUS[10:]], TokenizerConfig(kind="bpe",
+                                                                          vocab_size=90))
+    assert batched.vocab_size == one.vocab_size
+    assert all(batched.decode(batched.encode(t)) == t for t in CORPUS)
+
+
+def test_nfkc_and_lowercase_normalization() -> None:
+    text = "ﬁne Ｆｕｌｌ"  # ligature fi, full-width letters
+    nfc = build_tokenizer([text, "fine full"], TokenizerConfig(kind="bpe", vocab_size=60))
+    assert nfc.decode(nfc.encode(text)) == text
+    nfkc = build_tokenizer(["fine full"], TokenizerConfig(kind="bpe", vocab_size=60, nfkc=True,
+                                                          lowercase=True))
+    assert nfkc.encode(text) == nfkc.encode("fine full")
+    assert nfkc.decode(nfkc.encode(text)) == "fine full"
+
+
+def test_unigram_too_small_vocabulary_is_a_clear_error() -> None:
+    with pytest.raises(TranslatorError, match="unigram"):
+        build_tokenizer(CORPUS, TokenizerConfig(kind="unigram", vocab_size=5))
+
+
+def test_round_trip_stats() -> None:
+    tok = build_tokenizer(["a b c", "a b"], TokenizerConfig())
+    stats = round_trip_stats(tok, ["a b", "a z", "a  c"])
+    assert stats["lines"] == 3 and stats["round_trip"] == 1 / 3
+    assert stats["round_trip_without_unk"] == 0.5 and stats["lines_with_unk"] == 1 / 3
+    assert stats["unk_rate"] == 1 / 6 and stats["tokens_per_line"] == 2

@@ -4,6 +4,7 @@ A run folder holds everything needed to reproduce and to translate:
 
     runs/<name>/config.yaml            the resolved config
     runs/<name>/tokenizer_<lang>.json  one tokenizer per language
+    runs/<name>/splits.json            split seed and sizes (checked on resume)
     runs/<name>/checkpoints/           epoch/step checkpoints, latest.pt, best.pt
     runs/<name>/tensorboard/           event files
     runs/<name>/eval/                  evaluation reports
@@ -45,6 +46,11 @@ class RunLayout:
 
     def tokenizer(self, lang: str) -> Path:
         return self.root / f"tokenizer_{lang}.json"
+
+    @property
+    def splits(self) -> Path:
+        """The split record: seed and sizes of train/valid/test (checked on resume)."""
+        return self.root / "splits.json"
 
     @property
     def checkpoints(self) -> Path:
@@ -141,3 +147,32 @@ def prune_checkpoints(layout: RunLayout, keep_last: int) -> None:
         return
     for path in layout.numbered_checkpoints()[:-keep_last]:
         path.unlink(missing_ok=True)
+
+
+def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
+    """A checkpoint whose model weights are the mean of those in `paths` (Vaswani et al.
+    average the last checkpoints of a run). Metadata comes from the newest; optimizer and
+    RNG states are left out: the result is for translation, not for resuming."""
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    total: dict[str, torch.Tensor] = {}
+    last: dict[str, Any] = {}
+    for path in paths:
+        last = load_checkpoint(path)
+        model = last["model"]
+        if total and set(model) != set(total):
+            raise CheckpointError(f"{path} has different model parameters than {paths[0]}")
+        for name, value in model.items():
+            if not value.is_floating_point():
+                total[name] = value
+            elif name in total:
+                total[name] += value.double()
+            else:
+                total[name] = value.double()
+    avg = {name: (v / len(paths)).to(last["model"][name].dtype) if v.is_floating_point()
+           else v for name, v in total.items()}
+    keep = ("format_version", "step", "epoch", "config", "vocab")
+    out = {k: last[k] for k in keep if k in last}
+    out["model"] = avg
+    out["averaged_from"] = [str(p) for p in paths]
+    return out

@@ -1,4 +1,5 @@
-"""The `translator` command: thin verbs over the library (train, translate, evaluate).
+"""The `translator` command: thin verbs over the library (train, translate, evaluate,
+attention).
 
 Errors a user can cause print one line on stderr and exit non-zero (2 for bad input, 130 for
 an interrupted training run); `--debug` shows the traceback instead.
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -83,6 +85,9 @@ def train(
     = False,
     device: DeviceOpt = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar or examples.")] = False,
+    nproc: Annotated[int, typer.Option(
+        "--nproc", min=1, help="Processes for data-parallel training (launches torchrun).")]
+    = 1,
 ) -> None:
     """Train a model from a YAML config; the run folder gets config, tokenizers, checkpoints
     and TensorBoard events."""
@@ -91,6 +96,8 @@ def train(
         from translator.train import train as run_training
 
         cfg = load_config(config, set_ or [])
+        if nproc > 1 and "WORLD_SIZE" not in os.environ:
+            raise typer.Exit(_launch_torchrun(nproc))
         result = run_training(cfg, resume=resume, overwrite=overwrite, device=device,
                               quiet=quiet)
         v = result.last_valid
@@ -100,34 +107,186 @@ def train(
         typer.echo(f"{summary}; run folder {result.run_dir}", err=True)
 
 
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this `translator train` command under torchrun with `nproc` processes."""
+    import subprocess
+
+    args = sys.argv[1:]
+    rest: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "translator", *rest]
+    typer.echo(f"launching: {' '.join(cmd)}", err=True)
+    return subprocess.call(cmd)
+
+
+@app.command()
+def average(
+    run: RunOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    last: Annotated[int, typer.Option("--last", min=1, help="Average the newest K periodic "
+                                      "checkpoints.")] = 3,
+    output: Annotated[Path | None, typer.Option(
+        "--output", help="Where to write (default: <run>/checkpoints/averaged.pt).")] = None,
+) -> None:
+    """Average the weights of a run's last K checkpoints into one (use it with
+    translate/evaluate --checkpoint)."""
+    with _user_errors():
+        from translator.checkpoint import RunLayout, atomic_save, average_checkpoints
+
+        layout = RunLayout(_find_run(run, config, set_))
+        paths = layout.numbered_checkpoints()[-last:]
+        if len(paths) < last:
+            raise TranslatorError(f"{layout.checkpoints} holds {len(paths)} periodic "
+                                  f"checkpoints, fewer than --last {last} (training.keep_last "
+                                  "limits how many are kept)")
+        out = output or layout.checkpoints / "averaged.pt"
+        atomic_save(average_checkpoints(paths), out)
+        typer.echo(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) "
+                   f"into {out}", err=True)
+
+
+# -- translate, evaluate, attention: decoding options shared by the three ----------------------
+
+BeamOpt = Annotated[int | None, typer.Option(
+    "--beam", min=1, help="Beam size; 1: greedy (default: the run's decoding.beam_size).")]
+AlphaOpt = Annotated[float | None, typer.Option(
+    "--length-penalty", "--alpha", min=0.0,
+    help="GNMT length penalty alpha for beam search (default: decoding.length_penalty).")]
+MaxLenAOpt = Annotated[float | None, typer.Option(
+    "--max-len-a", min=0.0, help="Output cap a * source length + b: a.")]
+MaxLenBOpt = Annotated[int | None, typer.Option(
+    "--max-len-b", min=0, help="Output cap a * source length + b: b.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Sentences per batch.")]
+TranslateDeviceOpt = Annotated[str, typer.Option(
+    "--device", help="auto, cpu, cuda, cuda:N or mps.")]
+
+
+def _read_stdin() -> list[str]:
+    from translator.inference import split_lines
+
+    data = sys.stdin.buffer.read()
+    try:
+        return split_lines(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise TranslatorError(f"stdin is not valid UTF-8 (line {line})") from None
+
+
+def _read_file(path: Path) -> list[str]:
+    from translator.inference import split_lines
+
+    if not path.is_file():
+        raise TranslatorError(f"input file not found: {path}")
+    data = path.read_bytes()
+    try:
+        return split_lines(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise TranslatorError(f"{path} line {line} is not valid UTF-8") from None
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[Any]:
+    """stdout, or a file written under a temporary name and renamed into place at the end, so
+    that a failed run (or `--output` naming the input) never leaves half a file."""
+    if path is None:
+        yield sys.stdout
+        return
+    import os
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                   dir=path.parent if str(path.parent) else ".")
+    except OSError as exc:
+        raise TranslatorError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 @app.command()
 def translate(
     sentence: Annotated[str | None, typer.Argument(
-        help="Text to translate; '-' or nothing reads stdin, one sentence per line.")] = None,
+        help="Text to translate; '-' or nothing reads stdin, one text per line.")] = None,
+    input_: Annotated[Path | None, typer.Option(
+        "--input", "-i", help="Translate this UTF-8 file line by line.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write the translations to this file (default: stdout).")]
+    = None,
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     checkpoint: CkptOpt = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
-    = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    device: TranslateDeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    beam: BeamOpt = None,
+    length_penalty: AlphaOpt = None,
+    max_len_a: MaxLenAOpt = None,
+    max_len_b: MaxLenBOpt = None,
+    n_best: Annotated[int, typer.Option(
+        "--n-best", min=1, help="Print the N best translations of each line with their scores: "
+        "line number, score and text, tab-separated (lines are not split into sentences).")]
+    = 1,
+    no_split: Annotated[bool, typer.Option(
+        "--no-split", help="Translate each line whole, not sentence by sentence.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Translate a sentence (or stdin, a line at a time) with a trained run."""
+    """Translate a sentence, stdin or a file (line by line, empty lines kept) with a trained
+    run. A line holding several sentences is split, translated sentence by sentence and
+    joined again."""
     with _user_errors():
+        from tqdm import tqdm
+
         from translator.inference import Translator
 
-        if sentence is None or sentence == "-":
-            try:
-                lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
-            except UnicodeDecodeError as exc:
-                raise TranslatorError(f"stdin is not valid UTF-8 (byte {exc.start})") from None
+        if input_ is not None:
+            if sentence is not None:
+                raise TranslatorError("give either a sentence or --input FILE, not both")
+            lines = _read_file(input_)
+        elif sentence is None or sentence == "-":
+            lines = _read_stdin()
         else:
             if not sentence.strip():
                 raise TranslatorError("nothing to translate: the sentence is empty")
             lines = [sentence]
         translator = Translator.from_run(_find_run(run, config, set_), checkpoint, device)
-        for line in translator.translate(lines, batch_size=batch_size):
-            typer.echo(line)
+        dec = translator.decoding(beam_size=beam, length_penalty=length_penalty,
+                                  max_len_a=max_len_a, max_len_b=max_len_b)
+        settings = {"beam_size": dec.beam_size, "length_penalty": dec.length_penalty,
+                    "max_len_a": dec.max_len_a, "max_len_b": dec.max_len_b}
+        # Chunks keep the progress bar moving and the output streaming on long inputs while
+        # each chunk is still sorted by length into well-filled batches.
+        chunk = max(16 * batch_size, 256)
+        # disable=None: tqdm shows the bar only when stderr is a terminal.
+        bar = tqdm(total=len(lines), unit="line", disable=True if quiet or input_ is None
+                   else None, dynamic_ncols=True, file=sys.stderr)
+        with _output(output) as out:
+            for start in range(0, len(lines), chunk):
+                part = lines[start:start + chunk]
+                if n_best > 1:
+                    nbest = translator.translate_nbest(part, n_best, batch_size, **settings)
+                    for n, hyps in enumerate(nbest, start=start + 1):
+                        out.writelines(f"{n}\t{s:.4f}\t{text}\n" for text, s in hyps)
+                else:
+                    texts = translator.translate(part, batch_size, split_sentences=not no_split,
+                                                 **settings)
+                    out.writelines(text + "\n" for text in texts)
+                out.flush()
+                bar.update(len(part))
+        bar.close()
 
 
 @app.command()
@@ -135,38 +294,87 @@ def evaluate(
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    split: Annotated[str | None, typer.Option(
+        help="train, valid or test (default), or for a text/tsv/hub corpus the name of any "
+        "other split, e.g. test_2017_flickr.")] = None,
+    src: Annotated[Path | None, typer.Option(
+        "--src", help="Evaluate on this source file instead of a split (with --ref).")] = None,
+    ref: Annotated[Path | None, typer.Option(
+        "--ref", help="Reference translations, line-aligned with --src.")] = None,
     checkpoint: CkptOpt = None,
-    device: Annotated[str, typer.Option("--device")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    device: TranslateDeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    beam: BeamOpt = None,
+    length_penalty: AlphaOpt = None,
+    max_len_a: MaxLenAOpt = None,
+    max_len_b: MaxLenBOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Translate a split and print corpus BLEU and chrF (sacreBLEU, with signatures)."""
+    """Translate a split (or a pair of files) and print corpus BLEU and chrF (sacreBLEU, with
+    signatures). The report and the translations are also written to <run>/eval/."""
     with _user_errors():
-        from translator.corpus import load_splits
-        from translator.evaluate import evaluate_pairs
+        from translator.evaluate import evaluate_pairs, load_split, read_parallel_files
         from translator.inference import Translator
 
-        if split not in ("train", "valid", "test"):
-            raise TranslatorError(f"--split must be train, valid or test, got '{split}'")
+        if (src is None) != (ref is None):
+            raise TranslatorError("--src and --ref go together")
+        if src is not None and split is not None:
+            raise TranslatorError("give either --split or --src/--ref, not both")
         translator = Translator.from_run(_find_run(run, config, set_), checkpoint, device)
-        pairs = load_splits(translator.cfg.data)[split]
-        if not pairs:
-            raise TranslatorError(f"the '{split}' split of this run's corpus is empty")
-        report, hyps = evaluate_pairs(translator, pairs, batch_size)
-        report.update(split=split, checkpoint=str(translator.checkpoint))
+        if src is not None and ref is not None:
+            pairs, name = read_parallel_files(src, ref), src.name
+            where = {"src": str(src), "ref": str(ref)}
+        else:
+            name = split or "test"
+            pairs, where = load_split(translator.cfg.data, name), {"split": name}
+        report, hyps = evaluate_pairs(translator, pairs, batch_size, beam_size=beam,
+                                      length_penalty=length_penalty, max_len_a=max_len_a,
+                                      max_len_b=max_len_b)
+        report.update(where, checkpoint=str(translator.checkpoint))
         out_dir = Path(translator.cfg.run_dir) / "eval"
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{split}.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out_dir / f"{split}.hyp.txt").write_text("".join(h + "\n" for h in hyps),
-                                                  encoding="utf-8")
+        (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out_dir / f"{name}.hyp.txt").write_text("".join(h + "\n" for h in hyps),
+                                                 encoding="utf-8")
         if as_json:
             typer.echo(json.dumps(report))
         else:
+            search = ("greedy" if report["beam_size"] == 1 else
+                      f"beam {report['beam_size']}, length penalty {report['length_penalty']}")
             typer.echo(f"{report['bleu_detail']}\n{report['bleu_signature']}\n"
                        f"chrF2 = {report['chrf']:.2f}\n{report['chrf_signature']}\n"
-                       f"{report['sentences']} sentences, {split} split, "
+                       f"{report['sentences']} sentences ({name}), {search}, "
+                       f"{report['sentences_per_second']} sentences/s, "
                        f"checkpoint {report['checkpoint']}")
+
+
+@app.command()
+def attention(
+    sentence: Annotated[str, typer.Argument(help="The sentence to translate and inspect.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNG files.")],
+    run: RunOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    checkpoint: CkptOpt = None,
+    device: TranslateDeviceOpt = "auto",
+    beam: BeamOpt = None,
+    length_penalty: AlphaOpt = None,
+) -> None:
+    """Translate a sentence and write its attention maps as PNG heatmaps: encoder
+    self-attention, decoder self-attention and cross-attention, one image per layer with a
+    panel per head, axes labelled with the source and the generated tokens."""
+    with _user_errors():
+        from translator.inference import Translator
+        from translator.visualize import attention_maps, save_attention_images
+
+        if not sentence.strip():
+            raise TranslatorError("nothing to translate: the sentence is empty")
+        translator = Translator.from_run(_find_run(run, config, set_), checkpoint, device)
+        maps = attention_maps(translator, sentence, beam_size=beam,
+                              length_penalty=length_penalty)
+        paths = save_attention_images(maps, out)
+        typer.echo(maps.translation)
+        typer.echo(f"wrote {len(paths)} images to {out}", err=True)
 
 
 def main() -> None:

@@ -52,11 +52,14 @@ def yaml_load(text: str) -> Any:
 class DataConfig:
     """Where the parallel text comes from and how long a sentence may be."""
 
-    source: Literal["builtin", "hub", "text", "tsv"] = "builtin"
-    """builtin: the project's grammar corpus; hub: a Hugging Face dataset; text: line-aligned
-    files `<dir>/<split>.<lang>`; tsv: `<dir>/<file>` with source<TAB>target per line."""
+    source: Literal["builtin", "hub", "text", "tsv", "csv", "jsonl", "parquet"] = "builtin"
+    """builtin: the project's grammar corpus; hub: a Hugging Face dataset; text: two
+    line-aligned files per split, `<dir>/<split>.<src_lang>` and `<dir>/<split>.<tgt_lang>`
+    (Moses style); tsv, csv, jsonl, parquet: one file per split, `<dir>/<split>`, holding both
+    sides."""
     src_lang: str = "en"
-    """Source language code: file suffix (text), key in a `translation` dict or column (hub)."""
+    """Source language code: file suffix (text), key of a `translation` dict or column name
+    (hub, jsonl, parquet, tsv/csv with a header)."""
     tgt_lang: str = "de"
     """Target language code, as `src_lang`."""
     name: str | None = None
@@ -64,39 +67,61 @@ class DataConfig:
     subset: str | None = None
     """hub: dataset config name, e.g. en-it."""
     dir: str | None = None
-    """text/tsv: folder holding the files."""
+    """text/tsv/csv/jsonl/parquet: folder holding the files."""
     train: str = "train"
-    """Train split: hub split name, text file prefix, or tsv file name."""
+    """Train split: hub split name, text file prefix (`train` for train.en + train.de), or file
+    name (tsv/csv/jsonl/parquet, e.g. train.tsv)."""
     valid: str | None = None
     """Validation split (same meaning as `train`); empty: carved from train by `valid_ratio`."""
     test: str | None = None
     """Test split (same meaning as `train`); empty: carved from train by `test_ratio`."""
+    src_column: str | int | None = None
+    """Source column (not for text): a name (tsv/csv: the file's first line is then a header)
+    or a 0-based index (tsv/csv: no header line); empty: a `translation` column of
+    language-keyed dicts, else the column named `src_lang`, else (tsv/csv) column 0."""
+    tgt_column: str | int | None = None
+    """Target column, as `src_column` (empty: `translation`, else `tgt_lang`, else column 1)."""
     valid_ratio: float = 0.0
     """Share of train carved out as validation when `valid` is empty."""
     test_ratio: float = 0.0
     """Share of train carved out as test when `test` is empty."""
     split_seed: int = 1234
-    """Seed of the shuffle that carves valid/test out of train."""
+    """Seed of the shuffle that carves valid/test out of train (the run folder's splits.json
+    records it with the split sizes)."""
     builtin_size: int = 30000
     """builtin: number of pairs generated (train + valid + test)."""
     builtin_seed: int = 1234
     """builtin: seed of the grammar generator (same seed, same corpus)."""
     max_len: int = 128
-    """Longest sentence in tokens, [SOS]/[EOS] included; longer training pairs are dropped."""
+    """Longest sentence in tokens, [SOS]/[EOS] included; longer training pairs are dropped
+    (and counted in the log), never truncated."""
+    cache_dir: str | None = None
+    """Cache of the datasets library (files converted to Arrow, token ids), reused by later
+    runs; empty: its default ($HF_DATASETS_CACHE or ~/.cache/huggingface/datasets)."""
 
 
 @dataclass
 class TokenizerConfig:
-    """How text becomes token ids (one tokenizer per language, built from the train split)."""
+    """How text becomes token ids (built from the train split, saved in the run folder)."""
 
-    kind: Literal["word"] = "word"
-    """word: one id per word or punctuation mark (tokenizers' WordLevel)."""
-    min_frequency: int = 1
-    """Words seen fewer times in train become [UNK]."""
+    kind: Literal["word", "bpe", "unigram"] = "word"
+    """word: one id per word or punctuation mark (tokenizers' WordLevel); bpe: byte-pair
+    encoding subwords; unigram: unigram-LM subwords (as SentencePiece). Subwords mark spaces
+    with ▁ and split punctuation off, so decoding restores the original text."""
     vocab_size: int = 0
-    """Upper bound on the vocabulary (special tokens included); 0: no bound."""
+    """Vocabulary size (special tokens included): an upper bound for word (0: no bound), the
+    target size for bpe/unigram (0: 8000)."""
+    shared: bool = False
+    """One joint vocabulary for both languages (saved as both tokenizer files); otherwise one
+    tokenizer per language."""
+    min_frequency: int = 1
+    """word: words seen fewer times in train become [UNK]; bpe: pairs seen fewer times are not
+    merged."""
     lowercase: bool = False
     """Lowercase text before tokenizing (translations then come out lowercase)."""
+    nfkc: bool = False
+    """Unicode NFKC normalization (compatibility forms: ligatures, full-width letters, ...)
+    instead of NFC; decoding then gives the normalized text."""
 
 
 @dataclass
@@ -114,7 +139,9 @@ class ModelConfig:
     d_ff: int = 2048
     """Inner width of the feed-forward sublayers."""
     dropout: float = 0.1
-    """Dropout on embeddings, sublayer outputs and attention probabilities."""
+    """The paper's P_drop: dropout on embedding + position sums and on each sublayer output."""
+    attention_dropout: float = 0.0
+    """Dropout on attention probabilities and FFN hidden units (not in the paper)."""
     norm: Literal["pre", "post"] = "pre"
     """post: LayerNorm after each residual add (the paper); pre: before each sublayer (trains
     more stably without long warmup)."""
@@ -141,8 +168,13 @@ class TrainingConfig:
     """Peak learning rate, reached at the end of warmup."""
     warmup_steps: int = 4000
     """Steps of linear learning-rate warmup from 0 to `lr`."""
-    schedule: Literal["inverse_sqrt", "constant"] = "inverse_sqrt"
-    """inverse_sqrt: linear warmup then lr * sqrt(warmup / step) (the paper's Noam shape)."""
+    schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
+    """After linear warmup: inverse_sqrt: lr * sqrt(warmup / step) (the paper's Noam schedule,
+    peak-normalised); cosine: half a cosine down to 0 at the last step (max_steps, else
+    epochs); constant."""
+    accum_steps: int = 1
+    """Micro-batches whose gradients are summed per optimizer step (the scheduler counts
+    optimizer steps)."""
     adam_beta1: float = 0.9
     """Adam beta1."""
     adam_beta2: float = 0.98
@@ -159,6 +191,13 @@ class TrainingConfig:
     """auto: CUDA if available, else MPS, else CPU; or cpu, cuda, cuda:1, mps."""
     threads: int = 0
     """CPU threads for torch; 0: torch's default (all cores)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Autocast dtype. auto: bf16 on CUDA GPUs that support it, else fp16 with a gradient
+    scaler on CUDA, fp32 on CPU and MPS. bf16 also works on CPUs (fast with AMX)."""
+    compile: bool = False
+    """Run the training forward/backward through torch.compile."""
+    dist_timeout: float = 300.0
+    """Seconds to wait for all processes when a torchrun job starts."""
     log_every: int = 50
     """Write train loss and learning rate to TensorBoard every N steps."""
     valid_every: int = 0
@@ -169,6 +208,15 @@ class TrainingConfig:
     """Sentences per batch when greedy-decoding for validation."""
     examples: int = 3
     """Source/reference/prediction examples printed at each validation."""
+    save_every: int = 0
+    """Also write a checkpoint every N steps; 0: only at validations and epoch ends."""
+    best_metric: Literal["bleu", "chrf", "loss"] = "bleu"
+    """Validation metric that picks best.pt and drives early stopping."""
+    patience: int = 0
+    """Stop after this many validations without a better best_metric; 0: never."""
+    max_bad_steps: int = 5
+    """Stop after this many steps in a row with a non-finite loss or gradient (each is
+    skipped)."""
     keep_last: int = 3
     """Periodic checkpoints kept on disk (best.pt and latest.pt besides); 0: keep all."""
 
@@ -182,6 +230,37 @@ class OutputConfig:
 
 
 @dataclass
+class DecodingConfig:
+    """How translate, evaluate and attention search (validation in training is always greedy)."""
+
+    beam_size: int = 4
+    """Hypotheses kept per sentence; 1: greedy decoding (then no length penalty applies)."""
+    length_penalty: float = 0.6
+    """GNMT alpha: beam hypotheses rank by log-probability / ((5 + length) / 6) ** alpha; 0:
+    raw log-probability (favours short outputs)."""
+    max_len_a: float = 1.5
+    """Output cap a * source length + b tokens ([EOS] included; the source length counts its
+    [SOS] and [EOS])."""
+    max_len_b: int = 10
+    """See max_len_a."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "beam_size": (self.beam_size >= 1, ">= 1"),
+            "length_penalty": (0.0 <= self.length_penalty < math.inf, ">= 0"),
+            "max_len_a": (0.0 <= self.max_len_a < math.inf, ">= 0"),
+            "max_len_b": (self.max_len_b >= 0, ">= 0"),
+        }
+        for key, (ok, rule) in checks.items():
+            if not ok:  # NaN fails every comparison, so it lands here too
+                raise ConfigError(f"config error: decoding.{key}: must be {rule}, "
+                                  f"got {getattr(self, key)}")
+        if self.max_len_a == 0 and self.max_len_b == 0:
+            raise ConfigError("config error: decoding.max_len_b: max_len_a and max_len_b "
+                              "cannot both be 0")
+
+
+@dataclass
 class Config:
     """A whole run configuration."""
 
@@ -190,6 +269,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
     name: str = "run"
     """Run name: the config file's stem. Not a YAML key."""
 
@@ -211,6 +291,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "training": TrainingConfig,
     "output": OutputConfig,
+    "decoding": DecodingConfig,
 }
 
 
@@ -293,6 +374,9 @@ def _validate(cfg: Config) -> None:
         "training.lr": cfg.training.lr,
         "training.decode_batch_size": cfg.training.decode_batch_size,
         "training.log_every": cfg.training.log_every,
+        "training.accum_steps": cfg.training.accum_steps,
+        "training.dist_timeout": cfg.training.dist_timeout,
+        "training.max_bad_steps": cfg.training.max_bad_steps,
     }
     for key, value in positive.items():
         if not (math.isfinite(value) and value > 0):
@@ -311,6 +395,8 @@ def _validate(cfg: Config) -> None:
         "training.valid_max_sentences": cfg.training.valid_max_sentences,
         "training.examples": cfg.training.examples,
         "training.keep_last": cfg.training.keep_last,
+        "training.save_every": cfg.training.save_every,
+        "training.patience": cfg.training.patience,
     }
     for key, value in non_negative.items():
         if not (math.isfinite(value) and value >= 0):
@@ -323,6 +409,7 @@ def _validate(cfg: Config) -> None:
     if (cfg.model.d_model // cfg.model.heads) % 2:
         fail("model.heads", "d_model / heads must be even")
     for key, value in (("model.dropout", cfg.model.dropout),
+                       ("model.attention_dropout", cfg.model.attention_dropout),
                        ("training.label_smoothing", cfg.training.label_smoothing)):
         if not 0.0 <= value < 1.0:  # False for NaN too
             fail(key, f"must be in [0, 1), got {value}")
@@ -344,7 +431,7 @@ def _validate(cfg: Config) -> None:
     d = cfg.data
     if d.source == "hub" and not d.name:
         fail("data.name", "required when data.source is 'hub' (e.g. Helsinki-NLP/opus_books)")
-    if d.source in ("text", "tsv"):
+    if d.source in ("text", "tsv", "csv", "jsonl", "parquet"):
         if not d.dir:
             fail("data.dir", f"required when data.source is '{d.source}'")
         if not Path(d.dir).is_dir():
@@ -354,11 +441,25 @@ def _validate(cfg: Config) -> None:
             if not stem:
                 continue
             base = Path(d.dir)
-            paths = ([base / stem] if d.source == "tsv"
+            paths = ([base / stem] if d.source != "text"
                      else [base / f"{stem}.{d.src_lang}", base / f"{stem}.{d.tgt_lang}"])
             for path in paths:
                 if not path.is_file():
                     fail(f"data.{split}", f"file not found: {path}")
+    for key in ("src_column", "tgt_column"):
+        value = getattr(d, key)
+        if isinstance(value, int) and value < 0:
+            fail(f"data.{key}", f"a column index must be >= 0, got {value}")
+        if value is not None and d.source in ("builtin", "text"):
+            fail(f"data.{key}", f"not used by data.source '{d.source}'; leave it empty")
+    if d.src_column is not None and d.src_column == d.tgt_column:
+        fail("data.tgt_column", f"must differ from data.src_column ({d.src_column!r})")
+    if (d.source in ("tsv", "csv") and None not in (d.src_column, d.tgt_column)
+            and isinstance(d.src_column, str) != isinstance(d.tgt_column, str)):
+        # A name says "the first line is a header", an index says "no header": both or neither.
+        fail("data.tgt_column", "give both columns as names (the file has a header line) or "
+             f"both as 0-based indices (it has none), got {d.src_column!r} and "
+             f"{d.tgt_column!r}")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -1,18 +1,43 @@
-"""Reading parallel text: (source, target) pairs per split, from every kind of `data.source`."""
+"""Reading parallel text: every `data.source` becomes, per split, one Arrow dataset of the
+`datasets` library with two string columns, `src` and `tgt`, stripped, without empty sides.
+
+Sources: the built-in grammar corpus (generated in memory), a Hugging Face hub dataset, two
+line-aligned text files per split (Moses style), or one TSV, CSV, JSONL or Parquet file per
+split. Files are converted to Arrow once, into the datasets cache, and memory-mapped from
+there: a corpus of millions of pairs is never held as Python objects, and a second run
+reuses the conversion. Splits not given as files are carved from train by ratio with
+`data.split_seed`; `split_record` describes the outcome for the run folder's splits.json.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import hashlib
+import json
 import logging
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from translator.config import DataConfig
 from translator.errors import TranslatorError
 
+if TYPE_CHECKING:
+    import datasets
+    import pyarrow as pa
+
 Pair = tuple[str, str]
-Splits = dict[str, list[Pair]]
+Splits = Mapping[str, list[Pair]]
 SPLITS = ("train", "valid", "test")
+# Part of every cache key below: bump it when a transform here changes its output.
+_CACHE_VERSION = "corpus-1"
+_PANDAS_FIELDS = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 log = logging.getLogger("translator")
 
 
@@ -20,77 +45,467 @@ class DataError(TranslatorError):
     """Corpus files or datasets that cannot be read as parallel text."""
 
 
-def _read_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 file without their line ends; invalid UTF-8 names file and line."""
-    lines = []
+@dataclass
+class Corpus:
+    """The splits of a corpus (Arrow datasets with string columns `src` and `tgt`) and how
+    many pairs of each were dropped for an empty side."""
+
+    splits: dict[str, datasets.Dataset]
+    dropped: dict[str, int] = field(default_factory=dict)
+    carved: dict[str, float] = field(default_factory=dict)
+    split_seed: int = 0
+
+    def __getitem__(self, name: str) -> datasets.Dataset:
+        return self.splits[name]
+
+    def record(self) -> dict[str, Any]:
+        """What the run folder's splits.json holds: the seed, the carved ratios and the split
+        sizes, so that a resume can check it sees the same split."""
+        return {"split_seed": self.split_seed, "carved_ratios": dict(self.carved),
+                "sizes": {k: len(v) for k, v in self.splits.items()},
+                "dropped_empty": dict(self.dropped)}
+
+
+def _fingerprint(*parts: object) -> str:
+    """A datasets cache key from anything printable (previous fingerprint, options, ...)."""
+    return hashlib.sha256("\x1f".join(map(str, (_CACHE_VERSION, *parts))).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars and no log lines from datasets: our own log says what happens, and a
+    failure becomes one DataError message instead of datasets' error log plus ours."""
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    verbosity = datasets.utils.logging.get_verbosity()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.utils.logging.set_verbosity(verbosity)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- diagnosing bad files
+
+
+def _bad_utf8(path: Path) -> str | None:
+    """'<path> line N is not valid UTF-8 (byte B)' for the first bad line, else None."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             try:
-                lines.append(raw.decode("utf-8").rstrip("\r\n"))
+                raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(f"data error: {path} line {n} is not valid UTF-8 "
-                                f"(byte {exc.start})") from None
-    return lines
+                return f"{path} line {n} is not valid UTF-8 (byte {exc.start})"
+    return None
 
 
-def _read_text_pair(cfg: DataConfig, stem: str) -> list[Pair]:
-    src_path = Path(cfg.dir or ".") / f"{stem}.{cfg.src_lang}"
-    tgt_path = Path(cfg.dir or ".") / f"{stem}.{cfg.tgt_lang}"
-    src, tgt = _read_lines(src_path), _read_lines(tgt_path)
+def _bad_json_line(path: Path) -> str | None:
+    """'<path> line N ...' for the first line of a JSONL file that is not a JSON object."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                return f"{path} line {n} is not valid JSON ({exc.msg})"
+            if not isinstance(value, dict):
+                return f"{path} line {n} is a JSON {type(value).__name__}, not an object"
+    return None
+
+
+def _load_file(builder: str, path: Path, cache_dir: str | None,
+               **options: Any) -> datasets.Dataset:
+    """One file through a packaged datasets builder (text, csv, json, parquet), converted to
+    Arrow in the cache (reused while the file's modification time stays the same)."""
+    import datasets
+
+    try:
+        with _quiet_datasets():
+            return datasets.load_dataset(builder, data_files={"train": str(path)},
+                                         split="train", cache_dir=cache_dir, **options)
+    except Exception as exc:  # datasets wraps the reader's error; find the bad line ourselves
+        reason = None if builder == "parquet" else _bad_utf8(path)
+        if reason is None and builder == "json":
+            reason = _bad_json_line(path)
+        if reason is None:
+            cause = _first_line(exc.__cause__ or exc)
+            fields = _PANDAS_FIELDS.search(cause)
+            reason = (f"{path} line {fields[2]} has {fields[3]} fields, expected {fields[1]}"
+                      if fields else f"cannot read {path}: {cause}")
+        raise DataError(f"data error: {reason}") from None
+
+
+# ---------------------------------------------------------------- one split per source
+
+
+def _read_text(cfg: DataConfig, stem: str) -> datasets.Dataset:
+    """Two line-aligned files, `<dir>/<stem>.<src_lang>` and `<dir>/<stem>.<tgt_lang>`."""
+    import datasets
+
+    base = Path(cfg.dir or ".")
+    src_path, tgt_path = base / f"{stem}.{cfg.src_lang}", base / f"{stem}.{cfg.tgt_lang}"
+    src, tgt = (_load_file("text", path, cfg.cache_dir) if path.stat().st_size
+                else _empty("text") for path in (src_path, tgt_path))
     if len(src) != len(tgt):
         raise DataError(f"data error: {src_path} has {len(src)} lines but {tgt_path} has "
                         f"{len(tgt)}; the files must be line-aligned")
-    return list(zip(src, tgt, strict=True))
+    return datasets.concatenate_datasets(
+        [src.rename_column("text", "src"), tgt.rename_column("text", "tgt")], axis=1)
 
 
-def _read_tsv(cfg: DataConfig, name: str) -> list[Pair]:
+def _header_fields(path: Path, sep: str, quoting: int) -> list[str]:
+    """The fields of the first non-blank line (of the first 1000) of a TSV/CSV file."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter=sep, quoting=quoting)
+            for n, row in enumerate(reader):
+                if row or n >= 1000:
+                    return row
+    except UnicodeDecodeError:
+        raise DataError(f"data error: {_bad_utf8(path)}") from None
+    except csv.Error as exc:
+        raise DataError(f"data error: cannot read {path}: {exc}") from None
+    return []
+
+
+def _read_delimited(cfg: DataConfig, name: str) -> datasets.Dataset | None:
+    """A TSV (tab-separated, no quoting) or CSV (comma-separated, "quoted" fields) file. Column
+    names in the config mean the first line is a header; indices or none mean it is not, and
+    the columns are then called "0", "1", ..."""
+    import datasets
+
     path = Path(cfg.dir or ".") / name
-    pairs = []
-    for n, line in enumerate(_read_lines(path), start=1):
-        fields = line.split("\t")
-        if len(fields) != 2:
-            raise DataError(f"data error: {path} line {n} has {len(fields)} tab-separated "
-                            "fields, expected 2 (source<TAB>target)")
-        pairs.append((fields[0], fields[1]))
-    return pairs
+    tsv = cfg.source == "tsv"
+    sep, quoting = ("\t", csv.QUOTE_NONE) if tsv else (",", csv.QUOTE_MINIMAL)
+    header = isinstance(cfg.src_column, str) or isinstance(cfg.tgt_column, str)
+    fields = _header_fields(path, sep, quoting)
+    if not fields:
+        return None
+    names = fields if header else [str(i) for i in range(len(fields))]
+    features = datasets.Features({n: datasets.Value("string") for n in names})
+    return _load_file(
+        "csv", path, cfg.cache_dir, sep=sep, quoting=quoting, header=0 if header else None,
+        names=None if header else names, features=features,
+        # Text stays text: no "NA" -> NaN, and blank lines are kept so they are counted.
+        keep_default_na=False, na_filter=False, skip_blank_lines=False)
 
 
-def _hub_pairs(cfg: DataConfig, split: str) -> list[Pair]:
-    """One split of a Hugging Face dataset, with a `translation` column of language-keyed
-    dicts (as opus_books has) or one text column per language."""
-    import datasets  # heavy import, needed only here
+def _read_hub(cfg: DataConfig, split: str) -> datasets.Dataset:
+    """One split of a Hugging Face dataset (downloaded once into the datasets cache)."""
+    import datasets
 
     try:
-        ds = datasets.load_dataset(cfg.name, cfg.subset, split=split)
+        with _quiet_datasets():
+            # cache_dir only when set: the library's own default applies otherwise.
+            extra = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
+            return datasets.load_dataset(cfg.name, cfg.subset, split=split, **extra)
     except Exception as exc:  # network, missing dataset, unknown split: all user-facing here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"data error: cannot load dataset '{cfg.name}' ({cfg.subset}) split "
-                        f"'{split}': {first}") from None
-    columns = ds.column_names
-    if "translation" in columns:
-        pairs = []
-        for n, row in enumerate(ds["translation"]):
-            for lang in (cfg.src_lang, cfg.tgt_lang):
-                if lang not in row:
-                    raise DataError(f"data error: row {n} of '{cfg.name}' has no '{lang}' in its "
-                                    f"translation column (languages: {', '.join(row)})")
-            pairs.append((row[cfg.src_lang], row[cfg.tgt_lang]))
-        return pairs
-    if cfg.src_lang in columns and cfg.tgt_lang in columns:
-        return list(zip(ds[cfg.src_lang], ds[cfg.tgt_lang], strict=True))
-    raise DataError(f"data error: dataset '{cfg.name}' has neither a 'translation' column nor "
-                    f"columns '{cfg.src_lang}' and '{cfg.tgt_lang}' "
-                    f"(columns: {', '.join(columns)})")
+                        f"'{split}': {_first_line(exc)}") from None
 
 
-def _read_split(cfg: DataConfig, name: str) -> list[Pair]:
+def _read_split(cfg: DataConfig, name: str) -> datasets.Dataset | None:
+    """The raw dataset of one split, with whatever columns the source has; None for an
+    empty file."""
+    if cfg.source in ("tsv", "csv", "jsonl", "parquet"):
+        if (Path(cfg.dir or ".") / name).stat().st_size == 0:
+            return None
     if cfg.source == "text":
-        return _read_text_pair(cfg, name)
-    if cfg.source == "tsv":
-        return _read_tsv(cfg, name)
+        return _read_text(cfg, name)
+    if cfg.source in ("tsv", "csv"):
+        return _read_delimited(cfg, name)
+    if cfg.source in ("jsonl", "parquet"):
+        builder = "json" if cfg.source == "jsonl" else "parquet"
+        return _load_file(builder, Path(cfg.dir or ".") / name, cfg.cache_dir)
     if cfg.source == "hub":
-        return _hub_pairs(cfg, name)
-    raise DataError(f"data error: unknown data.source '{cfg.source}'")
+        return _read_hub(cfg, name)
+    raise DataError(f"data error: unknown data.source '{cfg.source}' (use builtin, hub, text, "
+                    "tsv, csv, jsonl or parquet)")
+
+
+# ---------------------------------------------------------------- columns and cleaning
+
+
+def _describe(cfg: DataConfig, name: str) -> str:
+    if cfg.source == "hub":
+        return f"dataset '{cfg.name}' split '{name}'"
+    if cfg.source == "text":
+        return f"{Path(cfg.dir or '.') / name}.{{{cfg.src_lang},{cfg.tgt_lang}}}"
+    return str(Path(cfg.dir or ".") / name) if cfg.source != "builtin" else "builtin corpus"
+
+
+def _pick_columns(ds: datasets.Dataset, cfg: DataConfig, what: str) -> tuple[str, str] | None:
+    """The (source, target) column names, or None for a `translation` column of dicts."""
+    import datasets
+
+    columns = ds.column_names
+    listed = ", ".join(columns) or "none"
+    if cfg.source in ("text", "builtin"):
+        return "src", "tgt"
+
+    def resolve(spec: str | int, key: str) -> str:
+        if isinstance(spec, int):
+            if spec >= len(columns):
+                raise DataError(f"data error: {key}: {what} has no column {spec} (it has "
+                                f"{len(columns)}: {listed})")
+            return columns[spec]
+        if spec not in columns:
+            raise DataError(f"data error: {key}: {what} has no column '{spec}' "
+                            f"(columns: {listed})")
+        return spec
+
+    if cfg.src_column is not None or cfg.tgt_column is not None:
+        # The side left empty defaults to its language's name, or in a headerless TSV/CSV
+        # (columns named "0", "1", ...) to column 0 or 1.
+        indexed = isinstance(cfg.src_column, int) or isinstance(cfg.tgt_column, int)
+        headerless = cfg.source in ("tsv", "csv") and indexed
+        defaults = (0, 1) if headerless else (cfg.src_lang, cfg.tgt_lang)
+        pair = (resolve(defaults[0] if cfg.src_column is None else cfg.src_column,
+                        "data.src_column"),
+                resolve(defaults[1] if cfg.tgt_column is None else cfg.tgt_column,
+                        "data.tgt_column"))
+    elif "translation" in columns:
+        feature = ds.features["translation"]
+        # A struct lists its languages up front; JSON rows with differing keys (datasets'
+        # Json feature) are checked row by row in _clean_batch.
+        langs = list(getattr(feature, "languages", None) or
+                     (feature.keys() if isinstance(feature, dict) else []))
+        for lang in (cfg.src_lang, cfg.tgt_lang) if langs else ():
+            if lang not in langs:
+                raise DataError(f"data error: the translation column of {what} has no '{lang}' "
+                                f"(languages: {', '.join(langs)})")
+        return None
+    elif cfg.src_lang in columns and cfg.tgt_lang in columns:
+        pair = (cfg.src_lang, cfg.tgt_lang)
+    elif cfg.source in ("tsv", "csv") and len(columns) >= 2:
+        pair = (columns[0], columns[1])
+    else:
+        raise DataError(f"data error: {what} has neither a 'translation' column nor columns "
+                        f"'{cfg.src_lang}' and '{cfg.tgt_lang}' (columns: {listed}); set "
+                        "data.src_column and data.tgt_column")
+    for col in pair:
+        feature = ds.features[col]
+        if not (isinstance(feature, datasets.Value) and "string" in feature.dtype):
+            raise DataError(f"data error: column '{col}' of {what} holds {feature}, not text")
+    return pair
+
+
+def _translation_sides(col: pa.ChunkedArray, indices: list[int], langs: tuple[str, str],
+                       what: str) -> list[Any]:
+    """The two languages of a `translation` column: a struct (fast, in Arrow) or JSON text of
+    dicts with differing keys; a row without one of them is an error that names it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_struct(col.type):
+        sides = [pc.struct_field(col, [lang]) for lang in langs]
+        rows = None
+    else:
+        rows = [json.loads(v) if isinstance(v, str) else v for v in col.to_pylist()]
+        sides = [pa.array([(r or {}).get(lang) for r in rows], pa.string()) for lang in langs]
+    for lang, side in zip(langs, sides, strict=True):
+        missing = side.is_null()
+        if pc.any(missing).as_py():
+            k = int(pc.index(missing, True).as_py())
+            row = rows[k] if rows is not None else col[k].as_py()
+            present = ", ".join(key for key, v in (row or {}).items() if v is not None)
+            raise DataError(f"data error: row {indices[k]} (0-based) of {what} has no '{lang}' "
+                            f"in its translation (languages: {present or 'none'})")
+    return sides
+
+
+def _clean_batch(table: pa.Table, indices: list[int], columns: tuple[str, str] | None,
+                 langs: tuple[str, str], what: str) -> pa.Table:
+    """Select the two sides, strip them, and drop pairs with an empty side."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if columns is None:
+        sides = _translation_sides(table.column("translation"), indices, langs, what)
+    else:
+        sides = [table.column(c) for c in columns]
+    src, tgt = (pc.utf8_trim_whitespace(pc.fill_null(s.cast(pa.string()), "")) for s in sides)
+    keep = pc.and_(pc.greater(pc.utf8_length(src), 0), pc.greater(pc.utf8_length(tgt), 0))
+    return pa.table({"src": src.filter(keep), "tgt": tgt.filter(keep)})
+
+
+def _files(cfg: DataConfig, name: str) -> list[Path]:
+    base = Path(cfg.dir or ".")
+    if cfg.source == "text":
+        return [base / f"{name}.{cfg.src_lang}", base / f"{name}.{cfg.tgt_lang}"]
+    return [base / name] if cfg.source in ("tsv", "csv", "jsonl") else []
+
+
+def _clean(ds: datasets.Dataset, cfg: DataConfig, name: str,
+           split: str) -> tuple[datasets.Dataset, int]:
+    """The split as columns `src`/`tgt`, stripped, empty sides dropped; and how many were."""
+    import datasets
+    import pyarrow as pa
+
+    what = _describe(cfg, name)
+    columns = _pick_columns(ds, cfg, what)
+    if len(ds) == 0:  # map would return no columns at all
+        return _empty(), 0
+    langs = (cfg.src_lang, cfg.tgt_lang)
+    features = datasets.Features({"src": datasets.Value("string"),
+                                  "tgt": datasets.Value("string")})
+    try:
+        with _quiet_datasets():
+            clean = ds.with_format("arrow").map(
+                _clean_batch, batched=True, batch_size=10_000, with_indices=True,
+                remove_columns=ds.column_names, features=features,
+                fn_kwargs={"columns": columns, "langs": langs, "what": what},
+                new_fingerprint=_fingerprint(ds._fingerprint, "clean", columns, langs),
+            ).with_format(None)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        # Readers that do not check UTF-8 (JSON) leave it to the first string operation.
+        reasons = [r for r in map(_bad_utf8, _files(cfg, name)) if r]
+        raise DataError(f"data error: {reasons[0] if reasons else _first_line(exc)}") from None
+    dropped = len(ds) - len(clean)
+    if dropped:
+        log.warning("%s: dropped %d of %d pairs with an empty side (%s)", split, dropped,
+                    len(ds), what)
+    return clean, dropped
+
+
+# ---------------------------------------------------------------- the corpus
+
+
+def _empty(*columns: str) -> datasets.Dataset:
+    """A dataset without rows (typed, so that it maps and tokenizes like any other)."""
+    import datasets
+
+    columns = columns or ("src", "tgt")
+    features = datasets.Features({c: datasets.Value("string") for c in columns})
+    return datasets.Dataset.from_dict({c: [] for c in columns}, features=features)
+
+
+def _builtin(cfg: DataConfig) -> dict[str, datasets.Dataset]:
+    import datasets
+
+    from translator.builtin_corpus import builtin_splits
+
+    n_eval = max(1, min(1000, cfg.builtin_size // 10))
+    splits = builtin_splits(cfg.builtin_size, cfg.builtin_seed, n_eval, n_eval)
+    return {k: datasets.Dataset.from_dict({"src": [s for s, _ in v], "tgt": [t for _, t in v]})
+            for k, v in splits.items()}
+
+
+def _carve(train: datasets.Dataset, sizes: dict[str, float],
+           seed: int) -> dict[str, datasets.Dataset]:
+    """Take `round(ratio * len(train))` (at least 1) random pairs of train for each named
+    split; train keeps the rest, in file order. Deterministic for (len(train), seed)."""
+    n = len(train)
+    # A string seed is hashed (SHA-512) by `random`: any int works and nearby seeds differ.
+    rng = np.random.default_rng(random.Random(f"translator-split:{seed}").getrandbits(64))
+    order = rng.permutation(n)
+    keep = np.ones(n, dtype=bool)
+    out, start = {}, 0
+    for name, ratio in sizes.items():
+        count = min(max(1, round(ratio * n)), n - start)
+        idx = np.sort(order[start:start + count])
+        start += count
+        keep[idx] = False
+        out[name] = train.select(idx, new_fingerprint=_fingerprint(
+            train._fingerprint, "carve", name, seed, sizes))
+    out["train"] = train.select(np.flatnonzero(keep), new_fingerprint=_fingerprint(
+        train._fingerprint, "carve", "train", seed, sizes))
+    return out
+
+
+def load_corpus(cfg: DataConfig) -> Corpus:
+    """All splits of the configured corpus: explicit ones read, missing ones carved from
+    train by ratio with `split_seed` (or left empty). Empty sides are dropped and counted."""
+    if cfg.source == "builtin":
+        raw = _builtin(cfg)
+        names = {k: k for k in SPLITS}
+    else:
+        names = {k: getattr(cfg, k) for k in SPLITS if getattr(cfg, k)}
+        raw = {k: _read_split(cfg, name) for k, name in names.items()}
+    splits, dropped = {}, {}
+    for split, ds in raw.items():
+        splits[split], dropped[split] = ((_empty(), 0) if ds is None
+                                         else _clean(ds, cfg, names[split], split))
+    carved = {k: r for k, r in (("valid", cfg.valid_ratio), ("test", cfg.test_ratio))
+              if k not in splits and r > 0}
+    if carved:
+        splits.update(_carve(splits["train"], carved, cfg.split_seed))
+    for split in SPLITS:
+        splits.setdefault(split, _empty())
+        dropped.setdefault(split, 0)
+    if len(splits["train"]) == 0:
+        raise DataError("data error: the train split is empty")
+    log.info("corpus: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    return Corpus(splits, dropped, carved, cfg.split_seed)
+
+
+def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
+    """Write the corpus' split record to `path`; when resuming, first check that it matches
+    the one the run started with, so training goes on over the same split."""
+    path = Path(path)
+    record = corpus.record()
+    if resume and path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"data error: cannot read {path}: {_first_line(exc)}") from None
+        for key in ("split_seed", "sizes"):
+            if saved.get(key) != record[key]:
+                raise DataError(f"data error: --resume: the corpus now gives {key} "
+                                f"{record[key]} but {path} recorded {saved.get(key)}; resume "
+                                "with the same data or start a new run")
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------- plain Python views
+
+
+def to_pairs(ds: datasets.Dataset) -> list[Pair]:
+    """A split as a list of (source, target) strings (for small splits: valid, test)."""
+    table = ds.with_format("arrow")[:]
+    return list(zip(table.column("src").to_pylist(), table.column("tgt").to_pylist(),
+                    strict=True))
+
+
+def iter_texts(ds: datasets.Dataset, column: str, batch_size: int = 10_000
+               ) -> Iterator[list[str]]:
+    """One column of a split in batches of strings, without loading it whole."""
+    for batch in ds.with_format("arrow").iter(batch_size=batch_size):
+        yield batch.column(column).to_pylist()
+
+
+class _LazySplits(Mapping[str, list[Pair]]):
+    """The splits of a Corpus as lists of pairs, each converted when first asked for (so that
+    evaluating on the test split never turns a large train split into Python objects)."""
+
+    def __init__(self, corpus: Corpus) -> None:
+        self._corpus, self._lists = corpus, {}
+
+    def __getitem__(self, name: str) -> list[Pair]:
+        if name not in self._lists:
+            self._lists[name] = to_pairs(self._corpus.splits[name])
+        return self._lists[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SPLITS)
+
+    def __len__(self) -> int:
+        return len(SPLITS)
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """The splits of `load_corpus(cfg)` as lists of (source, target) pairs, by split name."""
+    return _LazySplits(load_corpus(cfg))
 
 
 def clean_pairs(pairs: Sequence[Pair]) -> tuple[list[Pair], int]:
@@ -98,36 +513,3 @@ def clean_pairs(pairs: Sequence[Pair]) -> tuple[list[Pair], int]:
     kept = [(s.strip(), t.strip()) for s, t in pairs]
     kept = [(s, t) for s, t in kept if s and t]
     return kept, len(pairs) - len(kept)
-
-
-def load_splits(cfg: DataConfig) -> Splits:
-    """All splits of the configured corpus: explicit ones read, missing ones carved from train
-    by ratio with `split_seed`. Empty pairs are dropped."""
-    if cfg.source == "builtin":
-        from translator.builtin_corpus import builtin_splits
-
-        n_eval = max(1, min(1000, cfg.builtin_size // 10))
-        splits = builtin_splits(cfg.builtin_size, cfg.builtin_seed, n_eval, n_eval)
-        return {k: list(v) for k, v in splits.items()}
-    splits: Splits = {"train": _read_split(cfg, cfg.train)}
-    for name, ratio in (("valid", cfg.valid_ratio), ("test", cfg.test_ratio)):
-        stem = getattr(cfg, name)
-        if stem:
-            splits[name] = _read_split(cfg, stem)
-        elif ratio > 0:
-            train = splits["train"]
-            order = list(range(len(train)))
-            random.Random(f"{cfg.split_seed}-{name}").shuffle(order)
-            n = max(1, round(ratio * len(train)))
-            carved = set(order[:n])
-            splits[name] = [train[i] for i in sorted(carved)]
-            splits["train"] = [p for i, p in enumerate(train) if i not in carved]
-        else:
-            splits[name] = []
-    for name in SPLITS:
-        splits[name], dropped = clean_pairs(splits[name])
-        if dropped:
-            log.warning("%s: dropped %d pairs with an empty side", name, dropped)
-    if not splits["train"]:
-        raise DataError("data error: the train split is empty")
-    return splits

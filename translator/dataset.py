@@ -1,25 +1,36 @@
 """Token ids of a corpus, length-bucketed batches padded per batch, and their masks.
 
 A `BilingualDataset` keeps every sentence's ids in one flat int32 tensor per side plus offsets,
-not as Python lists of tensors, so a large corpus costs 4 bytes a token. A batch is padded to
-its own longest sentence; the encoder input is `[SOS] x [EOS]`, the decoder input `[SOS] y`,
-the label `y [EOS]`.
+not as Python lists of tensors, so a large corpus costs 4 bytes a token. `from_dataset`
+tokenizes an Arrow split with a batched `datasets.map` whose result is cached next to the
+corpus, keyed by the tokenizers' fingerprints, so a second run reads the ids instead of
+tokenizing again. A batch is padded to its own longest sentence; the encoder input is
+`[SOS] x [EOS]`, the decoder input `[SOS] y`, the label `y [EOS]`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from translator.model import causal_mask, padding_mask
 from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer
 
+if TYPE_CHECKING:
+    import datasets
+    import pyarrow as pa
+
 log = logging.getLogger("translator")
+# Part of the tokenized-corpus cache key: bump it when `_encode_batch` changes its output.
+_TOKENIZE_VERSION = "ids-1"
 
 
 class BilingualDataset(torch.utils.data.Dataset):
@@ -27,17 +38,32 @@ class BilingualDataset(torch.utils.data.Dataset):
 
     def __init__(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
                  max_len: int, name: str = "data") -> None:
-        keep = [i for i, (s, t) in enumerate(zip(src_ids, tgt_ids, strict=True))
-                if len(s) + 2 <= max_len and len(t) + 1 <= max_len]
-        self.dropped = len(src_ids) - len(keep)
+        if len(src_ids) != len(tgt_ids):
+            raise ValueError(f"{len(src_ids)} source but {len(tgt_ids)} target sequences")
+        src_flat, src_off = _flatten(src_ids)
+        tgt_flat, tgt_off = _flatten(tgt_ids)
+        self._setup(src_flat, src_off, tgt_flat, tgt_off, max_len, name)
+
+    def _setup(self, src_flat: np.ndarray, src_off: np.ndarray, tgt_flat: np.ndarray,
+               tgt_off: np.ndarray, max_len: int, name: str) -> None:
+        """Drop the pairs that do not fit `max_len` (logging how many) and store the rest as
+        flat int32 tensors with int64 offsets."""
+        src_lens, tgt_lens = np.diff(src_off), np.diff(tgt_off)
+        fits = (src_lens + 2 <= max_len) & (tgt_lens + 1 <= max_len)
+        keep = np.flatnonzero(fits)
+        n = len(src_lens)
+        self.dropped = int(n - len(keep))
         if self.dropped:
             log.warning("%s: dropped %d of %d pairs longer than data.max_len=%d tokens",
-                        name, self.dropped, len(src_ids), max_len)
-        self.kept_index = keep
-        self.src_flat, self.src_off = _flatten([src_ids[i] for i in keep])
-        self.tgt_flat, self.tgt_off = _flatten([tgt_ids[i] for i in keep])
-        self.src_lens = (self.src_off[1:] - self.src_off[:-1]).tolist()
-        self.tgt_lens = (self.tgt_off[1:] - self.tgt_off[:-1]).tolist()
+                        name, self.dropped, n, max_len)
+        self.kept_index: list[int] = keep.tolist()
+        self.src_flat, self.src_off = _select(src_flat, src_off, fits)
+        self.tgt_flat, self.tgt_off = _select(tgt_flat, tgt_off, fits)
+        self._src_lens, self._tgt_lens = src_lens[keep], tgt_lens[keep]
+        self.src_lens: list[int] = self._src_lens.tolist()
+        self.tgt_lens: list[int] = self._tgt_lens.tolist()
+        # What a pair costs in a padded batch: the longer of its encoder and decoder inputs.
+        self.token_counts = np.maximum(self._src_lens + 2, self._tgt_lens + 1)
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[tuple[str, str]], src_tok: TextTokenizer,
@@ -46,6 +72,28 @@ class BilingualDataset(torch.utils.data.Dataset):
         src = src_tok.encode_batch([s for s, _ in pairs])
         tgt = tgt_tok.encode_batch([t for _, t in pairs])
         return cls(src, tgt, max_len, name)
+
+    @classmethod
+    def from_dataset(cls, ds: datasets.Dataset, src_tok: TextTokenizer, tgt_tok: TextTokenizer,
+                     max_len: int, name: str = "data") -> BilingualDataset:
+        """Tokenize an Arrow split with columns `src`/`tgt` (see `translator.corpus`) through a
+        cached batched `datasets.map`, and take its ids without Python lists."""
+        import pyarrow.compute as pc
+
+        if len(ds) == 0:
+            return cls([], [], max_len, name)
+        table = tokenize(ds, src_tok, tgt_tok).with_format("arrow")[:]
+        self = cls.__new__(cls)
+        sides = []
+        for column in ("src_ids", "tgt_ids"):
+            ids = table.column(column).combine_chunks()
+            lens = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+            off = np.zeros(len(lens) + 1, dtype=np.int64)
+            np.cumsum(lens, out=off[1:])
+            flat = ids.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+            sides += [flat, off]
+        self._setup(*sides, max_len, name)
+        return self
 
     def __len__(self) -> int:
         return len(self.src_lens)
@@ -56,15 +104,64 @@ class BilingualDataset(torch.utils.data.Dataset):
 
     def token_count(self, i: int) -> int:
         """Padded size of pair i in a batch: the longer of its encoder and decoder inputs."""
-        return max(self.src_lens[i] + 2, self.tgt_lens[i] + 1)
+        return int(self.token_counts[i])
 
 
-def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
-    lens = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
-    offsets = torch.zeros(len(seqs) + 1, dtype=torch.int64)
-    torch.cumsum(lens, 0, out=offsets[1:])
-    flat = torch.tensor([t for s in seqs for t in s], dtype=torch.int32)
+def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    flat = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
     return flat, offsets
+
+
+def _select(flat: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> tuple[Tensor, Tensor]:
+    """The sequences where `keep` is True, as a flat tensor and its offsets."""
+    lens = np.diff(offsets)
+    if keep.all():
+        new_flat, new_off = flat, offsets
+    else:
+        token_keep = np.repeat(keep, lens)
+        new_flat = flat[token_keep]
+        new_off = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+        np.cumsum(lens[keep], out=new_off[1:])
+    # A copy: Arrow hands out read-only views of its (memory-mapped) buffers.
+    return (torch.from_numpy(np.array(new_flat, dtype=np.int32)),
+            torch.from_numpy(np.array(new_off, dtype=np.int64)))
+
+
+def _encode_batch(table: pa.Table, src_tok: TextTokenizer, tgt_tok: TextTokenizer) -> pa.Table:
+    import pyarrow as pa
+
+    ids_type = pa.list_(pa.int32())
+    return pa.table({
+        "src_ids": pa.array(src_tok.encode_batch(table.column("src").to_pylist()), ids_type),
+        "tgt_ids": pa.array(tgt_tok.encode_batch(table.column("tgt").to_pylist()), ids_type),
+    })
+
+
+def tokenize(ds: datasets.Dataset, src_tok: TextTokenizer,
+             tgt_tok: TextTokenizer) -> datasets.Dataset:
+    """Columns `src_ids`/`tgt_ids` (int32 lists) of a `src`/`tgt` split, by a batched
+    `datasets.map`. For a split backed by cache files the result is cached beside them under a
+    key made of the split's and both tokenizers' fingerprints, and read back on later runs."""
+    import datasets
+
+    key = "\x1f".join([_TOKENIZE_VERSION, ds._fingerprint, src_tok.fingerprint,
+                       tgt_tok.fingerprint])
+    features = datasets.Features({"src_ids": datasets.Sequence(datasets.Value("int32")),
+                                  "tgt_ids": datasets.Sequence(datasets.Value("int32"))})
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return ds.with_format("arrow").map(
+            _encode_batch, batched=True, batch_size=10_000, remove_columns=ds.column_names,
+            features=features, fn_kwargs={"src_tok": src_tok, "tgt_tok": tgt_tok},
+            new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16],
+        ).with_format(None)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 @dataclass
@@ -96,22 +193,29 @@ class Batch:
 
 def collate(items: Sequence[tuple[Tensor, Tensor]]) -> Batch:
     """Pad a list of (src ids, tgt ids) to the batch's longest and add [SOS]/[EOS]."""
-    b = len(items)
-    s_len = max(len(s) for s, _ in items) + 2
-    t_len = max(len(t) for _, t in items) + 1
-    src = torch.full((b, s_len), PAD_ID, dtype=torch.long)
-    tgt_in = torch.full((b, t_len), PAD_ID, dtype=torch.long)
-    tgt_out = torch.full((b, t_len), PAD_ID, dtype=torch.long)
-    for i, (s, t) in enumerate(items):
-        n, m = len(s), len(t)
-        src[i, 0] = SOS_ID
-        src[i, 1:n + 1] = s
-        src[i, n + 1] = EOS_ID
-        tgt_in[i, 0] = SOS_ID
-        tgt_in[i, 1:m + 1] = t
-        tgt_out[i, :m] = t
-        tgt_out[i, m] = EOS_ID
+    src_lens = torch.tensor([len(s) for s, _ in items], dtype=torch.long)
+    tgt_lens = torch.tensor([len(t) for _, t in items], dtype=torch.long)
+    src = _pad([s for s, _ in items], src_lens, 1, 2)
+    tgt_in = _pad([t for _, t in items], tgt_lens, 1, 1)
+    tgt_out = _pad([t for _, t in items], tgt_lens, 0, 1)
+    rows = torch.arange(len(items))
+    src[:, 0] = SOS_ID
+    src[rows, src_lens + 1] = EOS_ID
+    tgt_in[:, 0] = SOS_ID
+    tgt_out[rows, tgt_lens] = EOS_ID
     return Batch(src, tgt_in, tgt_out, padding_mask(src, PAD_ID))
+
+
+def _pad(seqs: list[Tensor], lens: Tensor, shift: int, extra: int) -> Tensor:
+    """[B, max(lens) + extra] of PAD with sequence i at columns shift .. shift + lens[i], in a
+    few tensor operations whatever the batch size (a per-row loop costs ~20 us a sentence)."""
+    out = torch.full((len(seqs), int(lens.max()) + extra), PAD_ID, dtype=torch.long)
+    flat = torch.cat(seqs)
+    rows = torch.repeat_interleave(torch.arange(len(seqs)), lens)
+    starts = torch.cumsum(lens, 0) - lens
+    cols = torch.arange(len(flat)) - torch.repeat_interleave(starts, lens) + shift
+    out[rows, cols] = flat.long()
+    return out
 
 
 class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -132,28 +236,23 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
 
     def batches(self) -> list[list[int]]:
         """This epoch's batches, in order."""
-        rng = random.Random(self.seed * 1_000_003 + self.epoch)
-        n = len(self.dataset)
-        sizes = [self.dataset.token_count(i) for i in range(n)]
-        # Random tie-breaks so equal-length pairs meet different neighbours each epoch.
-        jitter = [rng.random() for _ in range(n)] if self.shuffle else [0.0] * n
-        order = sorted(range(n), key=lambda i: (sizes[i], jitter[i]))
-        batches: list[list[int]] = []
-        current: list[int] = []
-        longest = 0
-        for i in order:
-            longest_if = max(longest, sizes[i])
-            too_many = (self.max_tokens > 0 and longest_if * (len(current) + 1) > self.max_tokens)
-            too_many |= self.max_tokens <= 0 and len(current) >= self.batch_size
-            if current and too_many:
-                batches.append(current)
-                current, longest_if = [], sizes[i]
-            current.append(i)
-            longest = longest_if
-        if current:
-            batches.append(current)
+        # A string seed is hashed by `random`, so any (seed, epoch) gives an unrelated stream.
+        rng = np.random.default_rng(
+            random.Random(f"batches:{self.seed}:{self.epoch}").getrandbits(64))
+        sizes = np.asarray(self.dataset.token_counts, dtype=np.int64)
+        n = len(sizes)
         if self.shuffle:
-            rng.shuffle(batches)
+            # Random tie-breaks so equal-length pairs meet different neighbours each epoch.
+            order = np.lexsort((rng.random(n), sizes))
+        else:
+            order = np.argsort(sizes, kind="stable")
+        if self.max_tokens > 0:
+            starts = _budget_starts(sizes[order].tolist(), self.max_tokens)
+        else:
+            starts = list(range(0, n, self.batch_size))
+        batches = [b.tolist() for b in np.split(order, starts[1:])] if n else []
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -163,12 +262,30 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         return len(self.batches())
 
 
+def _budget_starts(sorted_sizes: list[int], max_tokens: int) -> list[int]:
+    """Where each batch starts in a list of ascending pair sizes, filling every batch while
+    its size count * longest stays within `max_tokens` (a pair larger than the budget gets a
+    batch of its own). Ascending order makes the newest pair the longest one."""
+    starts = [0] if sorted_sizes else []
+    count = 0
+    for k, size in enumerate(sorted_sizes):
+        if count and size * (count + 1) > max_tokens:
+            starts.append(k)
+            count = 0
+        count += 1
+    return starts
+
+
 def padding_fraction(dataset: BilingualDataset, batches: Sequence[Sequence[int]]) -> float:
     """Share of padding among all encoder+decoder input positions of `batches`."""
-    real = padded = 0
-    for b in batches:
-        s = [dataset.src_lens[i] + 2 for i in b]
-        t = [dataset.tgt_lens[i] + 1 for i in b]
-        real += sum(s) + sum(t)
-        padded += len(b) * (max(s) + max(t))
+    batches = [b for b in batches if len(b)]
+    if not batches:
+        return 0.0
+    idx = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches])
+    counts = np.array([len(b) for b in batches], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    s = dataset._src_lens[idx] + 2
+    t = dataset._tgt_lens[idx] + 1
+    real = int(s.sum() + t.sum())
+    padded = int((counts * (np.maximum.reduceat(s, starts) + np.maximum.reduceat(t, starts))).sum())
     return 1.0 - real / padded if padded else 0.0

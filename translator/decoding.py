@@ -1,18 +1,45 @@
-"""Search over the model's `encode` / `decode` / `project` API: batched greedy decoding.
+"""Search over the model's `encode` / `decode` / `project` API: batched greedy and beam search.
 
-The encoder runs once per batch. With the cache (the default) each step feeds only the newest
-token: decoder self-attention keys/values of earlier positions and the cross-attention
-keys/values of the source come from the cache. Sentences that have produced [EOS] (or reached
-their length limit) leave the batch, so the remaining ones run on smaller tensors.
+Both run the encoder once per batch. With the cache (the default) each step feeds only the
+newest token: decoder self-attention keys/values of earlier positions and the cross-attention
+keys/values of the source come from the cache. Sentences that are finished leave the batch, so
+the remaining ones run on smaller tensors.
+
+Output lengths are capped per sentence at `a * source length + b` tokens ([EOS] included; the
+source length counts its [SOS] and [EOS]); a hypothesis that reaches the cap without [EOS] ends
+there, as it is.
+
+Beam search keeps `beam_size` hypotheses per sentence, all sentences of a batch at once
+(B * beam rows). Hypotheses are ranked by their summed log-probability divided by the GNMT
+length penalty ((5 + length) / 6) ** alpha (Wu et al., 2016), length counting the generated
+tokens, [EOS] included. A sentence is done once it has `beam_size` finished hypotheses that no
+live one can still beat, or at its length cap.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from translator.model import Transformer, padding_mask, reorder_cache
 from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One finished beam-search output."""
+
+    tokens: list[int]
+    """Generated ids without [SOS] and [EOS]."""
+    score: float
+    """`log_prob / length_penalty(length, alpha)`: what the search ranks by."""
+    log_prob: float
+    """Sum of the token log-probabilities, the final [EOS] included when it was generated."""
+    length: int
+    """Generated tokens counted by the length penalty: `len(tokens)`, plus 1 for [EOS]."""
 
 
 def max_output_lengths(src: Tensor, a: float, b: int) -> Tensor:
@@ -22,6 +49,11 @@ def max_output_lengths(src: Tensor, a: float, b: int) -> Tensor:
     return (a * src_len.float() + b).floor().long().clamp(min=1)
 
 
+def length_penalty(length: int | float | Tensor, alpha: float) -> float | Tensor:
+    """GNMT length penalty ((5 + length) / 6) ** alpha; 1 for alpha 0 (no normalisation)."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
 @torch.no_grad()
 def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
                   max_len_b: int = 10, use_cache: bool = True) -> list[list[int]]:
@@ -29,7 +61,7 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
 
     Returns one id list per sentence, without [SOS] and [EOS]. `use_cache=False` re-runs the
     decoder over the whole prefix at every step (the tutorial way); it exists to prove the
-    cached path gives the same tokens.
+    cached path gives the same tokens, and as the benchmark's baseline.
     """
     model.eval()
     device = src.device
@@ -61,3 +93,115 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
             if cache is not None:
                 cache = reorder_cache(cache, keep)
     return out
+
+
+@torch.no_grad()
+def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: float = 0.6,
+                max_len_a: float = 1.5, max_len_b: int = 10, n_best: int = 1,
+                use_cache: bool = True) -> list[list[Hypothesis]]:
+    """Beam search over a batch of encoder inputs `src` [B, S] (`[SOS] x [EOS]`, padded).
+
+    Returns, per sentence, its `n_best` (<= `beam_size`) best finished hypotheses, best first.
+    With `beam_size=1` and `alpha=0` the result is exactly greedy decoding's.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be in 1..beam_size ({beam_size}), got {n_best}")
+    model.eval()
+    K, device = beam_size, src.device
+    n = src.size(0)
+    src_mask = padding_mask(src, PAD_ID)
+    # Sentence i's hypotheses are rows i*K .. i*K+K-1 of every per-hypothesis tensor.
+    memory = model.encode(src, src_mask).repeat_interleave(K, dim=0)  # [n*K, S, D]
+    src_mask = src_mask.repeat_interleave(K, dim=0)  # [n*K, 1, 1, S]
+    limits = max_output_lengths(src, max_len_a, max_len_b)  # [B], indexed by original sentence
+    lp_limit = length_penalty(limits.double(), alpha)  # [B]
+    steps = int(limits.max())
+    finished: list[list[Hypothesis]] = [[] for _ in range(n)]
+    # Score of each sentence's K-th best finished hypothesis (-inf while it has fewer).
+    kth_best = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
+    active = torch.arange(n, device=device)  # original index of each sentence still searching
+    ys = torch.full((n * K, 1), SOS_ID, dtype=torch.long, device=device)
+    # Summed log-probabilities; all beams but one start at -inf so the first step expands
+    # only one copy of [SOS] (K identical beams would fill the beam with duplicates).
+    scores = torch.full((n, K), -math.inf, dtype=torch.float64, device=device)
+    scores[:, 0] = 0.0
+    cache = model.new_cache() if use_cache else None
+    offsets = torch.arange(K, device=device)
+    for t in range(steps):
+        if use_cache:
+            h = model.decode(memory, src_mask, ys[:, -1:], cache, offset=t)
+        else:
+            h = model.decode(memory, src_mask, ys)
+        logits = model.project(h[:, -1])  # [n*K, V]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16 up
+        # The 2K best candidates of a sentence hold at most 2K of any one beam, so each beam's
+        # 2K best tokens are all that can compete: log-probabilities of those only, in
+        # float64 so that adding a beam's score cannot round two candidates into a tie
+        # (keeps beam 1 == greedy exact).
+        k2 = min(2 * K, logits.size(-1))
+        row_logits, row_tok = logits.topk(k2, dim=-1)  # [n*K, k2]
+        logp = row_logits.double() - logits.logsumexp(dim=-1, keepdim=True).double()
+        cand = (scores.view(-1, 1) + logp).view(-1, K * k2)  # [n, K*k2]
+        # 2K candidates always hold K that do not end in [EOS]: each beam has one [EOS].
+        top_scores, top_idx = cand.topk(2 * K, dim=1)  # [n, 2K], best first
+        top_beam = top_idx // k2
+        top_tok = row_tok.view(-1, K * k2).gather(1, top_idx)
+        is_eos = top_tok == EOS_ID
+        at_cap = limits[active] == t + 1  # [n]: this step's token is their last
+        # Only candidates among the K best may finish (fairseq's rule): an [EOS] ranked below
+        # K live continuations is not part of the beam. At the cap all K best finish as they
+        # are, with or without [EOS].
+        final = torch.zeros_like(is_eos)
+        final[:, :K] = (is_eos[:, :K] | at_cap.unsqueeze(1)) & top_scores[:, :K].isfinite()
+        if bool(final.any()):
+            _finish(finished, kth_best, K, alpha, t + 1, active, ys, final, top_scores,
+                    top_beam, top_tok)
+        # The live beam: the K best candidates that do not end in [EOS], in rank order.
+        live = ~is_eos & ((~is_eos).cumsum(dim=1) <= K)
+        new_scores = top_scores[live].view(-1, K)  # [n, K], best first
+        new_beam = top_beam[live].view(-1, K)
+        new_tok = top_tok[live].view(-1, K)
+        # No live hypothesis can end better than its score over the largest penalty it can
+        # still get (log-probabilities only fall as it grows). Lengths t+2 .. cap remain and
+        # the penalty is monotone in length, so the largest is at one of the two ends.
+        lp_max = lp_limit[active].clamp(min=float(length_penalty(t + 2, alpha)))  # [n]
+        bound = new_scores[:, 0] / lp_max
+        done = at_cap | (kth_best[active] >= bound)
+        if bool(done.all()):
+            break
+        keep = (~done).nonzero(as_tuple=True)[0]  # [n'] sentences (positions in `active`)
+        rows = (keep.unsqueeze(1) * K + new_beam[keep]).view(-1)  # [n'*K] parent rows
+        ys = torch.cat([ys[rows], new_tok[keep].view(-1, 1)], dim=1)
+        scores = new_scores[keep]
+        if cache is not None:
+            cache = reorder_cache(cache, rows)
+        if keep.numel() < active.numel():
+            # Memory and mask are the same for all beams of a sentence: only drop sentences.
+            sent_rows = (keep.unsqueeze(1) * K + offsets).view(-1)
+            memory, src_mask = memory[sent_rows], src_mask[sent_rows]
+            active = active[keep]
+    return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]
+
+
+def _finish(finished: list[list[Hypothesis]], kth_best: Tensor, K: int, alpha: float,
+            length: int, active: Tensor, ys: Tensor, final: Tensor, top_scores: Tensor,
+            top_beam: Tensor, top_tok: Tensor) -> None:
+    """Record the candidates marked in `final` [n, 2K] as finished hypotheses of `length`
+    generated tokens, and update each touched sentence's K-th best finished score."""
+    pos, _ = final.nonzero(as_tuple=True)
+    parents = pos * K + top_beam[final]
+    prefixes = ys[parents, 1:].tolist()
+    touched = set()
+    lp = float(length_penalty(length, alpha))
+    for p, prefix, tok, lprob in zip(pos.tolist(), prefixes, top_tok[final].tolist(),
+                                     top_scores[final].tolist(), strict=True):
+        sent = int(active[p])
+        tokens = prefix if tok == EOS_ID else prefix + [tok]
+        finished[sent].append(Hypothesis(tokens, lprob / lp, lprob, length))
+        touched.add(sent)
+    for sent in touched:
+        hyps = finished[sent]
+        if len(hyps) >= K:
+            kth_best[sent] = sorted((h.score for h in hyps), reverse=True)[K - 1]

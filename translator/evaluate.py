@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import sacrebleu
 
+from translator.config import DataConfig
 from translator.errors import TranslatorError
-from translator.inference import Translator
+from translator.inference import Translator, split_lines
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
@@ -33,13 +36,80 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any
 
 
 def evaluate_pairs(translator: Translator, pairs: Sequence[tuple[str, str]],
-                   batch_size: int = 64) -> tuple[dict[str, Any], list[str]]:
+                   batch_size: int = 64, *, beam_size: int | None = None,
+                   length_penalty: float | None = None, max_len_a: float | None = None,
+                   max_len_b: int | None = None) -> tuple[dict[str, Any], list[str]]:
     """Translate the source side of `pairs`, score against the target side.
 
-    Returns the report (bleu, chrf, sentences, signatures, seconds) and the hypotheses.
+    Decoding settings default to the run's `decoding` section. Returns the report (bleu, chrf,
+    sentences, signatures, the decoding settings, seconds) and the hypotheses.
     """
+    dec = translator.decoding(beam_size=beam_size, length_penalty=length_penalty,
+                              max_len_a=max_len_a, max_len_b=max_len_b)
     start = time.perf_counter()
-    hyps = translator.translate([s for s, _ in pairs], batch_size=batch_size)
+    hyps = translator.translate([s for s, _ in pairs], batch_size=batch_size,
+                                beam_size=dec.beam_size, length_penalty=dec.length_penalty,
+                                max_len_a=dec.max_len_a, max_len_b=dec.max_len_b)
+    seconds = time.perf_counter() - start
     report = score(hyps, [t for _, t in pairs])
-    report["seconds"] = round(time.perf_counter() - start, 2)
+    report.update(
+        search="greedy" if dec.beam_size == 1 else "beam",
+        beam_size=dec.beam_size,
+        length_penalty=dec.length_penalty if dec.beam_size > 1 else 0.0,
+        max_len_a=dec.max_len_a,
+        max_len_b=dec.max_len_b,
+        seconds=round(seconds, 2),
+        sentences_per_second=round(len(pairs) / max(seconds, 1e-9), 1),
+    )
     return report, hyps
+
+
+def read_parallel_files(src: str | Path, ref: str | Path) -> list[tuple[str, str]]:
+    """Line-aligned source and reference files as pairs; a pair with an empty source or
+    reference is kept (an empty source translates to "", as it should score)."""
+    sources, refs = _read_lines(Path(src)), _read_lines(Path(ref))
+    if len(sources) != len(refs):
+        raise TranslatorError(f"{src} has {len(sources)} lines but {ref} has {len(refs)}; "
+                              "the files must be line-aligned")
+    if not sources:
+        raise TranslatorError(f"nothing to evaluate: {src} is empty")
+    return list(zip(sources, refs, strict=True))
+
+
+def _read_lines(path: Path) -> list[str]:
+    """UTF-8 lines without their line ends (only \\n and \\r\\n end a line)."""
+    if not path.is_file():
+        raise TranslatorError(f"file not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise TranslatorError(f"{path} line {line} is not valid UTF-8") from None
+    return split_lines(text)
+
+
+def load_split(data: DataConfig, name: str) -> list[tuple[str, str]]:
+    """The pairs of split `name` of a run's corpus: train, valid or test as configured, or,
+    for text/tsv/hub corpora, any other split of the same corpus by its name (a file prefix,
+    a tsv file name or a hub split)."""
+    from translator.corpus import load_splits
+
+    if name in ("train", "valid", "test"):
+        pairs = load_splits(data)[name]
+    elif data.source == "builtin":
+        raise TranslatorError(f"unknown split '{name}': the built-in corpus has train, valid "
+                              "and test")
+    else:
+        if data.source == "text":
+            for lang in (data.src_lang, data.tgt_lang):
+                path = Path(data.dir or ".") / f"{name}.{lang}"
+                if not path.is_file():
+                    raise TranslatorError(f"split '{name}' not found: no file {path}")
+        elif data.source == "tsv" and not (Path(data.dir or ".") / name).is_file():
+            raise TranslatorError(f"split '{name}' not found: no file "
+                                  f"{Path(data.dir or '.') / name}")
+        # The named split takes the test slot; nothing is carved out of train for it.
+        pairs = load_splits(dataclasses.replace(data, test=name, test_ratio=0.0))["test"]
+    if not pairs:
+        raise TranslatorError(f"the '{name}' split of this run's corpus is empty")
+    return pairs

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from translator.checkpoint import CheckpointError, RunLayout, load_checkpoint
-from translator.config import Config, ConfigError, config_from_dict, load_config
-from translator.decoding import greedy_decode
+from translator.config import (
+    Config,
+    ConfigError,
+    DecodingConfig,
+    config_from_dict,
+    load_config,
+)
+from translator.decoding import Hypothesis, beam_search, greedy_decode
 from translator.errors import TranslatorError
 from translator.model import Transformer, build_transformer
 from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer
 
 log = logging.getLogger("translator")
+T = TypeVar("T")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -46,28 +56,64 @@ def build_model(cfg: Config, src_vocab: int, tgt_vocab: int) -> Transformer:
         src_vocab, tgt_vocab, cfg.data.max_len, cfg.data.max_len,
         d_model=m.d_model, N=m.layers, h=m.heads, dropout=m.dropout, d_ff=m.d_ff,
         decoder_layers=m.decoder_layers or None, norm=m.norm, tie_embeddings=m.tie_embeddings,
+        attention_dropout=m.attention_dropout,
     )
 
 
-def translate_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torch.device,
-                  batch_size: int = 64, max_len_a: float = 1.5,
-                  max_len_b: int = 10) -> list[list[int]]:
-    """Greedy-decode id sequences (no specials) in length-sorted batches; input order kept."""
+def pack_sources(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
+    """Encoder inputs `[SOS] x [EOS]`, right-padded: [len(rows), longest + 2]."""
+    width = max(len(ids) for ids in rows) + 2
+    src = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    for r, ids in enumerate(rows):
+        src[r, 0] = SOS_ID
+        src[r, 1:len(ids) + 1] = torch.tensor(list(ids), dtype=torch.long)
+        src[r, len(ids) + 1] = EOS_ID
+    return src.to(device)
+
+
+def _in_batches(src_ids: Sequence[Sequence[int]], batch_size: int, device: torch.device,
+                search: Callable[[torch.Tensor], list[T]],
+                progress: Callable[[int], None] | None = None) -> list[T]:
+    """Run `search` over length-sorted batches of `src_ids` (so that a batch pads little) and
+    return its per-sentence results in input order. `progress(n)` is told after each batch."""
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
-    results: list[list[int]] = [[] for _ in src_ids]
+    results: list[T | None] = [None] * len(src_ids)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        width = max(len(src_ids[i]) for i in rows) + 2
-        src = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids = src_ids[i]
-            src[r, 0] = SOS_ID
-            src[r, 1:len(ids) + 1] = torch.tensor(ids, dtype=torch.long)
-            src[r, len(ids) + 1] = EOS_ID
-        outs = greedy_decode(model, src.to(device), max_len_a=max_len_a, max_len_b=max_len_b)
+        outs = search(pack_sources([src_ids[i] for i in rows], device))
         for i, out in zip(rows, outs, strict=True):
             results[i] = out
-    return results
+        if progress is not None:
+            progress(len(rows))
+    return results  # type: ignore[return-value]  # every slot was filled
+
+
+def translate_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torch.device,
+                  batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
+                  beam_size: int = 1, alpha: float = 0.6,
+                  progress: Callable[[int], None] | None = None) -> list[list[int]]:
+    """Translate id sequences (no specials) in length-sorted batches; input order kept.
+
+    `beam_size` 1 is greedy decoding (no length penalty); larger runs beam search and keeps
+    each sentence's best hypothesis.
+    """
+    if beam_size == 1:
+        return _in_batches(src_ids, batch_size, device, lambda src: greedy_decode(
+            model, src, max_len_a=max_len_a, max_len_b=max_len_b), progress)
+    return [h[0].tokens for h in nbest_ids(model, src_ids, device, batch_size, max_len_a,
+                                           max_len_b, beam_size=beam_size, alpha=alpha,
+                                           progress=progress)]
+
+
+def nbest_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torch.device,
+              batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
+              beam_size: int = 4, alpha: float = 0.6, n_best: int = 1,
+              progress: Callable[[int], None] | None = None) -> list[list[Hypothesis]]:
+    """Beam search over id sequences in length-sorted batches: per sentence its `n_best`
+    hypotheses with scores, best first; input order kept."""
+    return _in_batches(src_ids, batch_size, device, lambda src: beam_search(
+        model, src, beam_size=beam_size, alpha=alpha, max_len_a=max_len_a,
+        max_len_b=max_len_b, n_best=n_best), progress)
 
 
 class Translator:
@@ -117,22 +163,130 @@ class Translator:
             raise CheckpointError(f"{path} does not fit this run's model: {first}") from None
         return cls(cfg, src_tok, tgt_tok, model, dev, path)
 
-    def translate(self, sentences: Sequence[str], batch_size: int = 64) -> list[str]:
-        """Translate sentences (greedy). Empty or whitespace-only ones give ""."""
+    def decoding(self, **overrides: float | int | None) -> DecodingConfig:
+        """The run's decoding settings with the given non-None fields replaced (validated)."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self.cfg.decoding, **changes)
+
+    def encode(self, sentences: Sequence[str]) -> list[list[int]]:
+        """Source ids of each sentence (without specials), cut to what the model was trained
+        on; control characters count as spaces."""
         max_src = self.cfg.data.max_len - 2
         ids = []
-        for n, ids_n in enumerate(self.src_tok.encode_batch(list(sentences))):
+        texts = [clean_text(s) for s in sentences]
+        for text, ids_n in zip(texts, self.src_tok.encode_batch(texts), strict=True):
             if len(ids_n) > max_src:
-                log.warning("sentence %d has %d tokens; translating its first %d "
-                            "(data.max_len)", n + 1, len(ids_n), max_src)
+                log.warning("a sentence of %d tokens is cut to its first %d (data.max_len): "
+                            "%.40s...", len(ids_n), max_src, text.strip())
                 ids_n = ids_n[:max_src]
             ids.append(ids_n)
+        return ids
+
+    def translate(self, sentences: Sequence[str], batch_size: int = 64, *,
+                  beam_size: int | None = None, length_penalty: float | None = None,
+                  max_len_a: float | None = None, max_len_b: int | None = None,
+                  split_sentences: bool = False) -> list[str]:
+        """Translate texts; empty or whitespace-only ones give "".
+
+        Decoding settings default to the run's `decoding` config section. With
+        `split_sentences`, each text is cut into sentences (`split_into_sentences`), which are
+        translated on their own and joined with a space.
+        """
+        dec = self.decoding(beam_size=beam_size, length_penalty=length_penalty,
+                            max_len_a=max_len_a, max_len_b=max_len_b)
+        pieces, owner = _pieces(sentences, split_sentences)
+        ids = self.encode(pieces)
         keep = [i for i, x in enumerate(ids) if x]
-        outs = translate_ids(self.model, [ids[i] for i in keep], self.device, batch_size)
-        texts = [""] * len(sentences)
-        for i, out in zip(keep, outs, strict=True):
-            texts[i] = self.tgt_tok.decode(out)
-        return texts
+        outs = translate_ids(self.model, [ids[i] for i in keep], self.device, batch_size,
+                             dec.max_len_a, dec.max_len_b, beam_size=dec.beam_size,
+                             alpha=dec.length_penalty)
+        texts: list[list[str]] = [[] for _ in sentences]
+        done = {i: self.tgt_tok.decode(out) for i, out in zip(keep, outs, strict=True)}
+        for i, text_index in enumerate(owner):
+            if done.get(i):
+                texts[text_index].append(done[i])
+        return [" ".join(parts) for parts in texts]
+
+    def translate_nbest(self, sentences: Sequence[str], n_best: int, batch_size: int = 64, *,
+                        beam_size: int | None = None, length_penalty: float | None = None,
+                        max_len_a: float | None = None, max_len_b: int | None = None,
+                        ) -> list[list[tuple[str, float]]]:
+        """The `n_best` best beam-search translations of each sentence with their scores
+        (length-normalised log-probabilities), best first; [] for an empty sentence. The beam
+        is at least `n_best` wide."""
+        dec = self.decoding(beam_size=max(beam_size or self.cfg.decoding.beam_size, n_best),
+                            length_penalty=length_penalty, max_len_a=max_len_a,
+                            max_len_b=max_len_b)
+        ids = self.encode(sentences)
+        keep = [i for i, x in enumerate(ids) if x]
+        outs = nbest_ids(self.model, [ids[i] for i in keep], self.device, batch_size,
+                         dec.max_len_a, dec.max_len_b, beam_size=dec.beam_size,
+                         alpha=dec.length_penalty, n_best=n_best)
+        result: list[list[tuple[str, float]]] = [[] for _ in sentences]
+        for i, hyps in zip(keep, outs, strict=True):
+            result[i] = [(self.tgt_tok.decode(h.tokens), h.score) for h in hyps]
+        return result
+
+
+# C0 and C1 control characters except the tab; they carry no words.
+_CONTROL = {c: " " for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)] if c != 0x09}
+
+
+def clean_text(text: str) -> str:
+    """`text` with control characters (NUL, escape, bell, line breaks, ...) turned into spaces:
+    they carry no words and would only reach the model as [UNK]s."""
+    return text.translate(_CONTROL)
+
+
+# A candidate sentence end: . ! ? ? (Arabic) or an ellipsis, then closing quotes or brackets,
+# then white space. It is a real end unless the next word starts in lower case or the word
+# before is an abbreviation or an initial.
+_SENTENCE_END = re.compile(r"""(?<=[.!?؟…])(["'”’»)\]]*)\s+""")
+_OPENERS = "\"'“‘«([¿¡"
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st sr jr vs etc e.g i.e no fig approx ca cf dept est inc ltd co corp "
+    "mt ft jan feb mar apr jun jul aug sep sept oct nov dec u.s u.k z.b bzw usw ggf vgl "
+    "nr str".split())
+
+
+def split_into_sentences(text: str) -> list[str]:
+    """Cut a paragraph into sentences at . ! ? followed by white space and a word that does
+    not start in lower case, except after common abbreviations ("Dr. Smith") and single
+    initials ("J. Smith"). Text without such a boundary comes back whole (stripped)."""
+    parts, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        following = text[m.end():].lstrip(_OPENERS)
+        if not following or following[0].islower():
+            continue
+        words = text[start:m.start()].split()
+        word = words[-1].lstrip(_OPENERS).rstrip(".").lower() if words else ""
+        if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+            continue
+        parts.append(text[start:m.end(1)].strip())  # closing quotes stay with the sentence
+        start = m.end()
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
+def _pieces(texts: Sequence[str], split: bool) -> tuple[list[str], list[int]]:
+    """The units to translate (the sentences of each text when `split`) and, for each, the
+    index of the text it came from."""
+    pieces: list[str] = []
+    owner: list[int] = []
+    for i, text in enumerate(texts):
+        for piece in (split_into_sentences(text) if split else [text]):
+            pieces.append(piece)
+            owner.append(i)
+    return pieces, owner
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines of `text` split at \\n only (str.splitlines would also split at form feeds and
+    Unicode separators, breaking line alignment); a final line end adds no empty line."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def latest_run(runs_root: str | Path = "runs") -> Path | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,47 @@ from torch import Tensor, nn
 # A decoder layer's incremental state: self-attention keys/values so far, cross-attention
 # keys/values of the source (computed once). One dict per layer.
 LayerCache = dict[str, Tensor]
+
+
+class _ByteMaskDropout(torch.autograd.Function):
+    """Dropout whose keep-mask comes from random bytes: one 64-bit draw gives 8 mask entries,
+    so mask generation costs about a quarter of `F.dropout`'s per-element Bernoulli draws,
+    which dominate a CPU training step at these sizes. The rate is rounded to a multiple of
+    1/256 and the kept values are scaled by the exact inverse keep probability."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, threshold: int, scale: float) -> Tensor:
+        n = x.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64,
+                              device=x.device)
+        keep = words.view(torch.uint8)[:n].view(x.shape) >= threshold
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x * scale, 0.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad * ctx.scale, 0.0), None, None
+
+
+class Dropout(nn.Module):
+    """Dropout with probability `p`: `F.dropout` on accelerators, the byte-mask variant on CPU."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 256)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        return _ByteMaskDropout.apply(x, self.threshold, 256 / (256 - self.threshold))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class InputEmbedding(nn.Module):
@@ -49,7 +91,7 @@ class PositionalEncoding(nn.Module):
     def __init__(self, d_model: int, max_len: int, dropout: float) -> None:
         super().__init__()
         self.d_model = d_model
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.register_buffer("pe", self._table(max_len, d_model), persistent=False)
 
     @staticmethod
@@ -83,13 +125,14 @@ class LayerNormalization(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise FFN: Linear(D, d_ff) -> ReLU -> dropout -> Linear(d_ff, D)."""
+    """Position-wise FFN: Linear(D, d_ff) -> ReLU -> dropout -> Linear(d_ff, D). The paper has
+    no dropout inside the FFN; `dropout` here is the model's `attention_dropout` (default 0)."""
 
     def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
         super().__init__()
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
@@ -198,7 +241,7 @@ class ResidualConnection(nn.Module):
     def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
         super().__init__()
         self.norm = LayerNormalization(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
@@ -210,10 +253,11 @@ class ResidualConnection(nn.Module):
 class EncoderBlock(nn.Module):
     """Self-attention then feed-forward, each wrapped in a residual connection."""
 
-    def __init__(self, d_model: int, h: int, d_ff: int, dropout: float, pre_norm: bool) -> None:
+    def __init__(self, d_model: int, h: int, d_ff: int, dropout: float, pre_norm: bool,
+                 attn_dropout: float = 0.0) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, h, dropout)
-        self.ff = FeedForward(d_model, d_ff, dropout)
+        self.self_attn = MultiHeadAttention(d_model, h, attn_dropout)
+        self.ff = FeedForward(d_model, d_ff, attn_dropout)
         self.res = nn.ModuleList([ResidualConnection(d_model, dropout, pre_norm) for _ in range(2)])
 
     def forward(self, x: Tensor, src_mask: Tensor | None) -> Tensor:
@@ -224,11 +268,12 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     """Masked self-attention, cross-attention over the encoder output, then feed-forward."""
 
-    def __init__(self, d_model: int, h: int, d_ff: int, dropout: float, pre_norm: bool) -> None:
+    def __init__(self, d_model: int, h: int, d_ff: int, dropout: float, pre_norm: bool,
+                 attn_dropout: float = 0.0) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, h, dropout)
-        self.cross_attn = MultiHeadAttention(d_model, h, dropout, cross=True)
-        self.ff = FeedForward(d_model, d_ff, dropout)
+        self.self_attn = MultiHeadAttention(d_model, h, attn_dropout)
+        self.cross_attn = MultiHeadAttention(d_model, h, attn_dropout, cross=True)
+        self.ff = FeedForward(d_model, d_ff, attn_dropout)
         self.res = nn.ModuleList([ResidualConnection(d_model, dropout, pre_norm) for _ in range(3)])
 
     def forward(self, x: Tensor, memory: Tensor, src_mask: Tensor | None,
@@ -310,9 +355,22 @@ class Transformer(nn.Module):
         """[B, T, D] -> logits [B, T, V]."""
         return self.projection(x)
 
-    def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None) -> Tensor:
-        """Teacher-forced logits [B, T, V] for decoder input `tgt` [B, T]."""
-        return self.project(self.decode(self.encode(src, src_mask), src_mask, tgt))
+    def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None,
+                targets: Tensor | None = None, ignore_index: int = -100,
+                label_smoothing: float = 0.0) -> Tensor:
+        """Teacher-forced logits [B, T, V] for decoder input `tgt` [B, T]; or, given `targets`
+        [B, T], the mean cross-entropy over the positions whose target is not `ignore_index`.
+
+        The loss path projects only those positions onto the vocabulary (the projection is the
+        largest matrix product per target token, so padding would be costly), and the loss
+        lives in `forward` so that DistributedDataParallel sees the whole computation.
+        """
+        h = self.decode(self.encode(src, src_mask), src_mask, tgt)  # [B, T, D]
+        if targets is None:
+            return self.project(h)
+        keep = targets != ignore_index  # [B, T]
+        logits = self.project(h[keep])  # [N, V]
+        return F.cross_entropy(logits.float(), targets[keep], label_smoothing=label_smoothing)
 
     def new_cache(self) -> list[LayerCache]:
         """An empty incremental-decoding cache, one dict per decoder layer."""
@@ -346,11 +404,15 @@ def build_transformer(
     decoder_layers: int | None = None,
     norm: str = "pre",
     tie_embeddings: bool = False,
+    attention_dropout: float = 0.0,
 ) -> Transformer:
     """Assemble a Transformer with N encoder and N (or `decoder_layers`) decoder blocks.
 
-    `src_seq_len` / `tgt_seq_len` size the positional tables (they grow if a longer input
-    comes). `tie_embeddings` shares the target embedding with the output projection.
+    `dropout` is the paper's P_drop: on the embedding + position sums and on every sublayer
+    output. `attention_dropout` drops attention probabilities and FFN hidden units (not in the
+    paper; 0 also lets attention use the fused kernel). `src_seq_len` / `tgt_seq_len` size the
+    positional tables (they grow if a longer input comes). `tie_embeddings` shares the target
+    embedding with the output projection.
     Weights get Xavier-uniform initialisation.
     """
     if norm not in ("pre", "post"):
@@ -358,8 +420,10 @@ def build_transformer(
     pre = norm == "pre"
     n_dec = decoder_layers or N
     model = Transformer(
-        Encoder([EncoderBlock(d_model, h, d_ff, dropout, pre) for _ in range(N)], d_model, pre),
-        Decoder([DecoderBlock(d_model, h, d_ff, dropout, pre) for _ in range(n_dec)], d_model, pre),
+        Encoder([EncoderBlock(d_model, h, d_ff, dropout, pre, attention_dropout)
+                 for _ in range(N)], d_model, pre),
+        Decoder([DecoderBlock(d_model, h, d_ff, dropout, pre, attention_dropout)
+                 for _ in range(n_dec)], d_model, pre),
         InputEmbedding(src_vocab_size, d_model),
         InputEmbedding(tgt_vocab_size, d_model),
         PositionalEncoding(d_model, src_seq_len, dropout),

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -32,13 +35,13 @@ from translator.checkpoint import (
     prune_checkpoints,
 )
 from translator.config import Config, load_config, save_config
-from translator.corpus import load_splits
+from translator.corpus import check_split_record, iter_texts, load_corpus, to_pairs
 from translator.dataset import BilingualDataset, BucketBatchSampler, collate, padding_fraction
 from translator.errors import TranslatorError
 from translator.evaluate import score
 from translator.inference import build_model, resolve_device, translate_ids
 from translator.model import count_parameters
-from translator.tokenizer import PAD_ID, TextTokenizer, build_tokenizer
+from translator.tokenizer import PAD_ID, TextTokenizer, build_tokenizers
 
 log = logging.getLogger("translator")
 
@@ -56,7 +59,10 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    best_bleu: float = -1.0
+    best_score: float | None = None
+    """Best validation value of `training.best_metric` so far."""
+    bad_validations: int = 0
+    """Validations in a row without improvement (early stopping counts these)."""
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -71,15 +77,69 @@ class TrainResult:
     parameters: int
 
 
-def lr_factor(step: int, warmup: int, schedule: str) -> float:
+def lr_factor(step: int, warmup: int, schedule: str, total: int = 0) -> float:
     """Multiplier of the peak lr at optimizer step `step` (1-based): linear warmup to 1, then
-    for `inverse_sqrt` a decay of sqrt(warmup / step) (the paper's schedule, peak-normalised)."""
+    `inverse_sqrt`: sqrt(warmup / step), the paper's (Noam) schedule normalised to peak 1;
+    `cosine`: half a cosine from 1 to 0 over the remaining `total - warmup` steps;
+    `constant`: 1."""
     step = max(step, 1)
     if warmup and step < warmup:
         return step / warmup
     if schedule == "inverse_sqrt" and warmup:
         return math.sqrt(warmup / step)
+    if schedule == "cosine" and total > warmup:
+        progress = min(1.0, (step - warmup) / (total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0
+
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (world 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """Only the main process logs, validates and writes files."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if `flag` is true on any rank (stops are taken together)."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+
+def init_distributed(timeout_s: float) -> Dist:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR/PORT): nccl on GPUs, gloo on CPU, with a setup timeout."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        try:
+            dist.init_process_group(backend, rank=rank, world_size=world,
+                                    timeout=timedelta(seconds=timeout_s))
+        except Exception as exc:  # a timeout or refused rendezvous: say so in one line
+            raise TranslatorError(f"distributed setup failed on rank {rank}: {exc}") from None
+    return Dist(rank, world, local)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -156,17 +216,21 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunLayout:
     return layout
 
 
-def _tokenizers(cfg: Config, layout: RunLayout, train_pairs: list[tuple[str, str]],
+def _tokenizers(cfg: Config, layout: RunLayout, train: Any,
                 reuse: bool) -> tuple[TextTokenizer, TextTokenizer]:
+    """The run's tokenizers: reloaded when resuming, else trained on the train split (an
+    Arrow dataset, streamed in batches) and saved; a shared one is saved under both names."""
     src_path = layout.tokenizer(cfg.data.src_lang)
     tgt_path = layout.tokenizer(cfg.data.tgt_lang)
     if reuse and src_path.is_file() and tgt_path.is_file():
         return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
-    src_tok = build_tokenizer((s for s, _ in train_pairs), cfg.tokenizer)
-    tgt_tok = build_tokenizer((t for _, t in train_pairs), cfg.tokenizer)
+    src_tok, tgt_tok = build_tokenizers(iter_texts(train, "src"), iter_texts(train, "tgt"),
+                                        cfg.tokenizer)
     src_tok.save(src_path)
     tgt_tok.save(tgt_path)
-    return src_tok, tgt_tok
+    # Use what was saved: a JSON round trip may move Unigram scores by a float ulp, and
+    # translate, evaluate and --resume all load these files.
+    return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
 
 
 class Trainer:
@@ -174,24 +238,39 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False,
                  device: str | None = None, quiet: bool = False) -> None:
-        self.cfg, self.quiet = cfg, quiet
+        self.cfg = cfg
         tc = cfg.training
         if tc.threads:
             torch.set_num_threads(tc.threads)
+        self.dist = init_distributed(tc.dist_timeout)
+        self.quiet = quiet or not self.dist.main
         self.device = resolve_device(device or tc.device)
-        self.layout = prepare_run_dir(cfg, resume, overwrite)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if self.dist.main:
+            self.layout = prepare_run_dir(cfg, resume, overwrite)
+        else:
+            self.layout = RunLayout(cfg.run_dir)
+        self.dist.barrier()
         random.seed(tc.seed)
         torch.manual_seed(tc.seed)
 
-        splits = load_splits(cfg.data)
-        self.src_tok, self.tgt_tok = _tokenizers(cfg, self.layout, splits["train"], reuse=resume)
-        self.train_data = BilingualDataset.from_pairs(
-            splits["train"], self.src_tok, self.tgt_tok, cfg.data.max_len, "train")
+        corpus = load_corpus(cfg.data)
+        if self.dist.main:
+            check_split_record(self.layout.splits, corpus, resume)
+            self.src_tok, self.tgt_tok = _tokenizers(cfg, self.layout, corpus["train"],
+                                                     reuse=resume)
+        self.dist.barrier()
+        if not self.dist.main:
+            self.src_tok, self.tgt_tok = _tokenizers(cfg, self.layout, corpus["train"], True)
+        self.train_data = BilingualDataset.from_dataset(
+            corpus["train"], self.src_tok, self.tgt_tok, cfg.data.max_len, "train")
         if len(self.train_data) == 0:
             raise TranslatorError("no training pair fits data.max_len")
-        valid = splits["valid"]
+        valid = corpus["valid"]
         if tc.valid_max_sentences:
-            valid = valid[:tc.valid_max_sentences]
+            valid = valid.select(range(min(tc.valid_max_sentences, len(valid))))
+        valid = to_pairs(valid)
         self.valid_pairs = valid
         self.valid_data = BilingualDataset.from_pairs(
             valid, self.src_tok, self.tgt_tok, cfg.data.max_len, "valid") if valid else None
@@ -200,18 +279,54 @@ class Trainer:
 
         self.model = build_model(cfg, self.src_tok.vocab_size, self.tgt_tok.vocab_size)
         self.model.to(self.device)
+        self._setup_precision()
+        cuda = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
-            eps=1e-9, weight_decay=tc.weight_decay)
+            eps=1e-9, weight_decay=tc.weight_decay, fused=cuda or None)
+        self.total_steps = tc.max_steps or tc.epochs * math.ceil(
+            len(self.sampler.batches()) // self.dist.world / tc.accum_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s + 1, tc.warmup_steps, tc.schedule))
+            self.optimizer,
+            lambda s: lr_factor(s + 1, tc.warmup_steps, tc.schedule, self.total_steps))
         self.state = TrainState()
         if resume:
             self._load(self.layout.latest)
-        from torch.utils.tensorboard import SummaryWriter  # slow import; only when training
+        # What runs the training forward pass: DDP keeps gradients in sync across ranks,
+        # torch.compile fuses the elementwise work; validation and checkpoints use self.model.
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
 
-        self.writer = SummaryWriter(str(self.layout.tensorboard))
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if cuda else None)
+        if tc.compile:
+            self.train_model = torch.compile(self.train_model, dynamic=True)
+        self.writer: Any = None
+        if self.dist.main:
+            from torch.utils.tensorboard import SummaryWriter  # slow import; only when training
+
+            self.writer = SummaryWriter(str(self.layout.tensorboard))
         self.last_valid: dict[str, Any] = {}
+
+    def _setup_precision(self) -> None:
+        """Autocast dtype and gradient scaler from `training.precision` and the device."""
+        p, dev = self.cfg.training.precision, self.device.type
+        if dev == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 on Ampere and newer
+            torch.backends.cudnn.allow_tf32 = True
+        if p == "auto":
+            p = "bf16" if dev == "cuda" and torch.cuda.is_bf16_supported() else (
+                "fp16" if dev == "cuda" else "fp32")
+        if p == "fp16" and dev != "cuda":
+            raise TranslatorError("training.precision: fp16 needs a CUDA device; use bf16 or "
+                                  "fp32 here")
+        if p == "bf16" and dev == "mps":
+            raise TranslatorError("training.precision: bf16 autocast is not supported on MPS")
+        self.precision = p
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p)
+        self.autocast = (lambda: torch.autocast(dev, dtype=dtype)) if dtype else nullcontext
+        self.scaler = torch.amp.GradScaler("cuda", enabled=p == "fp16")
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -222,20 +337,30 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "step": s.step, "epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch,
-            "best_bleu": s.best_bleu, "history": s.history,
+            "best_score": s.best_score, "best_metric": self.cfg.training.best_metric,
+            "bad_validations": s.bad_validations, "history": s.history,
             "config": self.cfg.to_dict(),
             "vocab": {"src": self.src_tok.vocab_size, "tgt": self.tgt_tok.vocab_size},
             "rng": _rng_state(),
         }
 
-    def save(self, is_best: bool = False) -> Path:
-        """Write a numbered checkpoint atomically and point latest.pt (and best.pt) at it."""
+    def save(self, is_best: bool = False) -> Path | None:
+        """Write a numbered checkpoint atomically and point latest.pt (and best.pt) at it.
+        Only the main process writes; a failed write leaves the previous checkpoints intact
+        and stops training with a clear message."""
+        if not self.dist.main:
+            return None
         path = self.layout.numbered(self.state.epoch, self.state.step)
-        atomic_save(self._checkpoint(), path)
-        atomic_link(path, self.layout.latest)
-        if is_best:
-            atomic_link(path, self.layout.best)
+        try:
+            atomic_save(self._checkpoint(), path)
+            atomic_link(path, self.layout.latest)
+            if is_best:
+                atomic_link(path, self.layout.best)
+        except OSError as exc:
+            raise TranslatorError(f"could not write checkpoint {path} ({exc}); the previous "
+                                  f"checkpoints in {self.layout.checkpoints} are intact") from None
         prune_checkpoints(self.layout, self.cfg.training.keep_last)
         return path
 
@@ -244,8 +369,11 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"],
-                                ckpt["best_bleu"], list(ckpt.get("history", [])))
+                                ckpt.get("best_score"), ckpt.get("bad_validations", 0),
+                                list(ckpt.get("history", [])))
         _set_rng_state(ckpt["rng"])
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step,
                  self.state.epoch + 1, self.state.batch_in_epoch)
@@ -278,6 +406,16 @@ class Trainer:
         self.writer.add_scalar("valid/loss", result["loss"], step)
         self.writer.add_scalar("valid/bleu", result["bleu"], step)
         self.writer.add_scalar("valid/chrf", result["chrf"], step)
+        examples = [f"| {self.valid_pairs[self.valid_data.kept_index[i]][0]} | {refs[i]} | "
+                    f"{hyps[i]} |" for i in range(min(max(tc.examples, 3), len(hyps)))]
+        self.writer.add_text("valid/examples", "| source | reference | prediction |\n"
+                             "|---|---|---|\n" + "\n".join(examples), step)
+        # The first validation sentence at every validation, so the images show how its
+        # attention forms over training (one small figure, ~0.3 s).
+        from translator.visualize import log_attention  # matplotlib: imported when needed
+
+        log_attention(self.writer, self.model, src_ids[0], self.src_tok, self.tgt_tok, step,
+                      self.device)
         if not self.quiet:
             lines = [f"validation at step {step}: loss {result['loss']:.3f}  "
                      f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}"]
@@ -289,60 +427,101 @@ class Trainer:
         self.model.train()
         return result
 
-    def _validate_and_save(self) -> None:
-        result = self.validate()
-        is_best = False
-        if result:
-            self.last_valid = result
-            self.state.history.append({"step": self.state.step, "loss": result["loss"],
-                                       "bleu": result["bleu"], "chrf": result["chrf"]})
-            if result["bleu"] > self.state.best_bleu:
-                self.state.best_bleu, is_best = result["bleu"], True
-        else:
-            is_best = True  # no validation data: the newest model is the one to use
-        self.save(is_best=is_best)
-        self.writer.flush()
+    def _validate_and_save(self) -> bool:
+        """Validate and checkpoint (main process); True on every rank when early stopping
+        says to stop."""
+        stop = False
+        if self.dist.main:
+            tc, st = self.cfg.training, self.state
+            result = self.validate()
+            is_best = False
+            if result:
+                self.last_valid = result
+                st.history.append({"step": st.step, "loss": result["loss"],
+                                   "bleu": result["bleu"], "chrf": result["chrf"]})
+                value = result[tc.best_metric]
+                lower_is_better = tc.best_metric == "loss"
+                if st.best_score is None or (value < st.best_score if lower_is_better
+                                             else value > st.best_score):
+                    st.best_score, st.bad_validations, is_best = value, 0, True
+                else:
+                    st.bad_validations += 1
+                    stop = bool(tc.patience) and st.bad_validations >= tc.patience
+                    if stop and not self.quiet:
+                        tqdm.write(f"early stopping: validation {tc.best_metric} has not "
+                                   f"improved for {st.bad_validations} validations "
+                                   f"(best {st.best_score:.2f})")
+            else:
+                is_best = True  # no validation data: the newest model is the one to use
+            self.save(is_best=is_best)
+            self.writer.flush()
+        return self.dist.any(stop)
+
+    def _epoch_batches(self) -> list[list[int]]:
+        """This rank's batches of the current epoch: every world-th batch of the shuffled
+        list, cut so that all ranks take the same number of steps."""
+        batches = self.sampler.batches()
+        world = self.dist.world
+        return batches[self.dist.rank:len(batches) // world * world:world]
 
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
-        """Train until epochs, max_steps or max_minutes run out, or a stop signal comes."""
+        """Train until epochs, max_steps or max_minutes run out, early stopping, or a stop
+        signal comes; validate and checkpoint on the way."""
         tc, st = self.cfg.training, self.state
         n_params = count_parameters(self.model)
         if not self.quiet:
-            log.info("run folder %s | device %s | %d parameters | vocab %d/%d | %d train pairs",
-                     self.layout.root, self.device, n_params, self.src_tok.vocab_size,
-                     self.tgt_tok.vocab_size, len(self.train_data))
+            log.info("run folder %s | device %s | %s | %d parameters | vocab %d/%d | "
+                     "%d train pairs%s", self.layout.root, self.device, self.precision, n_params,
+                     self.src_tok.vocab_size, self.tgt_tok.vocab_size, len(self.train_data),
+                     f" | {self.dist.world} processes" if self.dist.enabled else "")
         start = time.perf_counter()
         self.model.train()
+        self.bad_steps = 0
         stop_reason = ""
+        window_tokens, window_start = 0, time.perf_counter()
         with _stop_signals() as signal_flag:
             while st.epoch < tc.epochs and not stop_reason:
                 self.sampler.set_epoch(st.epoch)
-                batches = self.sampler.batches()
-                if st.batch_in_epoch == 0:
+                batches = self._epoch_batches()
+                if st.batch_in_epoch == 0 and self.writer is not None:
                     self.writer.add_scalar("train/padding_fraction",
                                            padding_fraction(self.train_data, batches), st.epoch)
-                bar = tqdm(total=len(batches), initial=st.batch_in_epoch, disable=self.quiet,
+                groups = [batches[i:i + tc.accum_steps]
+                          for i in range(0, len(batches), tc.accum_steps)]
+                done = st.batch_in_epoch // tc.accum_steps
+                bar = tqdm(total=len(groups), initial=done, disable=self.quiet,
                            desc=f"epoch {st.epoch + 1}/{tc.epochs}", dynamic_ncols=True)
-                for idx in batches[st.batch_in_epoch:]:
-                    loss = self._step(idx)
-                    st.batch_in_epoch += 1
+                for group in groups[done:]:
+                    loss, tokens, grad_norm = self._step(group)
+                    st.batch_in_epoch += len(group)
+                    window_tokens += tokens
                     bar.update(1)
                     lr = self.scheduler.get_last_lr()[0]
-                    if st.step % 10 == 0 or st.step == 1:
-                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
-                    if st.step % tc.log_every == 0:
-                        self.writer.add_scalar("train/loss", loss, st.step)
-                        self.writer.add_scalar("train/lr", lr, st.step)
-                    if signal_flag["stop"]:
+                    if st.step % tc.log_every == 0 or st.step == 1:
+                        now = time.perf_counter()
+                        tps = window_tokens * self.dist.world / max(now - window_start, 1e-9)
+                        window_tokens, window_start = 0, now
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                        if self.writer is not None:
+                            self.writer.add_scalar("train/loss", loss, st.step)
+                            self.writer.add_scalar("train/lr", lr, st.step)
+                            self.writer.add_scalar("train/tokens_per_s", tps, st.step)
+                            if grad_norm is not None:
+                                self.writer.add_scalar("train/grad_norm", grad_norm, st.step)
+                    if self.dist.any(signal_flag["stop"]):
                         stop_reason = "signal"
                     elif tc.max_steps and st.step >= tc.max_steps:
                         stop_reason = "max_steps"
-                    elif tc.max_minutes and time.perf_counter() - start >= 60 * tc.max_minutes:
+                    elif tc.max_minutes and self.dist.any(
+                            time.perf_counter() - start >= 60 * tc.max_minutes):
                         stop_reason = "max_minutes"
                     elif tc.valid_every and st.step % tc.valid_every == 0:
-                        self._validate_and_save()
+                        if self._validate_and_save():
+                            stop_reason = "early_stopping"
+                    elif tc.save_every and st.step % tc.save_every == 0:
+                        self.save()
                     if stop_reason:
                         break
                 bar.close()
@@ -352,33 +531,84 @@ class Trainer:
                         f"training stopped at step {st.step} (epoch {st.epoch + 1}, batch "
                         f"{st.batch_in_epoch}); checkpoint {path}; continue with: translator "
                         f"train --config <config> --resume (run folder {self.layout.root})")
+                if stop_reason == "early_stopping":
+                    break
                 if not stop_reason:
                     st.epoch, st.batch_in_epoch = st.epoch + 1, 0
                 # With step-based validation, an epoch end only needs a checkpoint, except the
                 # last one, which must also score the final model.
                 if tc.valid_every and not stop_reason and st.epoch < tc.epochs:
                     self.save()
-                else:
-                    self._validate_and_save()
-        self.writer.close()
+                elif self._validate_and_save():
+                    stop_reason = "early_stopping"
+        if self.writer is not None:
+            self._log_hparams()
+            self.writer.close()
+        if self.dist.enabled:
+            dist.barrier()
+            dist.destroy_process_group()
         return TrainResult(self.layout.root, st, self.last_valid,
                            time.perf_counter() - start, n_params)
 
-    def _step(self, idx: list[int]) -> float:
-        batch = collate([self.train_data[i] for i in idx]).to(self.device, non_blocking=True)
-        logits = self.model(batch.src, batch.tgt_in, batch.src_mask)  # [B, T, V]
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(),
-                               ignore_index=PAD_ID,
-                               label_smoothing=self.cfg.training.label_smoothing)
+    def _log_hparams(self) -> None:
+        flat = {f"{section}.{k}": v for section, values in self.cfg.to_dict().items()
+                for k, v in values.items() if isinstance(v, (int, float, str, bool))}
+        metrics = {f"hparam/valid_{k}": float(self.last_valid[k])
+                   for k in ("bleu", "chrf", "loss") if k in self.last_valid}
+        if metrics:
+            self.writer.add_hparams(flat, metrics, run_name="hparams")
+
+    def _step(self, group: list[list[int]]) -> tuple[float, int, float | None]:
+        """One optimizer step over the micro-batches `group` (gradient accumulation).
+
+        Returns (mean loss, non-pad source+target tokens, gradient norm or None). A step whose
+        gradients are not finite is skipped and counted; `training.max_bad_steps` of them in a
+        row stop training (the last good checkpoint stays the latest)."""
+        tc = self.cfg.training
+        cuda = self.device.type == "cuda"
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.training.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                           self.cfg.training.clip_grad_norm)
-        self.optimizer.step()
+        total = torch.zeros((), device=self.device)
+        tokens = 0
+        for i, idx in enumerate(group):
+            batch = collate([self.train_data[j] for j in idx])
+            tokens += int((batch.src != PAD_ID).sum()) + int((batch.tgt_out != PAD_ID).sum())
+            if cuda:
+                batch = type(batch)(*(t.pin_memory() for t in (
+                    batch.src, batch.tgt_in, batch.tgt_out, batch.src_mask)))
+            batch = batch.to(self.device, non_blocking=True)
+            # DDP all-reduces gradients on the last micro-batch only.
+            last = i == len(group) - 1
+            sync = (self.train_model.no_sync() if self.dist.enabled and not last
+                    and hasattr(self.train_model, "no_sync") else nullcontext())
+            with sync, self.autocast():
+                loss = self.train_model(batch.src, batch.tgt_in, batch.src_mask, batch.tgt_out,
+                                        PAD_ID, tc.label_smoothing)
+            self.scaler.scale(loss / len(group)).backward()
+            total += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                              tc.clip_grad_norm or float("inf"))
+        grad_norm = float(norm)
+        loss_value = float(total) / len(group)
+        if self.precision != "fp16" and not (math.isfinite(grad_norm)
+                                             and math.isfinite(loss_value)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            log.warning("step %d: non-finite loss or gradients (loss %s, grad norm %s); "
+                        "step skipped (%d in a row)", self.state.step + 1, loss_value,
+                        grad_norm, self.bad_steps)
+            if self.bad_steps >= tc.max_bad_steps:
+                raise TranslatorError(
+                    f"training stopped: {self.bad_steps} steps in a row had a non-finite loss "
+                    f"or gradients (try a lower training.lr); the last good checkpoint is "
+                    f"{self.layout.latest}")
+            return loss_value, tokens, None
+        self.bad_steps = 0
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.state.step += 1
-        return loss.item()
+        return loss_value, tokens, grad_norm
 
 
 def train(cfg: Config, resume: bool = False, overwrite: bool = False,

@@ -1,0 +1,142 @@
+"""Decode suite: sentences per second of four ways to translate the same sentences with one
+model, on identical weights:
+
+- `tutorial`: one sentence at a time, the decoder re-run over the whole prefix at every step
+  (what the classic tutorials do; `greedy_decode(use_cache=False)` at batch 1);
+- `cached_b1`: one sentence at a time with the key/value cache;
+- `cached_batched`: cached greedy over length-sorted batches (`--decode-batch-size`);
+- `beam<K>`: batched beam search with the cache (`--decode-beam`, GNMT alpha 0.6).
+
+The sentences are Multi30k's test_2016_flickr with `--data-dir`, else the built-in corpus's test
+split. The model is a trained run's with `--decode-run` (the realistic case: outputs stop at
+[EOS]); without one, an untrained model of the Multi30k size (d_model 256, 3+3 layers), whose
+outputs all run to their length cap. With a run and references, BLEU of greedy and beam output
+is reported too, and every row checks it produced the same greedy tokens as the tutorial way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.common import markdown_table
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    """Options of the decode suite."""
+    group.add_argument("--decode-run", type=Path, default=None,
+                       help="Run folder whose best checkpoint is timed (default: an untrained "
+                       "d_model-256, 3+3-layer model).")
+    group.add_argument("--decode-sentences", type=int, default=1000,
+                       help="Sentences to translate (default 1000; --quick: 200).")
+    group.add_argument("--decode-batch-size", type=int, default=64,
+                       help="Sentences per batch of the batched rows.")
+    group.add_argument("--decode-beam", type=int, default=4, help="Beam size of the beam row.")
+
+
+def _sentences(data_dir: Path | None) -> tuple[list[str], list[str], str]:
+    """Source and reference sentences, and where they come from."""
+    if data_dir is not None:
+        from translator.inference import split_lines
+
+        src = split_lines((data_dir / "test_2016_flickr.en").read_text(encoding="utf-8"))
+        ref = split_lines((data_dir / "test_2016_flickr.de").read_text(encoding="utf-8"))
+        return src, ref, f"Multi30k test_2016_flickr ({data_dir})"
+    from translator.config import DataConfig
+    from translator.corpus import load_splits
+
+    pairs = load_splits(DataConfig())["test"]
+    return [s for s, _ in pairs], [t for _, t in pairs], "built-in corpus, test split"
+
+
+def _model(args: argparse.Namespace, sources: list[str]) -> tuple[object, list[list[int]], str]:
+    """(model, source ids, description); the model is on the CPU in eval mode."""
+    if args.decode_run is not None:
+        from translator.inference import Translator
+
+        tr = Translator.from_run(args.decode_run, device="cpu")
+        m = tr.cfg.model
+        desc = (f"run {args.decode_run} ({tr.checkpoint.name}): d_model {m.d_model}, "
+                f"{m.layers}+{m.decoder_layers or m.layers} layers, vocab "
+                f"{tr.src_tok.vocab_size}/{tr.tgt_tok.vocab_size}")
+        return tr, tr.encode(sources), desc
+    from translator.config import TokenizerConfig
+    from translator.model import build_transformer
+    from translator.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(sources, TokenizerConfig())
+    torch.manual_seed(0)
+    model = build_transformer(tok.vocab_size, 8000, 128, 128, d_model=256, N=3, h=4,
+                              d_ff=1024, tie_embeddings=True).eval()
+    desc = (f"untrained d_model 256, 3+3 layers, vocab {tok.vocab_size}/8000 (outputs run to "
+            "their length cap; pass --decode-run for a trained model)")
+    return model, [tok.encode(s) for s in sources], desc
+
+
+def _timed(fn: Callable[[], list[list[int]]]) -> tuple[list[list[int]], float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    """Time the four decoders on the same sentences; print a table; return `decode.*`."""
+    from translator.decoding import greedy_decode
+    from translator.inference import Translator, pack_sources, translate_ids
+
+    n = 200 if args.quick and args.decode_sentences == 1000 else args.decode_sentences
+    sources, refs, where = _sentences(args.data_dir)
+    sources, refs = sources[:n], refs[:n]
+    loaded, ids, desc = _model(args, sources)
+    translator = loaded if isinstance(loaded, Translator) else None
+    model = translator.model if translator else loaded
+    max_src = translator.cfg.data.max_len - 2 if translator else 126
+    ids = [x[:max_src] or [0] for x in ids]  # an empty line still decodes (as [UNK])
+    cpu = torch.device("cpu")
+    K, bs = args.decode_beam, args.decode_batch_size
+
+    def one_by_one(use_cache: bool) -> list[list[int]]:
+        return [greedy_decode(model, pack_sources([x], cpu), use_cache=use_cache)[0] for x in ids]
+
+    one_by_one(True)  # warm-up: allocator, kernels, positional table
+    rows = {
+        "tutorial": ("batch 1, recompute prefix", lambda: one_by_one(False)),
+        "cached_b1": ("batch 1, KV cache", lambda: one_by_one(True)),
+        "cached_batched": (f"batch {bs}, KV cache",
+                           lambda: translate_ids(model, ids, cpu, bs)),
+        f"beam{K}": (f"beam {K}, batch {bs}, KV cache",
+                     lambda: translate_ids(model, ids, cpu, bs, beam_size=K, alpha=0.6)),
+    }
+    outputs, seconds = {}, {}
+    for name, (_, fn) in rows.items():
+        outputs[name], seconds[name] = _timed(fn)
+    results: dict[str, float] = {}
+    table = []
+    base = len(ids) / seconds["tutorial"]
+    for name, (how, _) in rows.items():
+        sps = len(ids) / seconds[name]
+        results[f"decode.{name}_sps"] = round(sps, 2)
+        if name != "tutorial":
+            results[f"decode.{name}_speedup"] = round(sps / base, 2)
+        mean_len = sum(len(o) for o in outputs[name]) / len(ids)
+        same = sum(a == b for a, b in zip(outputs[name], outputs["tutorial"], strict=True))
+        row = [name, how, sps, sps / base, seconds[name], mean_len, f"{same}/{len(ids)}"]
+        if translator is not None:
+            import sacrebleu
+
+            hyps = [translator.tgt_tok.decode(o) for o in outputs[name]]
+            bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
+            results[f"decode.{name}_bleu"] = round(bleu, 2)
+            row.append(bleu)
+        table.append(row)
+    header = ["decoder", "how", "sentences/s", "x tutorial", "seconds", "mean output tokens",
+              "same tokens as tutorial"] + (["BLEU"] if translator is not None else [])
+    print(f"## decode: {len(ids)} sentences from {where}\n\nmodel: {desc}; "
+          f"{torch.get_num_threads()} torch threads\n")
+    print(markdown_table(header, table) + "\n")
+    results["decode.sentences"] = float(len(ids))
+    return results

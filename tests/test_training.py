@@ -1,0 +1,260 @@
+"""Training at full depth: schedules, accumulation, early stopping, bad steps, failed writes,
+signals, kill -9 + resume, checkpoint averaging, and 2-process DDP on CPU (gloo)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import translator.train as train_mod
+from translator.checkpoint import RunLayout, load_checkpoint
+from translator.cli import app
+from translator.errors import TranslatorError
+from translator.model import Transformer
+from translator.train import Trainer, lr_factor, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {
+    "data": {"source": "builtin", "builtin_size": 400, "max_len": 40},
+    "model": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "dropout": 0.1},
+    "training": {"epochs": 2, "max_tokens": 800, "lr": 0.003, "warmup_steps": 5,
+                 "log_every": 1, "valid_max_sentences": 10, "examples": 0, "threads": 1},
+}
+
+
+def tiny_raw(run_dir: Path, **training: object) -> dict:
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["training"].update(training)
+    raw["output"] = {"dir": str(run_dir)}
+    return raw
+
+
+def tiny_config(run_dir: Path, **training: object):
+    from translator.config import config_from_dict
+
+    return config_from_dict(tiny_raw(run_dir, **training), name="tiny")
+
+
+def write_config(path: Path, run_dir: Path, **training: object) -> Path:
+    path.write_text(yaml.safe_dump(tiny_raw(run_dir, **training)), encoding="utf-8")
+    return path
+
+
+def test_lr_schedules() -> None:
+    assert lr_factor(1, 10, "inverse_sqrt") == pytest.approx(0.1)
+    assert lr_factor(10, 10, "inverse_sqrt") == pytest.approx(1.0)
+    assert lr_factor(40, 10, "inverse_sqrt") == pytest.approx(0.5)
+    assert lr_factor(10, 10, "cosine", total=110) == pytest.approx(1.0)
+    assert lr_factor(60, 10, "cosine", total=110) == pytest.approx(0.5)
+    assert lr_factor(110, 10, "cosine", total=110) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(500, 10, "constant") == 1.0
+
+
+def test_accumulation_steps_scheduler_per_optimizer_step(tmp_path: Path) -> None:
+    plain = Trainer(tiny_config(tmp_path / "a", epochs=1), quiet=True)
+    n_batches = len(plain.sampler.batches())
+    assert plain.run().state.step == n_batches
+    accum = Trainer(tiny_config(tmp_path / "b", epochs=1, accum_steps=2), quiet=True)
+    result = accum.run()
+    assert result.state.step == math.ceil(n_batches / 2)
+    assert accum.scheduler.last_epoch == result.state.step
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path: Path) -> None:
+    result = train(tiny_config(tmp_path / "r", precision="bf16", max_steps=3), quiet=True)
+    assert result.state.step == 3
+    ckpt = load_checkpoint(RunLayout(tmp_path / "r").latest)
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values()
+               if v.is_floating_point())
+
+
+def test_fp16_needs_cuda(tmp_path: Path) -> None:
+    with pytest.raises(TranslatorError, match="fp16"):
+        Trainer(tiny_config(tmp_path / "r", precision="fp16"), device="cpu", quiet=True)
+
+
+def test_early_stopping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = iter([10.0, 9.0, 8.0, 7.0, 6.0, 5.0])
+
+    def fake_validate(self: Trainer) -> dict:
+        return {"bleu": next(scores), "chrf": 0.0, "loss": 1.0}
+
+    monkeypatch.setattr(Trainer, "validate", fake_validate)
+    result = train(tiny_config(tmp_path / "r", epochs=50, valid_every=1, patience=2),
+                   quiet=True)
+    assert result.state.step == 3  # best at step 1, no better at steps 2 and 3
+    assert result.state.best_score == 10.0
+    assert load_checkpoint(RunLayout(tmp_path / "r").best)["step"] == 1
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Transformer.forward
+    calls = {"n": 0}
+
+    def nan_after_four(self, *args, **kwargs):
+        calls["n"] += 1
+        out = original(self, *args, **kwargs)
+        return out * float("nan") if calls["n"] > 4 else out
+
+    monkeypatch.setattr(Transformer, "forward", nan_after_four)
+    with pytest.raises(TranslatorError, match="non-finite") as err:
+        train(tiny_config(tmp_path / "r", epochs=50, save_every=2, max_bad_steps=3),
+              quiet=True)
+    assert "latest.pt" in str(err.value)
+    ckpt = load_checkpoint(RunLayout(tmp_path / "r").latest)
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_failed_checkpoint_write_keeps_previous(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    original = train_mod.atomic_save
+    calls = {"n": 0}
+
+    def full_disk(obj, path):
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            raise OSError(28, "No space left on device")
+        return original(obj, path)
+
+    monkeypatch.setattr(train_mod, "atomic_save", full_disk)
+    with pytest.raises(TranslatorError, match="could not write checkpoint.*intact"):
+        train(tiny_config(tmp_path / "r", epochs=50, save_every=2), quiet=True)
+    ckpt = load_checkpoint(RunLayout(tmp_path / "r").latest)
+    assert ckpt["step"] == 2
+
+
+def test_average_command(tmp_path: Path) -> None:
+    train(tiny_config(tmp_path / "r", epochs=1, save_every=1, keep_last=3), quiet=True)
+    layout = RunLayout(tmp_path / "r")
+    paths = layout.numbered_checkpoints()[-3:]
+    res = CliRunner().invoke(app, ["average", "--run", str(tmp_path / "r"), "--last", "3"])
+    assert res.exit_code == 0, res.output
+    avg = load_checkpoint(layout.checkpoints / "averaged.pt")
+    models = [load_checkpoint(p)["model"] for p in paths]
+    name = "projection.proj.bias"
+    assert torch.allclose(avg["model"][name], sum(m[name] for m in models) / 3)
+    res = CliRunner().invoke(app, ["translate", "The dog sees the cat.", "--run",
+                                   str(tmp_path / "r"), "--checkpoint",
+                                   str(layout.checkpoints / "averaged.pt")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["average", "--run", str(tmp_path / "r"), "--last", "9"])
+    assert res.exit_code == 2 and "fewer than" in res.output
+
+
+def _start_training(config: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "translator", "train", "--config",
+                             str(config), "--quiet", *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for training")
+        time.sleep(0.05)
+
+
+def test_sigint_saves_checkpoint_and_resume_continues(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "tiny.yaml", run_dir, epochs=1000, save_every=3)
+    layout = RunLayout(run_dir)
+    proc = _start_training(config)
+    _wait_for(lambda: layout.latest.is_file(), proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    stopped = load_checkpoint(layout.latest)["step"]
+    assert stopped >= 3
+    result = train(tiny_config(run_dir, epochs=1000, save_every=3, max_steps=stopped + 2),
+                   resume=True, quiet=True)
+    assert result.state.step == stopped + 2
+
+
+def test_kill_9_leaves_a_loadable_latest_and_resume_works(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "tiny.yaml", run_dir, epochs=1000, save_every=1,
+                          keep_last=2)
+    layout = RunLayout(run_dir)
+    proc = _start_training(config)
+    _wait_for(lambda: len(list(layout.checkpoints.glob("epoch*.pt"))) >= 2
+              if layout.checkpoints.is_dir() else False, proc)
+    proc.kill()  # SIGKILL: no handler runs, possibly in the middle of a write
+    proc.wait(timeout=60)
+    ckpt = load_checkpoint(layout.latest)
+    step = ckpt["step"]
+    assert step >= 1
+    for path in layout.numbered_checkpoints():
+        load_checkpoint(path)  # every file that carries a checkpoint name is whole
+    result = train(tiny_config(run_dir, epochs=1000, save_every=1, keep_last=2,
+                               max_steps=step + 2), resume=True, quiet=True)
+    assert result.state.step == step + 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_WORKER = textwrap.dedent("""
+    import sys, torch, yaml
+    from translator.config import config_from_dict
+    from translator.train import Trainer
+    raw = yaml.safe_load(open(sys.argv[1]))
+    trainer = Trainer(config_from_dict(raw, name="ddp"), quiet=True)
+    params = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.run()
+    state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    torch.save({"state": state, "step": result.state.step, "moved": any(
+        not torch.equal(params[k], state[k]) for k in state)}, sys.argv[2])
+""")
+
+
+def test_ddp_two_cpu_processes_stay_in_sync(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = write_config(tmp_path / "tiny.yaml", run_dir, epochs=5, max_steps=4)
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER, encoding="utf-8")
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, str(script), str(config),
+                                       str(tmp_path / f"rank{rank}.pt")], cwd=ROOT, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["step"] == r1["step"] == 4
+    assert r0["moved"] and r1["moved"]
+    for name in r0["state"]:
+        assert torch.equal(r0["state"][name], r1["state"][name]), name
+    ckpt = load_checkpoint(RunLayout(run_dir).latest)
+    for name, value in ckpt["model"].items():
+        assert torch.equal(value, r0["state"][name]), name
+    # Only rank 0 wrote: one TensorBoard event file.
+    assert len(list(RunLayout(run_dir).tensorboard.glob("events.out.tfevents.*"))) == 1

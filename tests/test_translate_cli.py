@@ -1,0 +1,265 @@
+"""`translator translate`, `evaluate` and `attention` through the CLI and the library, on a
+run folder made in a second from a small random model (the mechanics under test: order, empty
+lines, files, sentence splitting, odd characters, n-best, errors, reports, images)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save
+from translator.cli import app
+from translator.config import config_from_dict, save_config
+from translator.inference import Translator, build_model, split_into_sentences, split_lines
+from translator.tokenizer import EOS_ID, build_tokenizer
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+EN = ["The dog sees the cat.", "A man reads a book.", "The woman sleeps.", "Dr. Smith is here!"]
+DE = ["Der Hund sieht die Katze.", "Ein Mann liest ein Buch.", "Die Frau schläft.",
+      "Dr. Smith ist hier!"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with tokenizers from a few sentences and a random d_model-16 model whose
+    [EOS] bias makes outputs a few tokens long."""
+    root = tmp_path_factory.mktemp("runs") / "fake"
+    cfg = config_from_dict({
+        "data": {"source": "builtin", "max_len": 24},
+        "model": {"d_model": 16, "layers": 2, "heads": 2, "d_ff": 32, "dropout": 0.0},
+        "decoding": {"beam_size": 3},
+        "output": {"dir": str(root)},
+    }, name="fake")
+    layout = RunLayout(root)
+    root.mkdir(parents=True)
+    save_config(cfg, layout.config)
+    src_tok, tgt_tok = build_tokenizer(EN, cfg.tokenizer), build_tokenizer(DE, cfg.tokenizer)
+    src_tok.save(layout.tokenizer("en"))
+    tgt_tok.save(layout.tokenizer("de"))
+    torch.manual_seed(0)
+    model = build_model(cfg, src_tok.vocab_size, tgt_tok.vocab_size)
+    with torch.no_grad():
+        model.projection.proj.bias[EOS_ID] += 2.5
+    atomic_save({"format_version": FORMAT_VERSION, "model": model.state_dict(),
+                 "config": cfg.to_dict(),
+                 "vocab": {"src": src_tok.vocab_size, "tgt": tgt_tok.vocab_size}},
+                layout.latest)
+    return root
+
+
+@pytest.fixture(scope="module")
+def translator(run_dir: Path) -> Translator:
+    return Translator.from_run(run_dir, device="cpu")
+
+
+def _invoke(*args: str, input: str | bytes | None = None) -> tuple[int, str, str]:
+    res = CliRunner().invoke(app, list(args), input=input)
+    return res.exit_code, res.stdout, res.stderr
+
+
+ODD = ["🙂🙂 The dog 🐕 sees the cat.", "\x07\x1b[31mThe cat\x00 sleeps.\x1b[0m",
+       "مرحبا بالعالم The man.", "\u202eThe woman reads.\u202c", "zzz qqq xyzzy",
+       "\u200b\ufeff\ufffd", "\x07\x1b", "The dog\u2028sees\x0cthe cat.", "\ud800 broken"]
+
+
+# ---------------------------------------------------------------- library
+
+
+def test_translate_keeps_order_and_empty_texts(translator: Translator) -> None:
+    texts = ["The dog sees the cat.", "", "   ", "A man reads a book.", "The woman sleeps."]
+    out = translator.translate(texts, batch_size=2)
+    alone = [translator.translate([t])[0] for t in texts]
+    assert out == alone
+    assert out[1] == "" and out[2] == ""
+
+
+def test_odd_characters_never_crash(translator: Translator) -> None:
+    for beam in (1, 3):
+        out = translator.translate(ODD, beam_size=beam, split_sentences=True)
+        assert len(out) == len(ODD) and all(isinstance(t, str) for t in out)
+        assert "\n" not in "".join(out)
+    assert translator.translate(["\x07\x1b"]) == [""]  # only control characters: empty
+
+
+def test_paragraph_is_split_translated_and_joined(translator: Translator) -> None:
+    paragraph = "The dog sees the cat. A man reads a book! The woman sleeps."
+    parts = split_into_sentences(paragraph)
+    assert parts == ["The dog sees the cat.", "A man reads a book!", "The woman sleeps."]
+    joined = " ".join(t for t in translator.translate(parts) if t)
+    assert translator.translate([paragraph], split_sentences=True) == [joined]
+
+
+@pytest.mark.parametrize(("text", "parts"), [
+    ("One sentence only", ["One sentence only"]),
+    ("Dr. Smith sees J. Doe. He waves.", ["Dr. Smith sees J. Doe.", "He waves."]),
+    ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
+    ("Wait... what? Yes!  No.", ["Wait... what?", "Yes!", "No."]),
+    ("It costs 3.50 euros. Fine.", ["It costs 3.50 euros.", "Fine."]),
+    ("e.g. this one. And that.", ["e.g. this one.", "And that."]),
+    ("  ", []),
+])
+def test_split_into_sentences(text: str, parts: list[str]) -> None:
+    assert split_into_sentences(text) == parts
+
+
+def test_split_lines_only_at_line_feeds() -> None:
+    assert split_lines("a\r\nb\n\nc\x0cd\u2028e\x85f\n") == ["a", "b", "", "c\x0cd\u2028e\x85f"]
+    assert split_lines("") == []
+    assert split_lines("x") == ["x"]
+
+
+def test_nbest_scores_sorted_and_beam_one_is_greedy(translator: Translator) -> None:
+    nbest = translator.translate_nbest(["The dog sees the cat.", ""], n_best=3)
+    assert len(nbest[0]) == 3 and nbest[1] == []
+    scores = [s for _, s in nbest[0]]
+    assert scores == sorted(scores, reverse=True)
+    assert translator.translate(["The dog sees the cat."])[0] == nbest[0][0][0]
+    greedy = translator.translate(EN, beam_size=1)
+    beam1 = [h[0][0] for h in translator.translate_nbest(EN, n_best=1, beam_size=1,
+                                                          length_penalty=0.0)]
+    assert greedy == beam1
+
+
+# ---------------------------------------------------------------- translate command
+
+
+def test_translate_sentence_argument(run_dir: Path, translator: Translator) -> None:
+    code, out, _ = _invoke("translate", "The dog sees the cat.", "--run", str(run_dir))
+    assert code == 0
+    assert out == translator.translate(["The dog sees the cat."])[0] + "\n"
+    code, out, _ = _invoke("translate", "The dog sees the cat.", "--run", str(run_dir),
+                           "--beam", "1")
+    assert code == 0
+    assert out == translator.translate(["The dog sees the cat."], beam_size=1)[0] + "\n"
+
+
+def test_translate_odd_argument(run_dir: Path) -> None:
+    # An undecodable byte in a command-line argument arrives as a lone surrogate.
+    for text in ("caf\udce9 \u202eThe dog.", "🙂", "\x1b[31m The cat."):
+        code, out, err = _invoke("translate", text, "--run", str(run_dir))
+        assert code == 0, err
+        assert out.count("\n") == 1
+
+
+def test_translate_stdin_keeps_lines(run_dir: Path, translator: Translator) -> None:
+    lines = ["The dog sees the cat.", "", "A man reads a book. The woman sleeps.", ""]
+    for arg in ([], ["-"]):
+        code, out, _ = _invoke("translate", *arg, "--run", str(run_dir),
+                               input="\n".join(lines) + "\n")
+        assert code == 0
+        assert out.split("\n")[:-1] == translator.translate(lines, split_sentences=True)
+
+
+def test_translate_file_to_file(run_dir: Path, translator: Translator, tmp_path: Path) -> None:
+    lines = [EN[i % len(EN)] if i % 3 else "" for i in range(40)] + ODD[:-1]  # no surrogate
+    src = tmp_path / "in.txt"
+    src.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    code, stdout, _ = _invoke("translate", "--input", str(src), "--output", str(out),
+                              "--run", str(run_dir), "--batch-size", "4")
+    assert code == 0 and stdout == ""
+    got = out.read_text(encoding="utf-8").split("\n")
+    assert got[-1] == "" and len(got) - 1 == len(lines)
+    assert got[:-1] == translator.translate(lines, split_sentences=True)
+    assert all(g == "" for g, line in zip(got, lines, strict=False) if not line)
+    assert not list(tmp_path.glob(".out.txt.*"))  # the temporary file was renamed
+
+
+def test_translate_nbest_output(run_dir: Path) -> None:
+    code, out, _ = _invoke("translate", "--run", str(run_dir), "--n-best", "3",
+                           input="The dog sees the cat.\n\nThe woman sleeps.\n")
+    assert code == 0
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert [r[0] for r in rows] == ["1", "1", "1", "3", "3", "3"]
+    scores = [float(r[1]) for r in rows[:3]]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize(("args", "stdin", "message"), [
+    (["translate", "   "], None, "empty"),
+    (["translate", "--input", "/nonexistent/in.txt"], None, "not found"),
+    (["translate", "Hello.", "--input", "x.txt"], None, "not both"),
+    (["translate"], b"ok\ncaf\xe9\n", "line 2"),
+    (["translate", "Hello.", "--output", "/nonexistent/dir/out.txt"], None, "cannot write"),
+    (["evaluate", "--src", "a.txt"], None, "--src and --ref"),
+    (["evaluate", "--split", "nonsense"], None, "nonsense"),
+    (["attention", " ", "--out", "x"], None, "empty"),
+])
+def test_user_errors_are_one_line(run_dir: Path, args: list[str], stdin: bytes | None,
+                                  message: str) -> None:
+    code, out, err = _invoke(*args, "--run", str(run_dir), input=stdin)
+    assert code == 2
+    assert message in err and "Traceback" not in out + err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_invalid_utf8_file_names_the_line(run_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "bad.txt"
+    src.write_bytes(b"fine\nalso fine\nbad \xff byte\n")
+    code, _, err = _invoke("translate", "--input", str(src), "--run", str(run_dir))
+    assert code == 2 and "line 3" in err and "UTF-8" in err
+
+
+def test_bad_beam_is_a_usage_error(run_dir: Path) -> None:
+    code, _, _ = _invoke("translate", "Hello.", "--beam", "0", "--run", str(run_dir))
+    assert code == 2
+
+
+# ---------------------------------------------------------------- evaluate command
+
+
+def test_evaluate_file_pair_json(run_dir: Path, tmp_path: Path) -> None:
+    src, ref = tmp_path / "pair.en", tmp_path / "pair.de"
+    src.write_text("\n".join(EN) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(DE) + "\n", encoding="utf-8")
+    code, out, _ = _invoke("evaluate", "--src", str(src), "--ref", str(ref), "--json",
+                           "--beam", "2", "--length-penalty", "1.0", "--run", str(run_dir))
+    assert code == 0
+    report = json.loads(out)
+    assert {"bleu", "chrf", "sentences", "bleu_signature", "chrf_signature"} <= set(report)
+    assert report["sentences"] == len(EN)
+    assert (report["search"], report["beam_size"], report["length_penalty"]) == ("beam", 2, 1.0)
+    assert report["src"] == str(src)
+    assert json.loads((run_dir / "eval" / "pair.en.json").read_text()) == report
+    hyps = (run_dir / "eval" / "pair.en.hyp.txt").read_text(encoding="utf-8").split("\n")
+    assert len(hyps) == len(EN) + 1
+
+    code, out, _ = _invoke("evaluate", "--src", str(src), "--ref", str(ref), "--beam", "1",
+                           "--run", str(run_dir))
+    assert code == 0
+    assert "BLEU" in out and "nrefs:1" in out and "chrF2" in out and "greedy" in out
+
+
+def test_evaluate_mismatched_files(run_dir: Path, tmp_path: Path) -> None:
+    src, ref = tmp_path / "a.en", tmp_path / "a.de"
+    src.write_text("one\ntwo\n", encoding="utf-8")
+    ref.write_text("eins\n", encoding="utf-8")
+    code, _, err = _invoke("evaluate", "--src", str(src), "--ref", str(ref), "--run",
+                           str(run_dir))
+    assert code == 2 and "line-aligned" in err
+
+
+# ---------------------------------------------------------------- attention command
+
+
+def test_attention_command_writes_pngs(run_dir: Path, tmp_path: Path,
+                                       translator: Translator) -> None:
+    out_dir = tmp_path / "att"
+    code, out, err = _invoke("attention", "The dog sees the cat.", "--out", str(out_dir),
+                             "--run", str(run_dir), "--beam", "1")
+    assert code == 0, err
+    assert out.strip() == translator.translate(["The dog sees the cat."], beam_size=1)[0]
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert names == sorted(f"{kind}_layer{i}.png" for kind in
+                           ("encoder_self", "decoder_self", "cross") for i in (1, 2))
+    import matplotlib.image
+
+    for path in out_dir.iterdir():
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 400
