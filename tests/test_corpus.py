@@ -525,3 +525,11 @@ def test_one_empty_text_file_is_a_line_count_mismatch(tmp_path: Path, cache: str
     (tmp_path / "train.it").write_bytes(b"")
     with pytest.raises(DataError, match="train.en has 4 lines but .*train.it has 0"):
         load_splits(_cfg("text", tmp_path, cache))
+
+
+def test_missing_file_without_config_validation_is_a_data_error(tmp_path: Path,
+                                                                cache: str) -> None:
+    with pytest.raises(DataError, match=r"file not found: .*train\.en"):
+        load_corpus(_cfg("text", tmp_path, cache))
+    with pytest.raises(DataError, match=r"file not found: .*nope\.parquet"):
+        load_corpus(_cfg("parquet", tmp_path, cache, train="nope.parquet"))

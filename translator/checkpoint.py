@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,13 +124,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        # torch names what it refused ("Unsupported global: GLOBAL io.open"); bytes that are
+        # no pickle at all give "Unsupported operand": a corrupt file, not an attack.
+        text = str(exc)
+        if "Unsupported operand" in text:
+            raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a "
+                                  "checkpoint") from None
+        found = re.search(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)", text)
+        what = f" ({found[1]})" if found else ""
         raise CheckpointError(f"refusing to load {path}: it holds objects other than plain "
-                              f"data, which could run code ({first[:200]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+                              f"data{what}, which could run code") from None
+    except PermissionError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged zip or pickle fails in many ways
+        # (RuntimeError, EOFError, BadZipFile, KeyError, IndexError, ...): all mean corrupt.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt or truncated "
-                              f"({first[:200]})") from None
+                              f"({first.split('. ')[0][:200]})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a translator checkpoint")
     version = ckpt.get("format_version")

@@ -186,7 +186,10 @@ def _read_file(path: Path) -> list[str]:
 
     if not path.is_file():
         raise TranslatorError(f"input file not found: {path}")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TranslatorError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         return split_lines(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -252,12 +255,15 @@ def translate(
 
         from translator.inference import Translator
 
+        # A person typing at a terminal gets each translation as soon as the line is entered.
+        interactive = (input_ is None and sentence in (None, "-") and sys.stdin.isatty()
+                       and output is None)
         if input_ is not None:
             if sentence is not None:
                 raise TranslatorError("give either a sentence or --input FILE, not both")
             lines = _read_file(input_)
         elif sentence is None or sentence == "-":
-            lines = _read_stdin()
+            lines = [] if interactive else _read_stdin()
         else:
             if not sentence.strip():
                 raise TranslatorError("nothing to translate: the sentence is empty")
@@ -267,6 +273,23 @@ def translate(
                                   max_len_a=max_len_a, max_len_b=max_len_b)
         settings = {"beam_size": dec.beam_size, "length_penalty": dec.length_penalty,
                     "max_len_a": dec.max_len_a, "max_len_b": dec.max_len_b}
+
+        def emit(out: Any, part: list[str], first_line: int) -> None:
+            if n_best > 1:
+                nbest = translator.translate_nbest(part, n_best, batch_size, **settings)
+                for n, hyps in enumerate(nbest, start=first_line):
+                    out.writelines(f"{n}\t{s:.4f}\t{text}\n" for text, s in hyps)
+            else:
+                texts = translator.translate(part, batch_size, split_sentences=not no_split,
+                                             **settings)
+                out.writelines(text + "\n" for text in texts)
+            out.flush()
+
+        if interactive:
+            typer.echo("type a sentence and press Enter; Ctrl-D ends", err=True)
+            for n, line in enumerate(sys.stdin, start=1):
+                emit(sys.stdout, [line.rstrip("\r\n")], n)
+            return
         # Chunks keep the progress bar moving and the output streaming on long inputs while
         # each chunk is still sorted by length into well-filled batches.
         chunk = max(16 * batch_size, 256)
@@ -276,15 +299,7 @@ def translate(
         with _output(output) as out:
             for start in range(0, len(lines), chunk):
                 part = lines[start:start + chunk]
-                if n_best > 1:
-                    nbest = translator.translate_nbest(part, n_best, batch_size, **settings)
-                    for n, hyps in enumerate(nbest, start=start + 1):
-                        out.writelines(f"{n}\t{s:.4f}\t{text}\n" for text, s in hyps)
-                else:
-                    texts = translator.translate(part, batch_size, split_sentences=not no_split,
-                                                 **settings)
-                    out.writelines(text + "\n" for text in texts)
-                out.flush()
+                emit(out, part, start + 1)
                 bar.update(len(part))
         bar.close()
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,8 +46,16 @@ _YamlLoader.add_implicit_resolver(
 
 
 def yaml_load(text: str) -> Any:
-    """Parse YAML with the safe loader (no object construction) and YAML 1.2 scalars."""
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    """Parse YAML with the safe loader (no object construction) and YAML 1.2 scalars. Every
+    failure is a `yaml.YAMLError`, also those PyYAML lets through on hostile input: an integer
+    of more than 4300 digits (ValueError), `!!float ''` (IndexError), nesting deeper than
+    Python's stack (RecursionError)."""
+    try:
+        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above; plain data only, nothing to keep
+        raise yaml.YAMLError(f"{type(exc).__name__}: {exc}") from None
 
 
 @dataclass
@@ -247,8 +257,8 @@ class DecodingConfig:
     def __post_init__(self) -> None:
         checks = {
             "beam_size": (self.beam_size >= 1, ">= 1"),
-            "length_penalty": (0.0 <= self.length_penalty < math.inf, ">= 0"),
-            "max_len_a": (0.0 <= self.max_len_a < math.inf, ">= 0"),
+            "length_penalty": (0.0 <= self.length_penalty < math.inf, "finite and >= 0"),
+            "max_len_a": (0.0 <= self.max_len_a < math.inf, "finite and >= 0"),
             "max_len_b": (self.max_len_b >= 0, ">= 0"),
         }
         for key, (ok, rule) in checks.items():
@@ -300,6 +310,13 @@ def _suggest(key: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+# Values quoted in error messages are cut short: a YAML alias bomb (lists of aliases of lists)
+# expands to billions of items when printed in full.
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother, _short.maxlong = 2, 60, 60, 60
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 4
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -329,21 +346,28 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            if -2**63 <= value < 2**63:  # what torch (seeds, sizes) can hold
+                return value
+            raise ConfigError(f"config error: {key}: {_short.repr(value)} is out of range")
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond the float range
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"config error: {key}: expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"config error: {key}: expected {_type_name(tp)}, "
+                      f"got {_short.repr(value)}")
 
 
 def _build_section(name: str, cls: type, raw: Any) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config error: {name}: expected a mapping of keys, got {raw!r}")
+        raise ConfigError(f"config error: {name}: expected a mapping of keys, "
+                          f"got {_short.repr(raw)}")
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
     values = {}
@@ -434,7 +458,7 @@ def _validate(cfg: Config) -> None:
     if d.source in ("text", "tsv", "csv", "jsonl", "parquet"):
         if not d.dir:
             fail("data.dir", f"required when data.source is '{d.source}'")
-        if not Path(d.dir).is_dir():
+        if not os.path.isdir(d.dir):  # False, not an error, for an impossible path
             fail("data.dir", f"folder not found: {d.dir}")
         for split in ("train", "valid", "test"):
             stem = getattr(d, split)
@@ -444,7 +468,7 @@ def _validate(cfg: Config) -> None:
             paths = ([base / stem] if d.source != "text"
                      else [base / f"{stem}.{d.src_lang}", base / f"{stem}.{d.tgt_lang}"])
             for path in paths:
-                if not path.is_file():
+                if not os.path.isfile(path):
                     fail(f"data.{split}", f"file not found: {path}")
     for key in ("src_column", "tgt_column"):
         value = getattr(d, key)
@@ -503,6 +527,9 @@ def config_from_dict(raw: Any, name: str = "run", overrides: typing.Sequence[str
     sections = {s: _build_section(s, cls, raw.get(s)) for s, cls in SECTIONS.items()}
     cfg = Config(name=name, **sections)
     _validate(cfg)
+    if cfg.data.dir:
+        # Absolute, so that a run's saved config still finds its data from any folder.
+        cfg.data.dir = str(Path(cfg.data.dir).expanduser().resolve())
     return cfg
 
 
@@ -513,6 +540,8 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
         raise ConfigError(f"config error: file not found: {path}")
     try:
         raw = yaml_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config error: cannot read {path}: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"config error: {path} is not valid YAML: {first}") from None

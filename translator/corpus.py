@@ -6,7 +6,8 @@ line-aligned text files per split (Moses style), or one TSV, CSV, JSONL or Parqu
 split. Files are converted to Arrow once, into the datasets cache, and memory-mapped from
 there: a corpus of millions of pairs is never held as Python objects, and a second run
 reuses the conversion. Splits not given as files are carved from train by ratio with
-`data.split_seed`; `split_record` describes the outcome for the run folder's splits.json.
+`data.split_seed`; `Corpus.record()` describes the outcome, which `check_split_record` keeps
+in the run folder's splits.json and compares on resume.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class DataError(TranslatorError):
 
 @dataclass
 class Corpus:
-    """The splits of a corpus (Arrow datasets with string columns `src` and `tgt`) and how
-    many pairs of each were dropped for an empty side."""
+    """The splits of a corpus (Arrow datasets with string columns `src` and `tgt`), how many
+    pairs of each were dropped for an empty side, and how valid/test were carved."""
 
     splits: dict[str, datasets.Dataset]
     dropped: dict[str, int] = field(default_factory=dict)
@@ -217,6 +218,10 @@ def _read_hub(cfg: DataConfig, split: str) -> datasets.Dataset:
 def _read_split(cfg: DataConfig, name: str) -> datasets.Dataset | None:
     """The raw dataset of one split, with whatever columns the source has; None for an
     empty file."""
+    for path in _files(cfg, name) + ([Path(cfg.dir or ".") / name]
+                                     if cfg.source == "parquet" else []):
+        if not path.is_file():  # config validation checks this too, when there is one
+            raise DataError(f"data error: file not found: {path}")
     if cfg.source in ("tsv", "csv", "jsonl", "parquet"):
         if (Path(cfg.dir or ".") / name).stat().st_size == 0:
             return None

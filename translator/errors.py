@@ -5,3 +5,8 @@ class TranslatorError(Exception):
     """An error with a message meant for the user; the CLI prints it as one line, exit code 2."""
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        # One line whatever the message quotes: a YAML key, a file name or a library's message
+        # may hold line breaks.
+        return " ".join(super().__str__().splitlines())

@@ -57,6 +57,7 @@ def build_model(cfg: Config, src_vocab: int, tgt_vocab: int) -> Transformer:
         d_model=m.d_model, N=m.layers, h=m.heads, dropout=m.dropout, d_ff=m.d_ff,
         decoder_layers=m.decoder_layers or None, norm=m.norm, tie_embeddings=m.tie_embeddings,
         attention_dropout=m.attention_dropout,
+        share_src_tgt_embeddings=cfg.tokenizer.shared and src_vocab == tgt_vocab,
     )
 
 

@@ -405,6 +405,7 @@ def build_transformer(
     norm: str = "pre",
     tie_embeddings: bool = False,
     attention_dropout: float = 0.0,
+    share_src_tgt_embeddings: bool = False,
 ) -> Transformer:
     """Assemble a Transformer with N encoder and N (or `decoder_layers`) decoder blocks.
 
@@ -412,7 +413,8 @@ def build_transformer(
     output. `attention_dropout` drops attention probabilities and FFN hidden units (not in the
     paper; 0 also lets attention use the fused kernel). `src_seq_len` / `tgt_seq_len` size the
     positional tables (they grow if a longer input comes). `tie_embeddings` shares the target
-    embedding with the output projection.
+    embedding with the output projection; `share_src_tgt_embeddings` (for one joint
+    vocabulary) makes the source embedding that same matrix too.
     Weights get Xavier-uniform initialisation.
     """
     if norm not in ("pre", "post"):
@@ -438,6 +440,10 @@ def build_transformer(
         # logits at unit scale too.
         nn.init.normal_(model.tgt_embed.embedding.weight, std=d_model**-0.5)
         model.projection.proj.weight = model.tgt_embed.embedding.weight
+    if share_src_tgt_embeddings:
+        if src_vocab_size != tgt_vocab_size:
+            raise ValueError("shared source/target embeddings need one vocabulary")
+        model.src_embed.embedding.weight = model.tgt_embed.embedding.weight
     return model
 
 

@@ -75,6 +75,12 @@ class TrainResult:
     last_valid: dict[str, Any]
     seconds: float
     parameters: int
+    tokens: int = 0
+    """Non-pad source + target tokens trained on in this call (all processes)."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
 
 
 def lr_factor(step: int, warmup: int, schedule: str, total: int = 0) -> float:
@@ -479,6 +485,7 @@ class Trainer:
         start = time.perf_counter()
         self.model.train()
         self.bad_steps = 0
+        tokens_seen = 0
         stop_reason = ""
         window_tokens, window_start = 0, time.perf_counter()
         with _stop_signals() as signal_flag:
@@ -497,6 +504,7 @@ class Trainer:
                     loss, tokens, grad_norm = self._step(group)
                     st.batch_in_epoch += len(group)
                     window_tokens += tokens
+                    tokens_seen += tokens * self.dist.world
                     bar.update(1)
                     lr = self.scheduler.get_last_lr()[0]
                     if st.step % tc.log_every == 0 or st.step == 1:
@@ -548,7 +556,7 @@ class Trainer:
             dist.barrier()
             dist.destroy_process_group()
         return TrainResult(self.layout.root, st, self.last_valid,
-                           time.perf_counter() - start, n_params)
+                           time.perf_counter() - start, n_params, tokens_seen)
 
     def _log_hparams(self) -> None:
         flat = {f"{section}.{k}": v for section, values in self.cfg.to_dict().items()

@@ -94,13 +94,17 @@ def attention_for_ids(model: Transformer, src_ids: list[int], src_tok: TextToken
     """Translate one sentence given as source ids (no specials), greedy or with beam search,
     and collect the attention of that translation."""
     src = torch.tensor([[SOS_ID, *src_ids, EOS_ID]], dtype=torch.long, device=device)
-    if beam_size > 1:
-        best = beam_search(model, src, beam_size=beam_size, alpha=alpha, max_len_a=max_len_a,
-                           max_len_b=max_len_b)[0][0]
-        out, ended = best.tokens, best.length > len(best.tokens)
-    else:
-        out = greedy_decode(model, src, max_len_a=max_len_a, max_len_b=max_len_b)[0]
-        ended = len(out) < int(max_output_lengths(src, max_len_a, max_len_b)[0])
+    was_training = model.training  # the searches switch to eval mode; training wants it back
+    try:
+        if beam_size > 1:
+            best = beam_search(model, src, beam_size=beam_size, alpha=alpha,
+                               max_len_a=max_len_a, max_len_b=max_len_b)[0][0]
+            out, ended = best.tokens, best.length > len(best.tokens)
+        else:
+            out = greedy_decode(model, src, max_len_a=max_len_a, max_len_b=max_len_b)[0]
+            ended = len(out) < int(max_output_lengths(src, max_len_a, max_len_b)[0])
+    finally:
+        model.train(was_training)
     # Position t of the decoder input produces output token t; a translation cut at its
     # length cap produced no [EOS], so its last token is not fed back in.
     produced = out + [EOS_ID] if ended else out
