@@ -49,15 +49,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def build_model(cfg: Config, src_vocab: int, tgt_vocab: int) -> Transformer:
-    """The Transformer a config describes."""
+def build_model(cfg: Config, src_vocab: int, tgt_vocab: int,
+                share_embeddings: bool | None = None) -> Transformer:
+    """The Transformer a config describes. Source and target embeddings are one matrix when
+    the tokenizer is shared, unless `share_embeddings` says otherwise."""
     m = cfg.model
+    if share_embeddings is None:
+        share_embeddings = cfg.tokenizer.shared
+    share_embeddings = share_embeddings and src_vocab == tgt_vocab
     return build_transformer(
         src_vocab, tgt_vocab, cfg.data.max_len, cfg.data.max_len,
         d_model=m.d_model, N=m.layers, h=m.heads, dropout=m.dropout, d_ff=m.d_ff,
         decoder_layers=m.decoder_layers or None, norm=m.norm, tie_embeddings=m.tie_embeddings,
         attention_dropout=m.attention_dropout,
-        share_src_tgt_embeddings=cfg.tokenizer.shared and src_vocab == tgt_vocab,
+        share_src_tgt_embeddings=share_embeddings,
     )
 
 
@@ -156,7 +161,13 @@ class Translator:
             raise CheckpointError(
                 f"{path} was trained with vocabularies of {vocab.get('src')}/{vocab.get('tgt')} "
                 f"tokens but the run's tokenizers have {src_tok.vocab_size}/{tgt_tok.vocab_size}")
-        model = build_model(cfg, src_tok.vocab_size, tgt_tok.vocab_size)
+        # Checkpoints from before source/target embedding sharing hold two different
+        # matrices; tying them on load would silently keep only one.
+        weights = ckpt["model"]
+        src_w, tgt_w = (weights.get(f"{side}_embed.embedding.weight") for side in ("src", "tgt"))
+        shared = (src_w is not None and tgt_w is not None and src_w.shape == tgt_w.shape
+                  and torch.equal(src_w, tgt_w))
+        model = build_model(cfg, src_tok.vocab_size, tgt_tok.vocab_size, shared)
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
