@@ -147,8 +147,9 @@ class TutorialBlock(nn.Module):
         return x + self.dropout(self.ff(self.norms[-1](x)))
 
 
-class TutorialTransformer(nn.Module):
-    """The tutorial model: same sizes as ours, written the tutorial way."""
+class _Baseline(nn.Module):
+    """Our embeddings and positional encodings plus a vocabulary projection: the parts both
+    baselines share with our model, so that only the Transformer in between differs."""
 
     def __init__(self, dims: Dims, max_len: int, dropout: float) -> None:
         super().__init__()
@@ -159,12 +160,20 @@ class TutorialTransformer(nn.Module):
                                           InputEmbedding(dims.tgt_vocab, d))
         self.src_pos, self.tgt_pos = (PositionalEncoding(d, max_len, dropout),
                                       PositionalEncoding(d, max_len, dropout))
+        self.proj = nn.Linear(d, dims.tgt_vocab)
+
+
+class TutorialTransformer(_Baseline):
+    """The tutorial model: same sizes as ours, written the tutorial way."""
+
+    def __init__(self, dims: Dims, max_len: int, dropout: float) -> None:
+        super().__init__(dims, max_len, dropout)
+        d = dims.d_model
         self.enc = nn.ModuleList(TutorialBlock(d, dims.heads, dims.d_ff, dropout, False)
                                  for _ in range(dims.n_enc))
         self.dec = nn.ModuleList(TutorialBlock(d, dims.heads, dims.d_ff, dropout, True)
                                  for _ in range(dims.n_dec))
         self.enc_norm, self.dec_norm = TutorialLayerNorm(d), TutorialLayerNorm(d)
-        self.proj = nn.Linear(d, dims.tgt_vocab)
 
     def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor, tgt_mask: Tensor) -> Tensor:
         x = self.src_pos(self.src_embed(src))
@@ -180,21 +189,14 @@ class TutorialTransformer(nn.Module):
 # --- the stock baseline -----------------------------------------------------------------------
 
 
-class StockTransformer(nn.Module):
+class StockTransformer(_Baseline):
     """`torch.nn.Transformer` between our embeddings and a vocabulary projection."""
 
     def __init__(self, dims: Dims, max_len: int, dropout: float) -> None:
-        super().__init__()
-        from translator.model import InputEmbedding, PositionalEncoding
-
-        d = dims.d_model
-        self.src_embed, self.tgt_embed = (InputEmbedding(dims.src_vocab, d),
-                                          InputEmbedding(dims.tgt_vocab, d))
-        self.src_pos, self.tgt_pos = (PositionalEncoding(d, max_len, dropout),
-                                      PositionalEncoding(d, max_len, dropout))
-        self.transformer = nn.Transformer(d, dims.heads, dims.n_enc, dims.n_dec, dims.d_ff,
-                                          dropout, batch_first=True, norm_first=True)
-        self.proj = nn.Linear(d, dims.tgt_vocab)
+        super().__init__(dims, max_len, dropout)
+        self.transformer = nn.Transformer(dims.d_model, dims.heads, dims.n_enc, dims.n_dec,
+                                          dims.d_ff, dropout, batch_first=True,
+                                          norm_first=True)
 
     def forward(self, src: Tensor, tgt: Tensor, pad_id: int) -> Tensor:
         causal = nn.Transformer.generate_square_subsequent_mask(tgt.size(1))
