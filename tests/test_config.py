@@ -125,6 +125,11 @@ def test_impossible_values_name_the_key(key: str, value: Any) -> None:
     assert key in msg
 
 
+def test_decoding_dtype_lists_the_choices() -> None:
+    msg = _error({"decoding": {"dtype": "float8"}})
+    assert "decoding.dtype" in msg and "bf16" in msg
+
+
 def test_d_model_not_divisible_by_heads() -> None:
     msg = _error({"model": {"d_model": 100, "heads": 3}})
     assert "model.heads" in msg and "divisible" in msg

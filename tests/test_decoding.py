@@ -73,6 +73,27 @@ def test_cached_greedy_equals_uncached_on_random_model(norm: str, seed: int) -> 
     assert not model.training
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_lean_cached_step_equals_the_module_path(norm: str) -> None:
+    """`DecoderBlock.step` (one position with a cache, in eval mode) gives the decoder states
+    of the whole-prefix module path at every position of a padded batch."""
+    from translator.model import padding_mask
+
+    model = _random_model(norm, seed=3, layers=3)
+    src = _src_batch([1, 6, 4], seed=3)
+    mask = padding_mask(src, PAD_ID)
+    tgt = torch.randint(4, V, (3, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        memory = model.encode(src, mask)
+        full = model.decode(memory, mask, tgt)  # [B, T, D], no cache
+        cache = model.new_cache()
+        steps = [model.decode(memory, mask, tgt[:, t:t + 1], cache, offset=t)
+                 for t in range(tgt.size(1))]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full)
+    assert set(cache[0]) == {"self_k", "self_v", "cross_k", "cross_v"}
+    assert cache[0]["self_k"].shape == (3, 2, 6, 8)  # [B, H, T, K]
+
+
 def test_cached_greedy_equals_uncached_in_float32() -> None:
     torch.manual_seed(0)
     model = build_transformer(V, V, 8, 8, d_model=16, N=2, h=2, dropout=0.0, d_ff=32).eval()

@@ -87,6 +87,23 @@ def test_evaluate_cli_json(trained_run: Path) -> None:
     assert (trained_run / "eval" / "test.json").is_file()
 
 
+def test_bf16_translation_matches_fp32(trained_run: Path) -> None:
+    """`--dtype bf16` casts the weights, says so in the report, and translates about as well."""
+    runner = CliRunner()
+    reports = {}
+    for dtype in ("fp32", "bf16"):
+        res = runner.invoke(app, ["evaluate", "--run", str(trained_run), "--split", "test",
+                                  "--json", "--beam", "1", "--dtype", dtype])
+        assert res.exit_code == 0, res.output
+        reports[dtype] = json.loads(res.stdout.strip().splitlines()[-1])
+        assert reports[dtype]["dtype"] == dtype
+    assert abs(reports["bf16"]["bleu"] - reports["fp32"]["bleu"]) < 5.0
+    translator = Translator.from_run(trained_run, device="cpu", dtype="bf16")
+    assert next(translator.model.parameters()).dtype == torch.bfloat16
+    res = runner.invoke(app, ["translate", "x", "--run", str(trained_run), "--dtype", "int4"])
+    assert res.exit_code == 2 and "decoding.dtype" in res.output
+
+
 def test_resume_continues_from_saved_step(tmp_path: Path) -> None:
     """N steps, stop, resume to 2N gives the same parameters as 2N steps in one go."""
     straight = train(tiny_config(tmp_path / "a", max_steps=12, epochs=5), quiet=True)

@@ -239,6 +239,9 @@ class OutputConfig:
     """Run folder; empty: runs/<config file name without .yaml>."""
 
 
+DECODING_DTYPES = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class DecodingConfig:
     """How translate, evaluate and attention search (validation in training is always greedy)."""
@@ -253,8 +256,15 @@ class DecodingConfig:
     [SOS] and [EOS])."""
     max_len_b: int = 10
     """See max_len_a."""
+    dtype: str = "fp32"
+    """Number format of the weights at translation time: fp32, bf16 (about 2.5x the batched
+    speed on CPUs with AMX or AVX512-BF16, and on recent GPUs; outputs may differ slightly) or
+    fp16 (GPUs)."""
 
     def __post_init__(self) -> None:
+        if self.dtype not in DECODING_DTYPES:
+            raise ConfigError(f"config error: decoding.dtype: must be one of "
+                              f"{', '.join(DECODING_DTYPES)}, got {self.dtype!r}")
         checks = {
             "beam_size": (self.beam_size >= 1, ">= 1"),
             "length_penalty": (0.0 <= self.length_penalty < math.inf, "finite and >= 0"),

@@ -64,7 +64,7 @@ def _source_mask(src: Tensor) -> Tensor | None:
     return padding_mask(src, PAD_ID) if bool((src == PAD_ID).any()) else None
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
                   max_len_b: int = 10, use_cache: bool = True) -> list[list[int]]:
     """Greedy translations of a batch of encoder inputs `src` [B, S] (`[SOS] x [EOS]`, padded).
@@ -116,7 +116,7 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
     return out
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: float = 0.6,
                 max_len_a: float = 1.5, max_len_b: int = 10, n_best: int = 1,
                 use_cache: bool = True) -> list[list[Hypothesis]]:

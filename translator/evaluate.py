@@ -58,6 +58,7 @@ def evaluate_pairs(translator: Translator, pairs: Sequence[tuple[str, str]],
         length_penalty=dec.length_penalty if dec.beam_size > 1 else 0.0,
         max_len_a=dec.max_len_a,
         max_len_b=dec.max_len_b,
+        dtype=dec.dtype,
         seconds=round(seconds, 2),
         sentences_per_second=round(len(pairs) / max(seconds, 1e-9), 1),
     )

@@ -66,6 +66,9 @@ def build_model(cfg: Config, src_vocab: int, tgt_vocab: int,
     )
 
 
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def pack_sources(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
     """Encoder inputs `[SOS] x [EOS]`, right-padded: [len(rows), longest + 2]."""
     width = max(len(ids) for ids in rows) + 2
@@ -132,8 +135,11 @@ class Translator:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str | Path | None = None,
-                 device: str = "auto") -> Translator:
-        """Load a run folder's config, tokenizers and checkpoint (best.pt, else latest.pt)."""
+                 device: str = "auto", dtype: str | None = None) -> Translator:
+        """Load a run folder's config, tokenizers and checkpoint (best.pt, else latest.pt).
+
+        `dtype` (fp32, bf16, fp16; default: the run's `decoding.dtype`) is the number format
+        the weights are cast to for translation."""
         layout = RunLayout(Path(run_dir))
         if not layout.root.is_dir():
             raise TranslatorError(f"run folder not found: {layout.root}")
@@ -173,7 +179,9 @@ class Translator:
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise CheckpointError(f"{path} does not fit this run's model: {first}") from None
-        return cls(cfg, src_tok, tgt_tok, model, dev, path)
+        if dtype is not None:
+            cfg.decoding = dataclasses.replace(cfg.decoding, dtype=dtype)  # validates it
+        return cls(cfg, src_tok, tgt_tok, model.to(_DTYPES[cfg.decoding.dtype]), dev, path)
 
     def decoding(self, **overrides: float | int | None) -> DecodingConfig:
         """The run's decoding settings with the given non-None fields replaced (validated)."""

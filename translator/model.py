@@ -107,7 +107,11 @@ class PositionalEncoding(nn.Module):
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:  # [B, L, D] -> [B, L, D]
         end = offset + x.size(1)
         if end > self.pe.size(0):
-            self.pe = self._table(max(end, 2 * self.pe.size(0)), self.d_model).to(self.pe.device)
+            # A normal tensor even when this runs under inference mode (decoding): the table
+            # outlives the call and training may use it afterwards.
+            with torch.inference_mode(False):
+                pe = self._table(max(end, 2 * self.pe.size(0)), self.d_model)
+                self.pe = pe.to(self.pe.device)
         return self.dropout(x + self.pe[offset:end].to(x.dtype))
 
 
@@ -185,11 +189,15 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache[prefix + "k"], cache[prefix + "v"]
             else:
                 assert memory is not None, "cross-attention needs the encoder output"
-                k, v = (self._heads(t) for t in self.kv_proj(memory).chunk(2, dim=-1))
+                kv = self.kv_proj(memory).view(memory.size(0), memory.size(1), 2, self.h,
+                                               self.d_k)
+                k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
                 if cache is not None:
                     cache[prefix + "k"], cache[prefix + "v"] = k, v
         else:
-            q, k, v = (self._heads(t) for t in self.qkv_proj(x).chunk(3, dim=-1))
+            # One view + permute splits the fused projection into heads: [3, B, H, L, K].
+            qkv = self.qkv_proj(x).view(x.size(0), x.size(1), 3, self.h, self.d_k)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             if cache is not None:
                 if prefix + "k" in cache:
                     k = torch.cat([cache[prefix + "k"], k], dim=2)
@@ -283,6 +291,50 @@ class DecoderBlock(nn.Module):
                                                      prefix="cross_"))
         return self.res[2](x, self.ff)
 
+    def step(self, x: Tensor, memory: Tensor, src_mask: Tensor | None,
+             cache: LayerCache) -> Tensor:
+        """`forward` for one new position per row, x: [B, D] (not [B, 1, D]), with a cache,
+        in eval mode: the same arithmetic in about half the operations (2-D matrix products,
+        no dropout calls, no head transposes: one position's [H*K] and [H, 1, K] share their
+        memory layout). At batch 1 a decoding step is mostly per-operation overhead, so this
+        is where cached decoding gains its speed; tests check it against `forward`."""
+        B = x.size(0)
+        sa, ca, ff = self.self_attn, self.cross_attn, self.ff
+        H, K = sa.h, sa.d_k
+        norms = [r.norm for r in self.res]
+        pre = self.res[0].pre_norm
+
+        def norm(i: int, t: Tensor) -> Tensor:
+            n = norms[i]
+            return F.layer_norm(t, n.weight.shape, n.weight, n.bias, n.eps)
+
+        # Self-attention over the cached positions and this one.
+        y = norm(0, x) if pre else x
+        q, k, v = F.linear(y, sa.qkv_proj.weight, sa.qkv_proj.bias).view(B, 3, H, 1, K).unbind(1)
+        if "self_k" in cache:
+            k = torch.cat([cache["self_k"], k], dim=2)
+            v = torch.cat([cache["self_v"], v], dim=2)
+        cache["self_k"], cache["self_v"] = k, v
+        a = F.scaled_dot_product_attention(q, k, v).view(B, H * K)
+        x = x + F.linear(a, sa.out_proj.weight, sa.out_proj.bias)
+        x = x if pre else norm(0, x)
+        # Cross-attention; the source keys/values are projected on the first step only.
+        y = norm(1, x) if pre else x
+        q = F.linear(y, ca.q_proj.weight, ca.q_proj.bias).view(B, H, 1, K)
+        if "cross_k" not in cache:
+            kv = F.linear(memory, ca.kv_proj.weight, ca.kv_proj.bias)
+            kv = kv.view(B, memory.size(1), 2, H, K).permute(2, 0, 3, 1, 4)
+            cache["cross_k"], cache["cross_v"] = kv.unbind(0)
+        a = F.scaled_dot_product_attention(q, cache["cross_k"], cache["cross_v"],
+                                           attn_mask=src_mask).view(B, H * K)
+        x = x + F.linear(a, ca.out_proj.weight, ca.out_proj.bias)
+        x = x if pre else norm(1, x)
+        # Feed-forward.
+        y = norm(2, x) if pre else x
+        h = F.linear(y, ff.linear1.weight, ff.linear1.bias).relu_()
+        x = x + F.linear(h, ff.linear2.weight, ff.linear2.bias)
+        return x if pre else norm(2, x)
+
 
 class Encoder(nn.Module):
     """N encoder blocks; with pre-norm a final LayerNorm (post-norm outputs are normalised)."""
@@ -308,6 +360,16 @@ class Decoder(nn.Module):
 
     def forward(self, x: Tensor, memory: Tensor, src_mask: Tensor | None,
                 cache: list[LayerCache] | None = None) -> Tensor:
+        # One cached position in eval mode takes the lean path, unless attention weights are
+        # being recorded (only the module path computes them).
+        fast = (cache is not None and x.size(1) == 1 and not self.training
+                and not any(b.self_attn.store_weights or b.cross_attn.store_weights
+                            for b in self.blocks))
+        if fast:
+            y = x.view(x.size(0), x.size(2))  # [B, D]
+            for block, layer_cache in zip(self.blocks, cache, strict=True):  # type: ignore[arg-type]
+                y = block.step(y, memory, src_mask, layer_cache)
+            return self.norm(y).unsqueeze(1)
         for i, block in enumerate(self.blocks):
             x = block(x, memory, src_mask, None if cache is None else cache[i])
         return self.norm(x)

@@ -7,6 +7,8 @@ model, on identical weights:
 - `cached_batched`: cached greedy over length-sorted batches (`--decode-batch-size`);
 - `beam<K>`: batched beam search with the cache (`--decode-beam`, GNMT alpha 0.6).
 
+All four use the same weights in the same number format (`--decode-dtype`, default fp32).
+
 The sentences are Multi30k's test_2016_flickr with `--data-dir`, else the built-in corpus's test
 split. The model is a trained run's with `--decode-run` (the realistic case: outputs stop at
 [EOS]); without one, an untrained model of the Multi30k size (d_model 256, 3+3 layers), whose
@@ -36,6 +38,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--decode-batch-size", type=int, default=64,
                        help="Sentences per batch of the batched rows.")
     group.add_argument("--decode-beam", type=int, default=4, help="Beam size of the beam row.")
+    group.add_argument("--decode-dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                       help="Number format of the model's weights, for all four rows "
+                       "(default fp32).")
 
 
 def _sentences(data_dir: Path | None) -> tuple[list[str], list[str], str]:
@@ -58,11 +63,11 @@ def _model(args: argparse.Namespace, sources: list[str]) -> tuple[object, list[l
     if args.decode_run is not None:
         from translator.inference import Translator
 
-        tr = Translator.from_run(args.decode_run, device="cpu")
+        tr = Translator.from_run(args.decode_run, device="cpu", dtype=args.decode_dtype)
         m = tr.cfg.model
         desc = (f"run {args.decode_run} ({tr.checkpoint.name}): d_model {m.d_model}, "
                 f"{m.layers}+{m.decoder_layers or m.layers} layers, vocab "
-                f"{tr.src_tok.vocab_size}/{tr.tgt_tok.vocab_size}")
+                f"{tr.src_tok.vocab_size}/{tr.tgt_tok.vocab_size}, {args.decode_dtype}")
         return tr, tr.encode(sources), desc
     from translator.config import TokenizerConfig
     from translator.model import build_transformer
@@ -70,10 +75,12 @@ def _model(args: argparse.Namespace, sources: list[str]) -> tuple[object, list[l
 
     tok = build_tokenizer(sources, TokenizerConfig())
     torch.manual_seed(0)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     model = build_transformer(tok.vocab_size, 8000, 128, 128, d_model=256, N=3, h=4,
-                              d_ff=1024, tie_embeddings=True).eval()
-    desc = (f"untrained d_model 256, 3+3 layers, vocab {tok.vocab_size}/8000 (outputs run to "
-            "their length cap; pass --decode-run for a trained model)")
+                              d_ff=1024, tie_embeddings=True).eval().to(dtype[args.decode_dtype])
+    desc = (f"untrained d_model 256, 3+3 layers, vocab {tok.vocab_size}/8000, "
+            f"{args.decode_dtype} (outputs run to their length cap; pass --decode-run for a "
+            "trained model)")
     return model, [tok.encode(s) for s in sources], desc
 
 
