@@ -66,7 +66,8 @@ def build_model(cfg: Config, src_vocab: int, tgt_vocab: int,
     )
 
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The torch type of each `decoding.dtype` name.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pack_sources(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:
@@ -181,7 +182,7 @@ class Translator:
             raise CheckpointError(f"{path} does not fit this run's model: {first}") from None
         if dtype is not None:
             cfg.decoding = dataclasses.replace(cfg.decoding, dtype=dtype)  # validates it
-        return cls(cfg, src_tok, tgt_tok, model.to(_DTYPES[cfg.decoding.dtype]), dev, path)
+        return cls(cfg, src_tok, tgt_tok, model.to(DTYPES[cfg.decoding.dtype]), dev, path)
 
     def decoding(self, **overrides: float | int | None) -> DecodingConfig:
         """The run's decoding settings with the given non-None fields replaced (validated)."""

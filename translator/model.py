@@ -169,6 +169,12 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:  # [B, L, D] -> [B, H, L, K]
         return x.view(x.size(0), x.size(1), self.h, self.d_k).transpose(1, 2)
 
+    def source_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of the encoder output [B, S, D]: two [B, H, S, K]."""
+        kv = self.kv_proj(memory).view(memory.size(0), memory.size(1), 2, self.h, self.d_k)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        return k, v
+
     def forward(
         self,
         x: Tensor,
@@ -189,9 +195,7 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache[prefix + "k"], cache[prefix + "v"]
             else:
                 assert memory is not None, "cross-attention needs the encoder output"
-                kv = self.kv_proj(memory).view(memory.size(0), memory.size(1), 2, self.h,
-                                               self.d_k)
-                k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+                k, v = self.source_kv(memory)
                 if cache is not None:
                     cache[prefix + "k"], cache[prefix + "v"] = k, v
         else:
@@ -322,9 +326,7 @@ class DecoderBlock(nn.Module):
         y = norm(1, x) if pre else x
         q = F.linear(y, ca.q_proj.weight, ca.q_proj.bias).view(B, H, 1, K)
         if "cross_k" not in cache:
-            kv = F.linear(memory, ca.kv_proj.weight, ca.kv_proj.bias)
-            kv = kv.view(B, memory.size(1), 2, H, K).permute(2, 0, 3, 1, 4)
-            cache["cross_k"], cache["cross_v"] = kv.unbind(0)
+            cache["cross_k"], cache["cross_v"] = ca.source_kv(memory)
         a = F.scaled_dot_product_attention(q, cache["cross_k"], cache["cross_v"],
                                            attn_mask=src_mask).view(B, H * K)
         x = x + F.linear(a, ca.out_proj.weight, ca.out_proj.bias)

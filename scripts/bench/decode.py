@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from bench.common import markdown_table
+from translator.config import DECODING_DTYPES
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
@@ -38,7 +39,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--decode-batch-size", type=int, default=64,
                        help="Sentences per batch of the batched rows.")
     group.add_argument("--decode-beam", type=int, default=4, help="Beam size of the beam row.")
-    group.add_argument("--decode-dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+    group.add_argument("--decode-dtype", choices=DECODING_DTYPES, default="fp32",
                        help="Number format of the model's weights, for all four rows "
                        "(default fp32).")
 
@@ -70,14 +71,14 @@ def _model(args: argparse.Namespace, sources: list[str]) -> tuple[object, list[l
                 f"{tr.src_tok.vocab_size}/{tr.tgt_tok.vocab_size}, {args.decode_dtype}")
         return tr, tr.encode(sources), desc
     from translator.config import TokenizerConfig
+    from translator.inference import DTYPES
     from translator.model import build_transformer
     from translator.tokenizer import build_tokenizer
 
     tok = build_tokenizer(sources, TokenizerConfig())
     torch.manual_seed(0)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     model = build_transformer(tok.vocab_size, 8000, 128, 128, d_model=256, N=3, h=4,
-                              d_ff=1024, tie_embeddings=True).eval().to(dtype[args.decode_dtype])
+                              d_ff=1024, tie_embeddings=True).eval().to(DTYPES[args.decode_dtype])
     desc = (f"untrained d_model 256, 3+3 layers, vocab {tok.vocab_size}/8000, "
             f"{args.decode_dtype} (outputs run to their length cap; pass --decode-run for a "
             "trained model)")
