@@ -75,8 +75,9 @@ def test_cached_greedy_equals_uncached_on_random_model(norm: str, seed: int) -> 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_lean_cached_step_equals_the_module_path(norm: str) -> None:
-    """`DecoderBlock.step` (one position with a cache, in eval mode) gives the decoder states
-    of the whole-prefix module path at every position of a padded batch."""
+    """`decoder_step` (one position with a cache, in eval mode) gives the decoder states of the
+    whole-prefix module path at every position of a padded batch, with the cache from
+    `new_cache` (weights gathered once) and with a plain list of dicts (gathered per step)."""
     from translator.model import padding_mask
 
     model = _random_model(norm, seed=3, layers=3)
@@ -89,7 +90,11 @@ def test_lean_cached_step_equals_the_module_path(norm: str) -> None:
         cache = model.new_cache()
         steps = [model.decode(memory, mask, tgt[:, t:t + 1], cache, offset=t)
                  for t in range(tgt.size(1))]
+        plain: list[dict[str, torch.Tensor]] = [{} for _ in range(3)]
+        plain_steps = [model.decode(memory, mask, tgt[:, t:t + 1], plain, offset=t)
+                       for t in range(tgt.size(1))]
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
+    torch.testing.assert_close(torch.cat(plain_steps, dim=1), full)
     assert set(cache[0]) == {"self_k", "self_v", "cross_k", "cross_v"}
     assert cache[0]["self_k"].shape == (3, 2, 6, 8)  # [B, H, T, K]
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from translator.model import (
+    DecoderCache,
     PositionalEncoding,
     Transformer,
     build_transformer,
@@ -281,6 +282,7 @@ def test_cached_decode_matches_full_decode() -> None:
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
     # reordering the cache selects rows
     picked = reorder_cache(cache, torch.tensor([2, 0]))
+    assert isinstance(picked, DecoderCache) and picked.weights is cache.weights
     assert all(v.size(0) == 2 for layer in picked for v in layer.values())
     assert torch.equal(picked[0]["self_k"][1], cache[0]["self_k"][0])
 

@@ -64,6 +64,13 @@ def _source_mask(src: Tensor) -> Tensor | None:
     return padding_mask(src, PAD_ID) if bool((src == PAD_ID).any()) else None
 
 
+def _eval(model: Transformer) -> None:
+    """Put the model in eval mode; skipped when it already is, since `eval()` visits every
+    submodule (about 0.5 ms, as much as a decoding step at batch 1)."""
+    if model.training:
+        model.eval()
+
+
 @torch.inference_mode()
 def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
                   max_len_b: int = 10, use_cache: bool = True) -> list[list[int]]:
@@ -73,7 +80,7 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
     decoder over the whole prefix at every step (the tutorial way); it exists to prove the
     cached path gives the same tokens, and as the benchmark's baseline.
     """
-    model.eval()
+    _eval(model)
     src_mask = _source_mask(src)
     memory = model.encode(src, src_mask)  # [B, S, D]
     limits = max_output_lengths(src, max_len_a, max_len_b).tolist()
@@ -129,7 +136,7 @@ def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: f
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be in 1..beam_size ({beam_size}), got {n_best}")
-    model.eval()
+    _eval(model)
     K, device = beam_size, src.device
     n = src.size(0)
     src_mask = _source_mask(src)

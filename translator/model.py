@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -104,15 +104,19 @@ class PositionalEncoding(nn.Module):
         pe[:, 1::2] = torch.cos(pos * div)
         return pe
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:  # [B, L, D] -> [B, L, D]
-        end = offset + x.size(1)
-        if end > self.pe.size(0):
+    def table(self, length: int) -> Tensor:
+        """The encodings table [>= length, D], grown first if it is shorter."""
+        if length > self.pe.size(0):
             # A normal tensor even when this runs under inference mode (decoding): the table
             # outlives the call and training may use it afterwards.
             with torch.inference_mode(False):
-                pe = self._table(max(end, 2 * self.pe.size(0)), self.d_model)
+                pe = self._table(max(length, 2 * self.pe.size(0)), self.d_model)
                 self.pe = pe.to(self.pe.device)
-        return self.dropout(x + self.pe[offset:end].to(x.dtype))
+        return self.pe
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:  # [B, L, D] -> [B, L, D]
+        end = offset + x.size(1)
+        return self.dropout(x + self.table(end)[offset:end].to(x.dtype))
 
 
 class LayerNormalization(nn.Module):
@@ -139,7 +143,9 @@ class FeedForward(nn.Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+        # In place: the hidden layer is the largest activation, and a fresh buffer for it costs
+        # page faults on every large batch; ReLU's backward needs only its output.
+        return self.linear2(self.dropout(F.relu(self.linear1(x), inplace=True)))
 
 
 class MultiHeadAttention(nn.Module):
@@ -295,47 +301,83 @@ class DecoderBlock(nn.Module):
                                                      prefix="cross_"))
         return self.res[2](x, self.ff)
 
-    def step(self, x: Tensor, memory: Tensor, src_mask: Tensor | None,
-             cache: LayerCache) -> Tensor:
-        """`forward` for one new position per row, x: [B, D] (not [B, 1, D]), with a cache,
-        in eval mode: the same arithmetic in about half the operations (2-D matrix products,
-        no dropout calls, no head transposes: one position's [H*K] and [H, 1, K] share their
-        memory layout). At batch 1 a decoding step is mostly per-operation overhead, so this
-        is where cached decoding gains its speed; tests check it against `forward`."""
-        B = x.size(0)
+    def step_weights(self) -> BlockWeights:
+        """This block's parameters for `decoder_step`, gathered once per search: looking up
+        a submodule's parameter through `nn.Module.__getattr__` costs about as much as the
+        arithmetic of a batch-1 step, so the cached path must not do it per token."""
         sa, ca, ff = self.self_attn, self.cross_attn, self.ff
-        H, K = sa.h, sa.d_k
-        norms = [r.norm for r in self.res]
-        pre = self.res[0].pre_norm
+        n0, n1, n2 = (r.norm for r in self.res)
+        return BlockWeights(
+            n0.weight, n0.bias, sa.qkv_proj.weight, sa.qkv_proj.bias, sa.out_proj.weight,
+            sa.out_proj.bias, n1.weight, n1.bias, ca.q_proj.weight, ca.q_proj.bias,
+            ca.out_proj.weight, ca.out_proj.bias, n2.weight, n2.bias, ff.linear1.weight,
+            ff.linear1.bias, ff.linear2.weight, ff.linear2.bias, n0.eps, sa.h,
+            self.res[0].pre_norm, ca.source_kv)
 
-        def norm(i: int, t: Tensor) -> Tensor:
-            n = norms[i]
-            return F.layer_norm(t, n.weight.shape, n.weight, n.bias, n.eps)
 
-        # Self-attention over the cached positions and this one.
-        y = norm(0, x) if pre else x
-        q, k, v = F.linear(y, sa.qkv_proj.weight, sa.qkv_proj.bias).view(B, 3, H, 1, K).unbind(1)
-        if "self_k" in cache:
-            k = torch.cat([cache["self_k"], k], dim=2)
-            v = torch.cat([cache["self_v"], v], dim=2)
-        cache["self_k"], cache["self_v"] = k, v
-        a = F.scaled_dot_product_attention(q, k, v).view(B, H * K)
-        x = x + F.linear(a, sa.out_proj.weight, sa.out_proj.bias)
-        x = x if pre else norm(0, x)
-        # Cross-attention; the source keys/values are projected on the first step only.
-        y = norm(1, x) if pre else x
-        q = F.linear(y, ca.q_proj.weight, ca.q_proj.bias).view(B, H, 1, K)
-        if "cross_k" not in cache:
-            cache["cross_k"], cache["cross_v"] = ca.source_kv(memory)
-        a = F.scaled_dot_product_attention(q, cache["cross_k"], cache["cross_v"],
-                                           attn_mask=src_mask).view(B, H * K)
-        x = x + F.linear(a, ca.out_proj.weight, ca.out_proj.bias)
-        x = x if pre else norm(1, x)
-        # Feed-forward.
-        y = norm(2, x) if pre else x
-        h = F.linear(y, ff.linear1.weight, ff.linear1.bias).relu_()
-        x = x + F.linear(h, ff.linear2.weight, ff.linear2.bias)
-        return x if pre else norm(2, x)
+class BlockWeights(NamedTuple):
+    """A decoder block's parameters as plain tensors, for `decoder_step`."""
+
+    norm0_w: Tensor
+    norm0_b: Tensor
+    qkv_w: Tensor
+    qkv_b: Tensor
+    self_out_w: Tensor
+    self_out_b: Tensor
+    norm1_w: Tensor
+    norm1_b: Tensor
+    cross_q_w: Tensor
+    cross_q_b: Tensor
+    cross_out_w: Tensor
+    cross_out_b: Tensor
+    norm2_w: Tensor
+    norm2_b: Tensor
+    ff1_w: Tensor
+    ff1_b: Tensor
+    ff2_w: Tensor
+    ff2_b: Tensor
+    eps: float
+    heads: int
+    pre_norm: bool
+    source_kv: Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+def decoder_step(x: Tensor, w: BlockWeights, memory: Tensor, src_mask: Tensor | None,
+                 cache: LayerCache) -> Tensor:
+    """`DecoderBlock.forward` for one new position per row, x: [B, D] (not [B, 1, D]), with a
+    cache, in eval mode: the same arithmetic in about half the operations (2-D matrix
+    products, no dropout calls, no head transposes: one position's [H*K] and [H, 1, K] share
+    their memory layout). At batch 1 a decoding step is mostly per-operation overhead, so this
+    is where cached decoding gains its speed; tests check it against `forward`."""
+    B, D = x.shape
+    H, pre, eps = w.heads, w.pre_norm, w.eps
+    K = D // H
+    # Self-attention over the cached positions and this one.
+    y = F.layer_norm(x, (D,), w.norm0_w, w.norm0_b, eps) if pre else x
+    q, k, v = F.linear(y, w.qkv_w, w.qkv_b).view(B, 3, H, 1, K).unbind(1)
+    if "self_k" in cache:
+        k = torch.cat([cache["self_k"], k], dim=2)
+        v = torch.cat([cache["self_v"], v], dim=2)
+    cache["self_k"], cache["self_v"] = k, v
+    a = F.scaled_dot_product_attention(q, k, v).view(B, D)
+    x = x + F.linear(a, w.self_out_w, w.self_out_b)
+    if not pre:
+        x = F.layer_norm(x, (D,), w.norm0_w, w.norm0_b, eps)
+    # Cross-attention; the source keys/values are projected on the first step only.
+    y = F.layer_norm(x, (D,), w.norm1_w, w.norm1_b, eps) if pre else x
+    q = F.linear(y, w.cross_q_w, w.cross_q_b).view(B, H, 1, K)
+    if "cross_k" not in cache:
+        cache["cross_k"], cache["cross_v"] = w.source_kv(memory)
+    a = F.scaled_dot_product_attention(q, cache["cross_k"], cache["cross_v"],
+                                       attn_mask=src_mask).view(B, D)
+    x = x + F.linear(a, w.cross_out_w, w.cross_out_b)
+    if not pre:
+        x = F.layer_norm(x, (D,), w.norm1_w, w.norm1_b, eps)
+    # Feed-forward.
+    y = F.layer_norm(x, (D,), w.norm2_w, w.norm2_b, eps) if pre else x
+    h = F.linear(y, w.ff1_w, w.ff1_b).relu_()
+    x = x + F.linear(h, w.ff2_w, w.ff2_b)
+    return x if pre else F.layer_norm(x, (D,), w.norm2_w, w.norm2_b, eps)
 
 
 class Encoder(nn.Module):
@@ -362,19 +404,32 @@ class Decoder(nn.Module):
 
     def forward(self, x: Tensor, memory: Tensor, src_mask: Tensor | None,
                 cache: list[LayerCache] | None = None) -> Tensor:
-        # One cached position in eval mode takes the lean path, unless attention weights are
-        # being recorded (only the module path computes them).
-        fast = (cache is not None and x.size(1) == 1 and not self.training
-                and not any(b.self_attn.store_weights or b.cross_attn.store_weights
-                            for b in self.blocks))
-        if fast:
-            y = x.view(x.size(0), x.size(2))  # [B, D]
-            for block, layer_cache in zip(self.blocks, cache, strict=True):  # type: ignore[arg-type]
-                y = block.step(y, memory, src_mask, layer_cache)
-            return self.norm(y).unsqueeze(1)
         for i, block in enumerate(self.blocks):
             x = block(x, memory, src_mask, None if cache is None else cache[i])
         return self.norm(x)
+
+    def storing_weights(self) -> bool:
+        """Whether some attention layer records its weights (only the module path does)."""
+        return any(b.self_attn.store_weights or b.cross_attn.store_weights for b in self.blocks)
+
+
+class DecoderWeights(NamedTuple):
+    """What a cached decoding step reads: the target embedding, each block's `BlockWeights`,
+    and the final LayerNorm of a pre-norm decoder (None for post-norm)."""
+
+    embed: Tensor
+    embed_scale: float
+    blocks: list[BlockWeights]
+    norm: tuple[Tensor, Tensor, float] | None
+
+
+class DecoderCache(list[LayerCache]):
+    """Incremental-decoding state: one `LayerCache` per decoder layer, plus the decoder's
+    `DecoderWeights`, gathered once when the search starts rather than at every token."""
+
+    def __init__(self, layers: list[LayerCache], weights: DecoderWeights) -> None:
+        super().__init__(layers)
+        self.weights = weights
 
 
 class ProjectionLayer(nn.Module):
@@ -412,8 +467,35 @@ class Transformer(nn.Module):
         With `cache` (from `new_cache`), pass only the newest token(s) and their `offset`;
         the keys and values of earlier positions come from the cache.
         """
+        # One cached position in eval mode takes the lean path, unless attention weights are
+        # being recorded (only the module path computes them).
+        if (cache is not None and tgt.size(1) == 1 and not self.training
+                and not self.decoder.storing_weights()):
+            return self._decode_step(memory, src_mask, tgt.view(-1), cache, offset).unsqueeze(1)
         x = self.tgt_pos(self.tgt_embed(tgt), offset)
         return self.decoder(x, memory, src_mask, cache)
+
+    def _decode_step(self, memory: Tensor, src_mask: Tensor | None, tgt: Tensor,
+                     cache: list[LayerCache], offset: int) -> Tensor:
+        """`decode` of one new token per row, tgt: [B] ids -> states [B, D], via
+        `decoder_step`; the same arithmetic as the module path."""
+        w = cache.weights if isinstance(cache, DecoderCache) else self.decoder_weights()
+        pe = self.tgt_pos.table(offset + 1)[offset]
+        x = F.embedding(tgt, w.embed).mul_(w.embed_scale).add_(pe.to(w.embed.dtype))  # [B, D]
+        for block_weights, layer_cache in zip(w.blocks, cache, strict=True):
+            x = decoder_step(x, block_weights, memory, src_mask, layer_cache)
+        if w.norm is None:
+            return x
+        return F.layer_norm(x, (x.size(-1),), w.norm[0], w.norm[1], w.norm[2])
+
+    def decoder_weights(self) -> DecoderWeights:
+        """The parameters a cached decoding step reads, as plain tensors (see
+        `DecoderBlock.step_weights`)."""
+        norm = self.decoder.norm
+        return DecoderWeights(
+            self.tgt_embed.embedding.weight, math.sqrt(self.tgt_embed.d_model),
+            [b.step_weights() for b in self.decoder.blocks],
+            (norm.weight, norm.bias, norm.eps) if isinstance(norm, LayerNormalization) else None)
 
     def project(self, x: Tensor) -> Tensor:
         """[B, T, D] -> logits [B, T, V]."""
@@ -436,9 +518,10 @@ class Transformer(nn.Module):
         logits = self.project(h[keep])  # [N, V]
         return F.cross_entropy(logits.float(), targets[keep], label_smoothing=label_smoothing)
 
-    def new_cache(self) -> list[LayerCache]:
-        """An empty incremental-decoding cache, one dict per decoder layer."""
-        return [{} for _ in self.decoder.blocks]
+    def new_cache(self) -> DecoderCache:
+        """An empty incremental-decoding cache, one dict per decoder layer. Make a new one
+        per search: it also holds the decoder's parameters as they are now."""
+        return DecoderCache([{} for _ in self.decoder.blocks], self.decoder_weights())
 
     def attention_modules(self) -> dict[str, list[MultiHeadAttention]]:
         """The attention layers by kind, for inspection (set `store_weights` on them)."""
@@ -451,7 +534,8 @@ class Transformer(nn.Module):
 
 def reorder_cache(cache: list[LayerCache], index: Tensor) -> list[LayerCache]:
     """Select batch rows `index` of every cached tensor (beam search reorders hypotheses)."""
-    return [{k: v.index_select(0, index) for k, v in layer.items()} for layer in cache]
+    layers = [{k: v.index_select(0, index) for k, v in layer.items()} for layer in cache]
+    return DecoderCache(layers, cache.weights) if isinstance(cache, DecoderCache) else layers
 
 
 def build_transformer(
