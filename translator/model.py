@@ -337,6 +337,7 @@ class BlockWeights(NamedTuple):
     ff2_w: Tensor
     ff2_b: Tensor
     eps: float
+    """Of all three norms: `DecoderBlock` builds them alike."""
     heads: int
     pre_norm: bool
     source_kv: Callable[[Tensor], tuple[Tensor, Tensor]]
