@@ -99,6 +99,37 @@ def test_lean_cached_step_equals_the_module_path(norm: str) -> None:
     assert cache[0]["self_k"].shape == (3, 2, 6, 8)  # [B, H, T, K]
 
 
+@pytest.mark.parametrize("mode", ["eval", "train", "store_weights"])
+def test_decode_step_gives_the_logits_of_the_whole_prefix(mode: str) -> None:
+    """`decode_step` (the searches' inner loop: newest token in, logits out) equals projecting
+    the last position of the uncached decoder, at every step of a padded batch, on the lean
+    path (eval) and on the module path it falls back to (training mode, recorded weights)."""
+    from translator.model import Dropout, padding_mask
+
+    model = _random_model("pre", seed=4, layers=2)
+    if mode == "train":
+        model.train()
+        for m in model.modules():  # training mode, but deterministic
+            if isinstance(m, Dropout):
+                m.p = 0.0
+    if mode == "store_weights":
+        for layer in model.attention_modules()["cross"]:
+            layer.store_weights = True
+    src = _src_batch([2, 5], seed=4)
+    mask = padding_mask(src, PAD_ID)
+    tgt = torch.randint(4, V, (2, 5), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        memory = model.encode(src, mask)
+        cache = model.new_cache()
+        for t in range(tgt.size(1)):
+            logits = model.decode_step(memory, mask, tgt[:, t], cache, offset=t)  # [B, V]
+            if mode == "store_weights":  # the module path ran and recorded this step
+                weights = model.attention_modules()["cross"][0].weights
+                assert weights is not None and weights.shape == (2, 2, 1, src.size(1))
+            full = model.project(model.decode(memory, mask, tgt[:, :t + 1])[:, -1])
+            torch.testing.assert_close(logits, full)
+
+
 def test_cached_greedy_equals_uncached_in_float32() -> None:
     torch.manual_seed(0)
     model = build_transformer(V, V, 8, 8, d_model=16, N=2, h=2, dropout=0.0, d_ff=32).eval()

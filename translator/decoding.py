@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from translator.model import Transformer, padding_mask, reorder_cache
+from translator.model import DecoderCache, Transformer, padding_mask, reorder_cache
 from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
 
 
@@ -71,6 +71,19 @@ def _eval(model: Transformer) -> None:
         model.eval()
 
 
+def _next_logits(model: Transformer, memory: Tensor, src_mask: Tensor | None, ys: Tensor,
+                 cache: list | None, t: int) -> Tensor:
+    """Logits [rows, V] of the token after position t: with a cache, `ys` is the newest token
+    of each row ([rows]); without, the whole prefix ([rows, t + 1]), re-decoded."""
+    if isinstance(cache, DecoderCache):
+        return model.decode_step(memory, src_mask, ys, cache, t)
+    if cache is not None:  # a plain list of layer dicts, from a model without `decode_step`
+        h = model.decode(memory, src_mask, ys.view(-1, 1), cache, offset=t)
+    else:
+        h = model.decode(memory, src_mask, ys)
+    return model.project(h[:, -1])
+
+
 @torch.inference_mode()
 def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
                   max_len_b: int = 10, use_cache: bool = True) -> list[list[int]]:
@@ -87,16 +100,16 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
     out: list[list[int]] = [[] for _ in range(src.size(0))]
     rows = list(range(src.size(0)))  # the original sentence of each batch row
     running = [True] * len(rows)  # per batch row: still decoding
-    # With the cache the decoder input is only the newest token; without it, the whole prefix.
+    # With the cache the decoder input is only the newest token ([B]); without it, the whole
+    # prefix ([B, t]).
     ys = torch.full((src.size(0), 1), SOS_ID, dtype=torch.long, device=src.device)
     cache = model.new_cache() if use_cache else None
+    if cache is not None:
+        ys = ys.view(-1)
     for t in range(max(limits)):
-        if cache is not None:
-            h = model.decode(memory, src_mask, ys, cache, offset=t)
-        else:
-            h = model.decode(memory, src_mask, ys)
+        logits = _next_logits(model, memory, src_mask, ys, cache, t)  # [rows, V]
         # max().indices: the first maximum, like argmax, and several times faster on CPU.
-        next_tok = model.project(h[:, -1]).max(dim=-1).indices  # [rows]
+        next_tok = logits.max(dim=-1).indices  # [rows]
         for i, (row, tok) in enumerate(zip(rows, next_tok.tolist(), strict=True)):
             if not running[i]:
                 continue  # finished, waiting to leave the batch: its token means nothing
@@ -108,8 +121,7 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
         n_running = sum(running)
         if n_running == 0:
             break
-        ys = (next_tok.unsqueeze(1) if cache is not None
-              else torch.cat([ys, next_tok.unsqueeze(1)], dim=1))
+        ys = next_tok if cache is not None else torch.cat([ys, next_tok.unsqueeze(1)], dim=1)
         # Finished rows leave the batch, but only in groups: removing rows copies every cached
         # tensor, which costs more than decoding a few idle rows for some steps.
         if len(rows) - n_running >= _COMPACT_FRACTION * len(rows):
@@ -159,11 +171,8 @@ def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: f
     cache = model.new_cache() if use_cache else None
     offsets = torch.arange(K, device=device)
     for t in range(steps):
-        if use_cache:
-            h = model.decode(memory, src_mask, ys[:, -1:], cache, offset=t)
-        else:
-            h = model.decode(memory, src_mask, ys)
-        logits = model.project(h[:, -1])  # [n*K, V]
+        newest = ys[:, -1] if cache is not None else ys
+        logits = _next_logits(model, memory, src_mask, newest, cache, t)  # [n*K, V]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16 up
         # The 2K best candidates of a sentence hold at most 2K of any one beam, so each beam's
         # 2K best tokens are all that can compete: log-probabilities of those only, in

@@ -416,12 +416,14 @@ class Decoder(nn.Module):
 
 class DecoderWeights(NamedTuple):
     """What a cached decoding step reads: the target embedding, each block's `BlockWeights`,
-    and the final LayerNorm of a pre-norm decoder (None for post-norm)."""
+    the final LayerNorm of a pre-norm decoder (None for post-norm) and the output projection."""
 
     embed: Tensor
     embed_scale: float
     blocks: list[BlockWeights]
     norm: tuple[Tensor, Tensor, float] | None
+    proj_w: Tensor
+    proj_b: Tensor
 
 
 class DecoderCache(list[LayerCache]):
@@ -476,11 +478,25 @@ class Transformer(nn.Module):
         x = self.tgt_pos(self.tgt_embed(tgt), offset)
         return self.decoder(x, memory, src_mask, cache)
 
+    def decode_step(self, memory: Tensor, src_mask: Tensor | None, tokens: Tensor,
+                    cache: list[LayerCache], offset: int) -> Tensor:
+        """Next-token logits [B, V] after `tokens` [B] at position `offset`, with a cache from
+        `new_cache`: `project(decode(...))` of one position, in fewer operations. This is the
+        inner loop of greedy and beam search; at batch 1 every operation saved counts."""
+        if self.training or self.decoder.storing_weights():
+            h = self.decode(memory, src_mask, tokens.view(-1, 1), cache, offset)
+            return self.project(h[:, -1])
+        w = cache.weights if isinstance(cache, DecoderCache) else self.decoder_weights()
+        return F.linear(self._decode_step(memory, src_mask, tokens, cache, offset, w),
+                        w.proj_w, w.proj_b)
+
     def _decode_step(self, memory: Tensor, src_mask: Tensor | None, tgt: Tensor,
-                     cache: list[LayerCache], offset: int) -> Tensor:
+                     cache: list[LayerCache], offset: int,
+                     w: DecoderWeights | None = None) -> Tensor:
         """`decode` of one new token per row, tgt: [B] ids -> states [B, D], via
         `decoder_step`; the same arithmetic as the module path."""
-        w = cache.weights if isinstance(cache, DecoderCache) else self.decoder_weights()
+        if w is None:
+            w = cache.weights if isinstance(cache, DecoderCache) else self.decoder_weights()
         pe = self.tgt_pos.table(offset + 1)[offset]
         x = F.embedding(tgt, w.embed).mul_(w.embed_scale).add_(pe.to(w.embed.dtype))  # [B, D]
         for block_weights, layer_cache in zip(w.blocks, cache, strict=True):
@@ -492,11 +508,12 @@ class Transformer(nn.Module):
     def decoder_weights(self) -> DecoderWeights:
         """The parameters a cached decoding step reads, as plain tensors (see
         `DecoderBlock.step_weights`)."""
-        norm = self.decoder.norm
+        norm, proj = self.decoder.norm, self.projection.proj
         return DecoderWeights(
             self.tgt_embed.embedding.weight, math.sqrt(self.tgt_embed.d_model),
             [b.step_weights() for b in self.decoder.blocks],
-            (norm.weight, norm.bias, norm.eps) if isinstance(norm, LayerNormalization) else None)
+            (norm.weight, norm.bias, norm.eps) if isinstance(norm, LayerNormalization) else None,
+            proj.weight, proj.bias)
 
     def project(self, x: Tensor) -> Tensor:
         """[B, T, D] -> logits [B, T, V]."""
