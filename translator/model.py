@@ -470,11 +470,10 @@ class Transformer(nn.Module):
         With `cache` (from `new_cache`), pass only the newest token(s) and their `offset`;
         the keys and values of earlier positions come from the cache.
         """
-        # One cached position in eval mode takes the lean path, unless attention weights are
-        # being recorded (only the module path computes them).
-        if (cache is not None and tgt.size(1) == 1 and not self.training
-                and not self.decoder.storing_weights()):
-            return self._decode_step(memory, src_mask, tgt.view(-1), cache, offset).unsqueeze(1)
+        if cache is not None and tgt.size(1) == 1 and self._lean_step():
+            w = self._step_weights(cache)
+            h = self._decode_step(memory, src_mask, tgt.view(-1), cache, offset, w)  # [B, D]
+            return h.unsqueeze(1)
         x = self.tgt_pos(self.tgt_embed(tgt), offset)
         return self.decoder(x, memory, src_mask, cache)
 
@@ -483,20 +482,26 @@ class Transformer(nn.Module):
         """Next-token logits [B, V] after `tokens` [B] at position `offset`, with a cache from
         `new_cache`: `project(decode(...))` of one position, in fewer operations. This is the
         inner loop of greedy and beam search; at batch 1 every operation saved counts."""
-        if self.training or self.decoder.storing_weights():
+        if not self._lean_step():
             h = self.decode(memory, src_mask, tokens.view(-1, 1), cache, offset)
             return self.project(h[:, -1])
-        w = cache.weights if isinstance(cache, DecoderCache) else self.decoder_weights()
+        w = self._step_weights(cache)
         return F.linear(self._decode_step(memory, src_mask, tokens, cache, offset, w),
                         w.proj_w, w.proj_b)
 
+    def _lean_step(self) -> bool:
+        """Whether a cached one-position step may take `decoder_step`: in eval mode, unless
+        attention weights are being recorded (only the module path computes them)."""
+        return not self.training and not self.decoder.storing_weights()
+
+    def _step_weights(self, cache: list[LayerCache]) -> DecoderWeights:
+        """The weights gathered in a `new_cache` cache; a plain list of dicts gets them now."""
+        return cache.weights if isinstance(cache, DecoderCache) else self.decoder_weights()
+
     def _decode_step(self, memory: Tensor, src_mask: Tensor | None, tgt: Tensor,
-                     cache: list[LayerCache], offset: int,
-                     w: DecoderWeights | None = None) -> Tensor:
+                     cache: list[LayerCache], offset: int, w: DecoderWeights) -> Tensor:
         """`decode` of one new token per row, tgt: [B] ids -> states [B, D], via
         `decoder_step`; the same arithmetic as the module path."""
-        if w is None:
-            w = cache.weights if isinstance(cache, DecoderCache) else self.decoder_weights()
         pe = self.tgt_pos.table(offset + 1)[offset]
         x = F.embedding(tgt, w.embed).mul_(w.embed_scale).add_(pe.to(w.embed.dtype))  # [B, D]
         for block_weights, layer_cache in zip(w.blocks, cache, strict=True):
