@@ -59,6 +59,43 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def _load_translator(run: Path | None, config: Path | None, set_: list[str] | None,
+                     checkpoint: Path | None, device: str, dtype: str | None, engine: str,
+                     model: Path | None, quantization: str) -> Any:
+    """The native Translator or a CT2Translator, as --engine and --model ask."""
+    if model is not None:
+        engine = "ctranslate2"
+    if engine == "native":
+        from translator.inference import Translator
+
+        return Translator.from_run(_find_run(run, config, set_), checkpoint, device, dtype)
+    if engine != "ctranslate2":
+        raise TranslatorError(f"unknown engine '{engine}' (use native or ctranslate2)")
+    from translator.ct2 import CT2Translator, cached_export
+
+    if dtype is not None:
+        raise TranslatorError("--dtype is for the native engine; the ctranslate2 engine "
+                              "takes --quantization")
+    if model is not None:
+        if checkpoint is not None:
+            raise TranslatorError("--checkpoint does not go with --model (an export holds "
+                                  "one checkpoint's weights)")
+        return CT2Translator.from_dir(model, device)
+    from translator.checkpoint import RunLayout
+    from translator.config import load_config
+
+    run_dir = _find_run(run, config, set_)
+    layout = RunLayout(run_dir)
+    if not layout.config.is_file():
+        raise TranslatorError(f"{run_dir} is not a run folder (no config.yaml)")
+    out = cached_export(run_dir, quantization, checkpoint)
+    cfg = load_config(layout.config)
+    cfg.output.dir = str(layout.root)
+    translator = CT2Translator.from_dir(out, device)
+    translator.cfg.data, translator.cfg.output = cfg.data, cfg.output
+    return translator
+
+
 def _find_run(run: Path | None, config: Path | None, overrides: list[str] | None) -> Path:
     from translator.config import load_config
     from translator.inference import latest_run
@@ -168,6 +205,14 @@ MaxLenBOpt = Annotated[int | None, typer.Option(
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Sentences per batch.")]
 TranslateDeviceOpt = Annotated[str, typer.Option(
     "--device", help="auto, cpu, cuda, cuda:N or mps.")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="native (PyTorch) or ctranslate2 (the run exported on the fly into "
+    "<run>/export/, or --model DIR).")]
+ModelDirOpt = Annotated[Path | None, typer.Option(
+    "--model", help="A folder written by translator export (implies --engine ctranslate2).")]
+QuantOpt = Annotated[str, typer.Option(
+    "--quantization", help="ctranslate2 engine: the weights' type when a run is exported on "
+    "the fly (int8, int8_float32, int16, float16, bfloat16, float32).")]
 DtypeOpt = Annotated[str | None, typer.Option(
     "--dtype", help="Weights as fp32, bf16 (faster batched decoding on CPUs with AMX and on "
     "recent GPUs) or fp16 (GPUs) (default: the run's decoding.dtype).")]
@@ -250,14 +295,15 @@ def translate(
     no_split: Annotated[bool, typer.Option(
         "--no-split", help="Translate each line whole, not sentence by sentence.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    engine: EngineOpt = "native",
+    model: ModelDirOpt = None,
+    quantization: QuantOpt = "int8",
 ) -> None:
     """Translate a sentence, stdin or a file (line by line, empty lines kept) with a trained
     run. A line holding several sentences is split, translated sentence by sentence and
     joined again."""
     with _user_errors():
         from tqdm import tqdm
-
-        from translator.inference import Translator
 
         # A person typing at a terminal gets each translation as soon as the line is entered.
         interactive = (input_ is None and sentence in (None, "-") and sys.stdin.isatty()
@@ -272,8 +318,8 @@ def translate(
             if not sentence.strip():
                 raise TranslatorError("nothing to translate: the sentence is empty")
             lines = [sentence]
-        translator = Translator.from_run(_find_run(run, config, set_), checkpoint, device,
-                                         dtype)
+        translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
+                                      model, quantization)
         dec = translator.decoding(beam_size=beam, length_penalty=length_penalty,
                                   max_len_a=max_len_a, max_len_b=max_len_b)
         settings = {"beam_size": dec.beam_size, "length_penalty": dec.length_penalty,
@@ -330,19 +376,24 @@ def evaluate(
     max_len_a: MaxLenAOpt = None,
     max_len_b: MaxLenBOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    engine: EngineOpt = "native",
+    model: ModelDirOpt = None,
+    quantization: QuantOpt = "int8",
 ) -> None:
     """Translate a split (or a pair of files) and print corpus BLEU and chrF (sacreBLEU, with
     signatures). The report and the translations are also written to <run>/eval/."""
     with _user_errors():
         from translator.evaluate import evaluate_pairs, load_split, read_parallel_files
-        from translator.inference import Translator
 
         if (src is None) != (ref is None):
             raise TranslatorError("--src and --ref go together")
         if src is not None and split is not None:
             raise TranslatorError("give either --split or --src/--ref, not both")
-        translator = Translator.from_run(_find_run(run, config, set_), checkpoint, device,
-                                         dtype)
+        translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
+                                      model, quantization)
+        if src is None and model is not None:
+            raise TranslatorError("--model (an export) holds no corpus: evaluate it with "
+                                  "--src/--ref, or use --run with --engine ctranslate2")
         if src is not None and ref is not None:
             pairs, name = read_parallel_files(src, ref), src.name
             where = {"src": str(src), "ref": str(ref)}
@@ -352,8 +403,10 @@ def evaluate(
         report, hyps = evaluate_pairs(translator, pairs, batch_size, beam_size=beam,
                                       length_penalty=length_penalty, max_len_a=max_len_a,
                                       max_len_b=max_len_b)
-        report.update(where, checkpoint=str(translator.checkpoint))
-        out_dir = Path(translator.cfg.run_dir) / "eval"
+        report.update(where, checkpoint=str(translator.checkpoint),
+                      engine="native" if translator.model is not None else "ctranslate2")
+        out_dir = (Path(translator.checkpoint) if model is not None
+                   else Path(translator.cfg.run_dir)) / "eval"
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
         (out_dir / f"{name}.hyp.txt").write_text("".join(h + "\n" for h in hyps),
@@ -397,6 +450,35 @@ def attention(
         paths = save_attention_images(maps, out)
         typer.echo(maps.translation)
         typer.echo(f"wrote {len(paths)} images to {out}", err=True)
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the model to.")],
+    run: RunOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    checkpoint: CkptOpt = None,
+    to: Annotated[str, typer.Option("--to", help="Target format: ctranslate2.")]
+    = "ctranslate2",
+    quantization: Annotated[str, typer.Option(
+        "--quantization", "-q", help="int8 (default), int8_float32, int16, float16, bfloat16 "
+        "or float32.")] = "int8",
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")]
+    = False,
+) -> None:
+    """Export a trained run for another inference engine: a CTranslate2 model folder with the
+    run's tokenizers and a translator.json, enough to translate without PyTorch.
+
+    Example: translator export --run runs/toy --out toy-ct2 --quantization int8"""
+    with _user_errors():
+        if to != "ctranslate2":
+            raise TranslatorError(f"unknown export target '{to}' (use ctranslate2)")
+        from translator.ct2 import export_ctranslate2
+
+        path = export_ctranslate2(_find_run(run, config, set_), out, quantization, checkpoint,
+                                  force)
+        typer.echo(f"wrote a CTranslate2 model ({quantization}) to {path}", err=True)
 
 
 def main() -> None:

@@ -218,9 +218,7 @@ class Translator:
         pieces, owner = _pieces(sentences, split_sentences)
         ids = self.encode(pieces)
         keep = [i for i, x in enumerate(ids) if x]
-        outs = translate_ids(self.model, [ids[i] for i in keep], self.device, batch_size,
-                             dec.max_len_a, dec.max_len_b, beam_size=dec.beam_size,
-                             alpha=dec.length_penalty)
+        outs = self._search([ids[i] for i in keep], batch_size, dec)
         texts: list[list[str]] = [[] for _ in sentences]
         done = {i: self.tgt_tok.decode(out) for i, out in zip(keep, outs, strict=True)}
         for i, text_index in enumerate(owner):
@@ -240,13 +238,25 @@ class Translator:
                             max_len_b=max_len_b)
         ids = self.encode(sentences)
         keep = [i for i, x in enumerate(ids) if x]
-        outs = nbest_ids(self.model, [ids[i] for i in keep], self.device, batch_size,
-                         dec.max_len_a, dec.max_len_b, beam_size=dec.beam_size,
-                         alpha=dec.length_penalty, n_best=n_best)
+        outs = self._nbest([ids[i] for i in keep], batch_size, dec, n_best)
         result: list[list[tuple[str, float]]] = [[] for _ in sentences]
         for i, hyps in zip(keep, outs, strict=True):
-            result[i] = [(self.tgt_tok.decode(h.tokens), h.score) for h in hyps]
+            result[i] = [(self.tgt_tok.decode(tokens), score) for tokens, score in hyps]
         return result
+
+    def _search(self, src_ids: Sequence[Sequence[int]], batch_size: int,
+                dec: DecodingConfig) -> list[list[int]]:
+        """The best output ids of each (non-empty) source; engines override this."""
+        return translate_ids(self.model, src_ids, self.device, batch_size, dec.max_len_a,
+                             dec.max_len_b, beam_size=dec.beam_size, alpha=dec.length_penalty)
+
+    def _nbest(self, src_ids: Sequence[Sequence[int]], batch_size: int, dec: DecodingConfig,
+               n_best: int) -> list[list[tuple[list[int], float]]]:
+        """The n_best (ids, score) pairs of each (non-empty) source, best first."""
+        outs = nbest_ids(self.model, src_ids, self.device, batch_size, dec.max_len_a,
+                         dec.max_len_b, beam_size=dec.beam_size, alpha=dec.length_penalty,
+                         n_best=n_best)
+        return [[(h.tokens, h.score) for h in hyps] for hyps in outs]
 
 
 # C0 and C1 control characters except the tab; they carry no words.

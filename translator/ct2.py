@@ -1,0 +1,268 @@
+"""Export to CTranslate2 and translate with it.
+
+`export_ctranslate2` writes a CTranslate2 model folder built with CTranslate2's own Python
+specification API from our weights (fused QKV, pre/post-norm, our sinusoidal table, the
+sqrt(d_model) embedding scale, LayerNorm eps), beside the run's two tokenizers and a
+`translator.json` holding the languages, special tokens and decoding defaults. That folder
+alone is enough to translate (`CT2Translator.from_dir`). `ctranslate2` is an optional extra:
+`pip install -e ".[ct2]"`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from translator.config import Config, DecodingConfig
+from translator.errors import TranslatorError
+from translator.inference import Translator
+from translator.tokenizer import SPECIAL_TOKENS, TextTokenizer
+
+QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "bfloat16", "float32")
+META = "translator.json"
+FORMAT = 1
+INSTALL_HINT = "CTranslate2 is not installed: pip install 'translator[ct2]' (or ctranslate2)"
+UNK, PAD, SOS, EOS = SPECIAL_TOKENS
+
+
+def _ct2() -> Any:
+    try:
+        import ctranslate2
+    except ImportError:
+        raise TranslatorError(INSTALL_HINT) from None
+    return ctranslate2
+
+
+def _vocabulary(tok: TextTokenizer) -> list[str]:
+    """Token strings in id order: CTranslate2 maps tokens to ids through this list."""
+    vocab = tok.tok.get_vocab(with_added_tokens=True)
+    tokens = [""] * len(vocab)
+    for token, i in vocab.items():
+        tokens[i] = token
+    return tokens
+
+
+def build_spec(translator: Translator) -> Any:
+    """The CTranslate2 `TransformerSpec` of a loaded run, its weights set from ours."""
+    _ct2()
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    model, cfg = translator.model, translator.cfg
+    w = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    pre = cfg.model.norm == "pre"
+    enc_layers = len(model.encoder.blocks)
+    dec_layers = len(model.decoder.blocks)
+    spec = transformer_spec.TransformerSpec.from_config(
+        (enc_layers, dec_layers), cfg.model.heads, pre_norm=pre,
+        activation=common_spec.Activation.RELU)
+    norm_eps = model.encoder.blocks[0].res[0].norm.eps
+
+    def linear(target: Any, name: str) -> None:
+        target.weight = w[f"{name}.weight"]
+        if f"{name}.bias" in w:
+            target.bias = w[f"{name}.bias"]
+
+    def norm(target: Any, name: str) -> None:
+        target.gamma, target.beta = w[f"{name}.weight"], w[f"{name}.bias"]
+
+    # Enough positions for the longest source and the longest output the defaults allow.
+    dec = cfg.decoding
+    positions = max(1024, math.ceil(dec.max_len_a * cfg.data.max_len + dec.max_len_b) + 2)
+    table = model.tgt_pos.table(positions)[:positions].float().cpu().numpy()
+
+    for side, stack, embed in (("encoder", spec.encoder, "src_embed"),
+                               ("decoder", spec.decoder, "tgt_embed")):
+        emb = stack.embeddings[0] if isinstance(stack.embeddings, list) else stack.embeddings
+        emb.weight = w[f"{embed}.embedding.weight"]
+        stack.scale_embeddings = True  # ours multiply by sqrt(d_model), as CTranslate2 does
+        stack.position_encodings.encodings = table
+        if pre:
+            norm(stack.layer_norm, f"{side}.norm")
+        for i, layer in enumerate(stack.layer):
+            p = f"{side}.blocks.{i}"
+            linear(layer.self_attention.linear[0], f"{p}.self_attn.qkv_proj")
+            linear(layer.self_attention.linear[1], f"{p}.self_attn.out_proj")
+            norm(layer.self_attention.layer_norm, f"{p}.res.0.norm")
+            if side == "decoder":
+                linear(layer.attention.linear[0], f"{p}.cross_attn.q_proj")
+                linear(layer.attention.linear[1], f"{p}.cross_attn.kv_proj")
+                linear(layer.attention.linear[2], f"{p}.cross_attn.out_proj")
+                norm(layer.attention.layer_norm, f"{p}.res.1.norm")
+            ff = 2 if side == "decoder" else 1
+            linear(layer.ffn.linear_0, f"{p}.ff.linear1")
+            linear(layer.ffn.linear_1, f"{p}.ff.linear2")
+            norm(layer.ffn.layer_norm, f"{p}.res.{ff}.norm")
+    linear(spec.decoder.projection, "projection.proj")
+
+    spec.config.unk_token, spec.config.bos_token = UNK, SOS
+    spec.config.eos_token, spec.config.decoder_start_token = EOS, SOS
+    spec.config.layer_norm_epsilon = float(norm_eps)
+    spec.register_source_vocabulary(_vocabulary(translator.src_tok))
+    spec.register_target_vocabulary(_vocabulary(translator.tgt_tok))
+    return spec
+
+
+def export_ctranslate2(run_dir: str | Path, out_dir: str | Path, quantization: str = "int8",
+                       checkpoint: str | Path | None = None, force: bool = False) -> Path:
+    """Write a CTranslate2 model folder for a run (default checkpoint: best.pt, else latest.pt)
+    with `quantization` (one of QUANTIZATIONS), its tokenizers and `translator.json`."""
+    if quantization not in QUANTIZATIONS:
+        raise TranslatorError(f"unknown quantization '{quantization}' "
+                              f"(choose from {', '.join(QUANTIZATIONS)})")
+    _ct2()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise TranslatorError(f"{out} exists and is not empty (add --force to replace it)")
+    translator = Translator.from_run(run_dir, checkpoint, device="cpu", dtype="fp32")
+    spec = build_spec(translator)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    spec.validate()
+    spec.optimize(quantization=quantization)
+    tmp.mkdir(parents=True)
+    spec.save(str(tmp))
+    cfg = translator.cfg
+    translator.src_tok.save(tmp / f"tokenizer_{cfg.data.src_lang}.json")
+    translator.tgt_tok.save(tmp / f"tokenizer_{cfg.data.tgt_lang}.json")
+    ckpt = Path(translator.checkpoint) if translator.checkpoint else None
+    meta = {
+        "format": FORMAT,
+        "src_lang": cfg.data.src_lang,
+        "tgt_lang": cfg.data.tgt_lang,
+        "max_len": cfg.data.max_len,
+        "special_tokens": {"unk": UNK, "pad": PAD, "bos": SOS, "eos": EOS},
+        "source_template": [SOS, "<tokens>", EOS],
+        "decoding": {k: getattr(cfg.decoding, k)
+                     for k in ("beam_size", "length_penalty", "max_len_a", "max_len_b")},
+        "quantization": quantization,
+        "checkpoint": ckpt.name if ckpt else None,
+        "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns if ckpt else None,
+        "model": {"d_model": cfg.model.d_model, "heads": cfg.model.heads,
+                  "encoder_layers": len(translator.model.encoder.blocks),
+                  "decoder_layers": len(translator.model.decoder.blocks),
+                  "norm": cfg.model.norm},
+    }
+    (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def cached_export(run_dir: str | Path, quantization: str = "int8",
+                  checkpoint: str | Path | None = None) -> Path:
+    """The run's export under <run>/export/ctranslate2-<quantization>, made (again) when it is
+    missing or older than the checkpoint it would be made from."""
+    from translator.checkpoint import RunLayout
+
+    layout = RunLayout(Path(run_dir))
+    ckpt = Path(checkpoint) if checkpoint else layout.default_checkpoint()
+    out = layout.root / "export" / f"ctranslate2-{quantization}"
+    meta_path = out / META
+    if meta_path.is_file() and ckpt.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            meta = {}
+        if (meta.get("checkpoint") == ckpt.name
+                and meta.get("checkpoint_mtime_ns") == ckpt.stat().st_mtime_ns):
+            return out
+    return export_ctranslate2(run_dir, out, quantization, checkpoint, force=True)
+
+
+class CT2Translator(Translator):
+    """A CTranslate2 export loaded for translation, with the native Translator's interface
+    (`translate`, `translate_nbest`, `decoding`), so the CLI and evaluate use either.
+
+    Length penalty: CTranslate2 divides a hypothesis' log-probability by length ** alpha, where
+    ours uses GNMT's ((5 + length) / 6) ** alpha; with alpha 0 both rank by the plain sum."""
+
+    def __init__(self, model_dir: Path, cfg: Config, src_tok: TextTokenizer,
+                 tgt_tok: TextTokenizer, engine: Any, device: str) -> None:
+        self.cfg, self.src_tok, self.tgt_tok = cfg, src_tok, tgt_tok
+        self.engine, self.device, self.checkpoint = engine, device, model_dir
+        self.model = None
+        self._src_vocab = _vocabulary(src_tok)
+        self._tgt_index = {t: i for i, t in enumerate(_vocabulary(tgt_tok))}
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, device: str = "cpu",
+                 compute_type: str = "default", threads: int = 0,
+                 cfg: Config | None = None) -> CT2Translator:
+        """Load an exported folder. `cfg` (a run's config) is kept for evaluate --split."""
+        ct2 = _ct2()
+        path = Path(model_dir)
+        meta_path = path / META
+        if not meta_path.is_file():
+            raise TranslatorError(f"{path} is not a translator CTranslate2 export "
+                                  f"(no {META}); make one with translator export")
+        try:
+            meta = json.loads(meta_path.read_text())
+            src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
+        except (ValueError, KeyError) as exc:
+            raise TranslatorError(f"{meta_path} is unreadable: {exc}") from None
+        if device == "auto":
+            device = "cuda" if ct2.get_cuda_device_count() > 0 else "cpu"
+        index = 0
+        if device.startswith("cuda:"):
+            device, index = "cuda", int(device.split(":", 1)[1])
+        if device not in ("cpu", "cuda"):
+            raise TranslatorError(f"the ctranslate2 engine runs on cpu or cuda, not '{device}'")
+        if device == "cuda" and ct2.get_cuda_device_count() == 0:
+            raise TranslatorError("device 'cuda' requested but CUDA is not available here")
+        try:
+            engine = ct2.Translator(str(path), device=device, device_index=index,
+                                    compute_type=compute_type, intra_threads=threads)
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TranslatorError(f"cannot load the CTranslate2 model in {path}: {first}")\
+                from None
+        src_tok = TextTokenizer.load(path / f"tokenizer_{src_lang}.json")
+        tgt_tok = TextTokenizer.load(path / f"tokenizer_{tgt_lang}.json")
+        if cfg is None:
+            cfg = Config()
+            cfg.data.src_lang, cfg.data.tgt_lang = src_lang, tgt_lang
+            cfg.data.max_len = int(meta.get("max_len", cfg.data.max_len))
+            cfg.decoding = DecodingConfig(**meta.get("decoding", {}))
+        return cls(path, cfg, src_tok, tgt_tok, engine, device)
+
+    def _run(self, src_ids: Sequence[Sequence[int]], batch_size: int, dec: DecodingConfig,
+             n_best: int) -> list[list[tuple[list[int], float]]]:
+        """Per sentence, its n_best (ids, score) pairs. Each sentence keeps our output cap
+        floor(a * (len + 2) + b) tokens: a batch decodes to its longest cap and the rest are
+        cut, which leaves greedy output exactly as ours."""
+        order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+        results: list[list[tuple[list[int], float]]] = [[] for _ in src_ids]
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            caps = {i: max(1, math.floor(dec.max_len_a * (len(src_ids[i]) + 2) + dec.max_len_b))
+                    for i in rows}
+            # Greedy output cut at a cap is what a search stopped there gives; a beam's is
+            # not, so beam search decodes each cap's sentences as their own call.
+            groups = [rows] if dec.beam_size == 1 else [
+                [i for i in rows if caps[i] == cap] for cap in sorted(set(caps.values()))]
+            for group in groups:
+                tokens = [[SOS, *(self._src_vocab[t] for t in src_ids[i]), EOS] for i in group]
+                outs = self.engine.translate_batch(
+                    tokens, max_batch_size=batch_size, beam_size=dec.beam_size,
+                    num_hypotheses=n_best,
+                    length_penalty=dec.length_penalty if dec.beam_size > 1 else 0.0,
+                    max_decoding_length=max(caps[i] for i in group), min_decoding_length=0,
+                    return_scores=True, max_input_length=0)
+                for i, out in zip(group, outs, strict=True):
+                    results[i] = [([self._tgt_index[t] for t in hyp[:caps[i]]], float(score))
+                                  for hyp, score in zip(out.hypotheses, out.scores,
+                                                        strict=True)]
+        return results
+
+    def _search(self, src_ids: Sequence[Sequence[int]], batch_size: int,
+                dec: DecodingConfig) -> list[list[int]]:
+        return [hyps[0][0] for hyps in self._run(src_ids, batch_size, dec, 1)]
+
+    def _nbest(self, src_ids: Sequence[Sequence[int]], batch_size: int, dec: DecodingConfig,
+               n_best: int) -> list[list[tuple[list[int], float]]]:
+        return self._run(src_ids, batch_size, dec, n_best)
