@@ -7,7 +7,12 @@ model, on identical weights:
 - `cached_batched`: cached greedy over length-sorted batches (`--decode-batch-size`);
 - `beam<K>`: batched beam search with the cache (`--decode-beam`, GNMT alpha 0.6).
 
-All four use the same weights in the same number format (`--decode-dtype`, default fp32).
+With a run (`--decode-run`) and `ctranslate2` installed, four more rows decode the same
+sentences with the run exported to CTranslate2 (float32 batched greedy; int8 batched greedy,
+batch 1 and beam; same thread count), with `..._vs_native` ratios against our batched greedy.
+
+All four native rows use the same weights in the same number format (`--decode-dtype`,
+default fp32).
 
 The sentences are Multi30k's test_2016_flickr with `--data-dir`, else the built-in corpus's test
 split. The model is a trained run's with `--decode-run` (the realistic case: outputs stop at
@@ -148,4 +153,58 @@ def run(args: argparse.Namespace) -> dict[str, float]:
           f"{torch.get_num_threads()} torch threads\n")
     print(markdown_table(header, table) + "\n")
     results["decode.sentences"] = float(len(ids))
+    if translator is not None:
+        results.update(_ct2_rows(args, translator, ids, refs, results))
+    return results
+
+
+def _ct2_rows(args: argparse.Namespace, translator: object, ids: list[list[int]],
+              refs: list[str], native: dict[str, float]) -> dict[str, float]:
+    """The CTranslate2 rows (needs a run): float32 and int8 exports in a scratch folder."""
+    import tempfile
+
+    try:
+        from translator.ct2 import CT2Translator, export_ctranslate2
+    except ImportError:
+        print("(no CTranslate2 rows: ctranslate2 is not installed)\n")
+        return {}
+    import sacrebleu
+
+    K, bs = args.decode_beam, args.decode_batch_size
+    threads = torch.get_num_threads()
+    base = native["decode.cached_batched_sps"]
+    results: dict[str, float] = {}
+    table = []
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = {q: CT2Translator.from_dir(
+            export_ctranslate2(args.decode_run, Path(tmp) / q, q), threads=threads)
+            for q in ("float32", "int8")}
+        greedy = translator.decoding(beam_size=1)
+        beam = translator.decoding(beam_size=K, length_penalty=0.6)
+        rows = {
+            "ct2_fp32_batched": ("float32", greedy, bs),
+            "ct2_int8_batched": ("int8", greedy, bs),
+            "ct2_int8_b1": ("int8", greedy, 1),
+            f"ct2_int8_beam{K}": ("int8", beam, bs),
+        }
+        for x in ids[:50]:  # warm-up
+            engines["int8"]._search([x], 1, greedy)
+        for name, (q, dec, batch) in rows.items():
+            outs, secs = _timed(lambda q=q, dec=dec, batch=batch:
+                                engines[q]._search(ids, batch, dec))
+            sps = len(ids) / secs
+            hyps = [translator.tgt_tok.decode(o) for o in outs]
+            bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
+            results[f"decode.{name}_sps"] = round(sps, 2)
+            results[f"decode.{name}_vs_native"] = round(sps / base, 2)
+            table.append([name, f"{q}, batch {batch}, beam {dec.beam_size}", sps, sps / base,
+                          secs, bleu])
+    results["decode.ct2_int8_bleu"] = round(table[1][5], 2)
+    results["decode.ct2_int8_b1_vs_cached_b1"] = round(
+        results["decode.ct2_int8_b1_sps"] / native["decode.cached_b1_sps"], 2)
+    print(f"CTranslate2, {threads} threads, against our cached batched greedy "
+          f"({base:.1f} sentences/s); the classic tutorial code measured 10.4 sentences/s "
+          "on this machine, for scale:\n")
+    print(markdown_table(["decoder", "how", "sentences/s", "x ours batched", "seconds",
+                          "BLEU"], table) + "\n")
     return results
