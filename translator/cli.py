@@ -71,7 +71,7 @@ def _load_translator(run: Path | None, config: Path | None, set_: list[str] | No
         return Translator.from_run(_find_run(run, config, set_), checkpoint, device, dtype)
     if engine != "ctranslate2":
         raise TranslatorError(f"unknown engine '{engine}' (use native or ctranslate2)")
-    from translator.ct2 import CT2Translator, cached_export
+    from translator.ct2 import CT2Translator
 
     if dtype is not None:
         raise TranslatorError("--dtype is for the native engine; the ctranslate2 engine "
@@ -81,19 +81,8 @@ def _load_translator(run: Path | None, config: Path | None, set_: list[str] | No
             raise TranslatorError("--checkpoint does not go with --model (an export holds "
                                   "one checkpoint's weights)")
         return CT2Translator.from_dir(model, device)
-    from translator.checkpoint import RunLayout
-    from translator.config import load_config
-
-    run_dir = _find_run(run, config, set_)
-    layout = RunLayout(run_dir)
-    if not layout.config.is_file():
-        raise TranslatorError(f"{run_dir} is not a run folder (no config.yaml)")
-    out = cached_export(run_dir, quantization, checkpoint)
-    cfg = load_config(layout.config)
-    cfg.output.dir = str(layout.root)
-    translator = CT2Translator.from_dir(out, device)
-    translator.cfg.data, translator.cfg.output = cfg.data, cfg.output
-    return translator
+    return CT2Translator.from_run(_find_run(run, config, set_), quantization, checkpoint,
+                                  device)
 
 
 def _find_run(run: Path | None, config: Path | None, overrides: list[str] | None) -> Path:
@@ -389,11 +378,11 @@ def evaluate(
             raise TranslatorError("--src and --ref go together")
         if src is not None and split is not None:
             raise TranslatorError("give either --split or --src/--ref, not both")
-        translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
-                                      model, quantization)
         if src is None and model is not None:
             raise TranslatorError("--model (an export) holds no corpus: evaluate it with "
                                   "--src/--ref, or use --run with --engine ctranslate2")
+        translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
+                                      model, quantization)
         if src is not None and ref is not None:
             pairs, name = read_parallel_files(src, ref), src.name
             where = {"src": str(src), "ref": str(ref)}
@@ -404,7 +393,7 @@ def evaluate(
                                       length_penalty=length_penalty, max_len_a=max_len_a,
                                       max_len_b=max_len_b)
         report.update(where, checkpoint=str(translator.checkpoint),
-                      engine="native" if translator.model is not None else "ctranslate2")
+                      engine=translator.engine_name)
         out_dir = (Path(translator.checkpoint) if model is not None
                    else Path(translator.cfg.run_dir)) / "eval"
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -181,6 +181,8 @@ class CT2Translator(Translator):
     Length penalty: CTranslate2 divides a hypothesis' log-probability by length ** alpha, where
     ours uses GNMT's ((5 + length) / 6) ** alpha; with alpha 0 both rank by the plain sum."""
 
+    engine_name = "ctranslate2"
+
     def __init__(self, model_dir: Path, cfg: Config, src_tok: TextTokenizer,
                  tgt_tok: TextTokenizer, engine: Any, device: str) -> None:
         self.cfg, self.src_tok, self.tgt_tok = cfg, src_tok, tgt_tok
@@ -191,9 +193,9 @@ class CT2Translator(Translator):
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "cpu",
-                 compute_type: str = "default", threads: int = 0,
-                 cfg: Config | None = None) -> CT2Translator:
-        """Load an exported folder. `cfg` (a run's config) is kept for evaluate --split."""
+                 compute_type: str = "default", threads: int = 0) -> CT2Translator:
+        """Load an exported folder; its config holds the languages, max_len and decoding
+        defaults of translator.json."""
         ct2 = _ct2()
         path = Path(model_dir)
         meta_path = path / META
@@ -223,12 +225,28 @@ class CT2Translator(Translator):
                 from None
         src_tok = TextTokenizer.load(path / f"tokenizer_{src_lang}.json")
         tgt_tok = TextTokenizer.load(path / f"tokenizer_{tgt_lang}.json")
-        if cfg is None:
-            cfg = Config()
-            cfg.data.src_lang, cfg.data.tgt_lang = src_lang, tgt_lang
-            cfg.data.max_len = int(meta.get("max_len", cfg.data.max_len))
-            cfg.decoding = DecodingConfig(**meta.get("decoding", {}))
+        cfg = Config()
+        cfg.data.src_lang, cfg.data.tgt_lang = src_lang, tgt_lang
+        cfg.data.max_len = int(meta.get("max_len", cfg.data.max_len))
+        cfg.decoding = DecodingConfig(**meta.get("decoding", {}))
         return cls(path, cfg, src_tok, tgt_tok, engine, device)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, quantization: str = "int8",
+                 checkpoint: str | Path | None = None, device: str = "cpu") -> CT2Translator:
+        """A run through its cached export (`cached_export`), keeping the run's config so that
+        evaluate can read its splits and write to <run>/eval/."""
+        from translator.checkpoint import RunLayout
+        from translator.config import load_config
+
+        layout = RunLayout(Path(run_dir))
+        if not layout.config.is_file():
+            raise TranslatorError(f"{layout.root} is not a run folder (no config.yaml)")
+        cfg = load_config(layout.config)
+        cfg.output.dir = str(layout.root)
+        translator = cls.from_dir(cached_export(run_dir, quantization, checkpoint), device)
+        translator.cfg.data, translator.cfg.output = cfg.data, cfg.output
+        return translator
 
     def _run(self, src_ids: Sequence[Sequence[int]], batch_size: int, dec: DecodingConfig,
              n_best: int) -> list[list[tuple[list[int], float]]]:

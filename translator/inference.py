@@ -129,6 +129,8 @@ def nbest_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torc
 class Translator:
     """A trained run loaded for translation: config, tokenizers and model on a device."""
 
+    engine_name = "native"
+
     def __init__(self, cfg: Config, src_tok: TextTokenizer, tgt_tok: TextTokenizer,
                  model: Transformer, device: torch.device, checkpoint: Path | None = None) -> None:
         self.cfg, self.src_tok, self.tgt_tok = cfg, src_tok, tgt_tok
