@@ -118,6 +118,19 @@ def export_ctranslate2(run_dir: str | Path, out_dir: str | Path, quantization: s
     if out.exists() and any(out.iterdir()) and not force:
         raise TranslatorError(f"{out} exists and is not empty (add --force to replace it)")
     translator = Translator.from_run(run_dir, checkpoint, device="cpu", dtype="fp32")
+    return save_ctranslate2(translator, out, quantization, force=force)
+
+
+def save_ctranslate2(translator: Translator, out_dir: str | Path, quantization: str = "int8",
+                     force: bool = False) -> Path:
+    """Write a loaded (fp32) translator as a CTranslate2 model folder; `export_ctranslate2`
+    does this for a run folder, the decode benchmark for a model it built itself."""
+    if quantization not in QUANTIZATIONS:
+        raise TranslatorError(f"unknown quantization '{quantization}' "
+                              f"(choose from {', '.join(QUANTIZATIONS)})")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise TranslatorError(f"{out} exists and is not empty (add --force to replace it)")
     spec = build_spec(translator)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
