@@ -89,19 +89,24 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         beam, _ = evaluate_pairs(translator, splits["test"], beam_size=4)
         tps = total_tokens / total_seconds
         rows.append([f"{mark:g}", result.state.step, result.state.epoch, f"{tps:,.0f}", label,
-                     valid_bleu, greedy["bleu"], beam["bleu"], beam["chrf"],
-                     f"{time.perf_counter() - t:.0f}"])
+                     valid_bleu, greedy["bleu"], beam["bleu"], beam.get("bleu_tok_lc"),
+                     beam["chrf"], beam["length_ratio"], f"{time.perf_counter() - t:.0f}"])
         tag = f"quality.m{mark:g}"
         out.update({f"{tag}.bleu_greedy": greedy["bleu"], f"{tag}.bleu_beam4": beam["bleu"],
                     f"{tag}.chrf": beam["chrf"], f"{tag}.steps": result.state.step})
+        if beam.get("bleu_tok_lc") is not None:
+            out[f"{tag}.bleu_tok_lc_beam4"] = out["quality.bleu_tok_lc_beam4"] = \
+                beam["bleu_tok_lc"]
         out.update({"quality.bleu_greedy": greedy["bleu"], "quality.bleu_beam4": beam["bleu"],
                     "quality.chrf": beam["chrf"], "quality.minutes": mark,
                     "quality.train_tokens_per_s": tps})
         print(f"[quality] {mark:g} min: step {result.state.step}, greedy {greedy['bleu']}, "
-              f"beam4 {beam['bleu']} ({label})", flush=True)
+              f"beam4 {beam['bleu']}, beam4 tokenized lowercased {beam.get('bleu_tok_lc')} "
+              f"({label})", flush=True)
     print(f"\n### quality suite: {args.quality_config.name} {' '.join(args.quality_set)}; "
           f"test_2016_flickr, sacreBLEU {beam['bleu_signature']}\n")
     print(markdown_table(["minutes", "steps", "epochs", "train tok/s", "checkpoint",
                           "valid BLEU (greedy)", "test BLEU greedy", "test BLEU beam 4",
-                          "test chrF beam 4", "eval s"], rows))
+                          "test tok-lc BLEU beam 4 (papers' metric)", "test chrF beam 4",
+                          "length ratio beam 4", "eval s"], rows))
     return out
