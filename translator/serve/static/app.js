@@ -59,11 +59,15 @@ async function translateNow() {
 
 // -- heatmaps ---------------------------------------------------------------------------------
 
-// White to dark blue, like the PNG maps of `translator attention` (matplotlib's Blues).
+// White to dark blue on a fixed 0..1 scale, like the PNG maps of `translator attention`
+// (matplotlib's Blues, whose stops these are: mid-range weights stay clearly blue).
+const BLUES = [[247, 251, 255], [198, 219, 239], [107, 174, 214], [33, 113, 181], [8, 48, 107]];
 function cellColour(v) {
-  const t = Math.max(0, Math.min(1, v));
-  const mix = (a, b) => Math.round(a + (b - a) * t);
-  return `rgb(${mix(247, 8)}, ${mix(251, 48)}, ${mix(255, 107)})`;
+  const x = Math.max(0, Math.min(1, v)) * (BLUES.length - 1);
+  const i = Math.min(BLUES.length - 2, Math.floor(x));
+  const t = x - i;
+  const [r, g, b] = BLUES[i].map((a, k) => Math.round(a + (BLUES[i + 1][k] - a) * t));
+  return `rgb(${r}, ${g}, ${b})`;
 }
 
 function renderAttention(sentences) {
