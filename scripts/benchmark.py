@@ -1,8 +1,8 @@
 """The one place benchmarks live: `python scripts/benchmark.py --suite NAME [--json PATH]`.
 
 Each suite prints a Markdown table on stdout and returns a flat dict of results whose keys
-(`data.*`, `decode.*`, `train.*`, `quality.*`) are a stable interface: `--json PATH` writes
-them (merged into PATH if it already holds results of other suites).
+(`data.*`, `decode.*`, `train.*`, `quality.*`, `serve.*`) are a stable interface: `--json
+PATH` writes them (merged into PATH if it already holds results of other suites).
 
 Suites live in `scripts/bench/<name>.py`, each with `add_arguments(parser)` and
 `run(args) -> dict[str, float]`.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SUITES = ("data", "decode", "train", "quality")
+SUITES = ("data", "decode", "train", "quality", "serve")
 
 
 def main(argv: list[str] | None = None) -> int:

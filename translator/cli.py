@@ -1,5 +1,5 @@
 """The `translator` command: thin verbs over the library (train, translate, evaluate,
-attention).
+attention, average, export, serve).
 
 Errors a user can cause print one line on stderr and exit non-zero (2 for bad input, 130 for
 an interrupted training run); `--debug` shows the traceback instead.
@@ -468,6 +468,65 @@ def export(
         path = export_ctranslate2(_find_run(run, config, set_), out, quantization, checkpoint,
                                   force)
         typer.echo(f"wrote a CTranslate2 model ({quantization}) to {path}", err=True)
+
+
+@app.command()
+def serve(
+    run: RunOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    checkpoint: CkptOpt = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="native (PyTorch) or ctranslate2 (the run exported on the fly into "
+        "<run>/export/).")] = "native",
+    quantization: QuantOpt = "int8",
+    device: TranslateDeviceOpt = "auto",
+    dtype: DtypeOpt = None,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on; 0.0.0.0 opens it to the network.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 5000,
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", min=1, help="Most sentences decoded together in one batch.")] = 64,
+    batch_wait_ms: Annotated[float, typer.Option(
+        "--batch-wait-ms", min=0.0, help="How long a batch waits for more requests, in ms.")]
+    = 5.0,
+    max_chars: Annotated[int, typer.Option(
+        "--max-chars", min=1, help="Most characters in one request.")] = 5000,
+    max_lines: Annotated[int, typer.Option(
+        "--max-lines", min=1, help="Most lines in one request (all its texts together).")]
+    = 100,
+    max_beam: Annotated[int, typer.Option(
+        "--max-beam", min=1, help="Largest beam size (and n-best) a request may ask for.")]
+    = 16,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0.001, help="Seconds a request may wait before it gets 503.")]
+    = 30.0,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="TRANSLATOR_API_KEY", show_envvar=True,
+        help="Require this key on /translate and /attention.")] = None,
+    access_log: Annotated[bool, typer.Option(
+        "--access-log/--no-access-log", help="Log each request.")] = True,
+) -> None:
+    """Serve a run over HTTP: a LibreTranslate-compatible API (/translate, /languages), a
+    translation page with attention heatmaps at /, OpenAPI docs at /docs. Concurrent
+    requests are decoded together in batches.
+
+    Example: translator serve --run runs/toy --port 5000"""
+    with _user_errors():
+        from translator.serve import check_address, check_installed, run_server
+        from translator.serve.service import Limits
+
+        check_installed()
+        check_address(host, port)
+        run_dir = _find_run(run, config, set_)
+        translator = _load_translator(run_dir, None, None, checkpoint, device, dtype, engine,
+                                      None, quantization)
+        run_server(translator, run_dir=run_dir, checkpoint=checkpoint, host=host, port=port,
+                   max_batch=max_batch, wait_ms=batch_wait_ms, api_key=api_key or None,
+                   access_log=access_log,
+                   limits=Limits(max_chars=max_chars, max_lines=max_lines, max_beam=max_beam,
+                                 timeout=timeout))
 
 
 def main() -> None:

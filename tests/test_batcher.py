@@ -1,0 +1,179 @@
+"""The batching queue of `translator serve` on its own, with a fake decode function: no HTTP,
+no model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Hashable
+
+import pytest
+
+from translator.serve.batcher import Batcher, BatcherClosed
+
+
+class Recorder:
+    """A decode function that records its calls and can be held back or made to fail."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[tuple[Hashable, list[str]]] = []
+        self.delay = delay
+        self.release = threading.Event()
+        self.release.set()
+        self.started = threading.Event()
+
+    def __call__(self, key: Hashable, items: list[str]) -> list[str]:
+        self.calls.append((key, list(items)))
+        self.started.set()
+        self.release.wait(10)
+        time.sleep(self.delay)
+        if any(item.startswith("boom") for item in items):
+            raise ValueError("decoder failed")
+        return [f"{key}:{item.upper()}" for item in items]
+
+
+def test_concurrent_submits_become_one_batch_call_in_order() -> None:
+    decode = Recorder()
+    batcher = Batcher(decode, max_batch=64, wait_ms=200)
+    try:
+        jobs = [[f"r{r}s{s}" for s in range(r % 3 + 1)] for r in range(8)]
+        futures = [batcher.submit(job) for job in jobs]
+        results = [f.result(5) for f in futures]
+    finally:
+        batcher.close()
+    assert len(decode.calls) == 1, decode.calls
+    assert decode.calls[0][1] == [item for job in jobs for item in job]
+    for job, result in zip(jobs, results, strict=True):
+        assert result == [f"None:{item.upper()}" for item in job]
+    assert batcher.batches == 1 and batcher.largest_batch == sum(map(len, jobs))
+
+
+def test_threads_submitting_at_once_share_batches() -> None:
+    decode = Recorder()
+    batcher = Batcher(decode, max_batch=64, wait_ms=100)
+    results: dict[int, list[str]] = {}
+    barrier = threading.Barrier(16)
+
+    def client(n: int) -> None:
+        barrier.wait()
+        results[n] = batcher.submit([f"c{n}a", f"c{n}b"]).result(5)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    batcher.close()
+    assert len(decode.calls) < 16  # batched (all 16 in one call unless a thread was very late)
+    assert all(results[n] == [f"None:C{n}A", f"None:C{n}B"] for n in range(16))
+
+
+def test_sentence_budget_splits_batches_and_keys_never_mix() -> None:
+    decode = Recorder()
+    decode.release.clear()  # hold the worker so that everything below queues up
+    batcher = Batcher(decode, max_batch=4, wait_ms=0)
+    try:
+        first = batcher.submit(["hold"], key="greedy")
+        assert decode.started.wait(5)
+        a = batcher.submit(["a1", "a2", "a3"], key="greedy")
+        b = batcher.submit(["b1", "b2"], key="greedy")  # 3 + 2 > 4: the next batch
+        c = batcher.submit(["c1"], key="beam")
+        d = batcher.submit(["d1"], key="greedy")  # still fits beside a
+        big = batcher.submit([f"x{i}" for i in range(9)], key="greedy")  # over the budget
+        decode.release.set()
+        assert first.result(5) == ["greedy:HOLD"]
+        assert a.result(5) == ["greedy:A1", "greedy:A2", "greedy:A3"]
+        assert b.result(5) == ["greedy:B1", "greedy:B2"]
+        assert c.result(5) == ["beam:C1"] and d.result(5) == ["greedy:D1"]
+        assert len(big.result(5)) == 9
+    finally:
+        batcher.close()
+    calls = [(key, items) for key, items in decode.calls]
+    assert calls[1] == ("greedy", ["a1", "a2", "a3", "d1"])
+    assert ("beam", ["c1"]) in calls  # its own call: never beside greedy sentences
+    assert all("c1" not in items for key, items in calls if key == "greedy")
+    assert ("greedy", ["b1", "b2"]) in calls
+    assert all(len(items) <= 4 or len(items) == 9 for _, items in calls)
+    assert ("greedy", [f"x{i}" for i in range(9)]) in calls  # decoded whole, alone
+
+
+def test_a_failing_batch_fails_its_requests_only_and_the_worker_survives() -> None:
+    decode = Recorder()
+    decode.release.clear()
+    batcher = Batcher(decode, max_batch=64, wait_ms=0)
+    try:
+        hold = batcher.submit(["hold"])
+        assert decode.started.wait(5)
+        bad = batcher.submit(["boom"], key="k")
+        also_in_that_batch = batcher.submit(["fine"], key="k")
+        other_key = batcher.submit(["other"], key="j")
+        decode.release.set()
+        assert hold.result(5) == ["None:HOLD"]
+        with pytest.raises(ValueError, match="decoder failed"):
+            bad.result(5)
+        with pytest.raises(ValueError):
+            also_in_that_batch.result(5)  # same decode call: it failed too
+        assert other_key.result(5) == ["j:OTHER"]
+        # The worker is still there.
+        assert batcher.submit(["later"]).result(5) == ["None:LATER"]
+    finally:
+        batcher.close()
+
+
+def test_a_wrong_number_of_results_is_an_error_not_a_mixup() -> None:
+    batcher = Batcher(lambda key, items: items[:-1], wait_ms=0)
+    try:
+        with pytest.raises(RuntimeError, match="2 results for 3 items"):
+            batcher.submit(["a", "b", "c"]).result(5)
+        assert batcher.submit([]).result(5) == []  # nothing to do: answered at once
+    finally:
+        batcher.close()
+
+
+def test_async_run_times_out_and_the_withdrawn_job_is_skipped() -> None:
+    decode = Recorder()
+    decode.release.clear()
+    batcher = Batcher(decode, wait_ms=0)
+
+    async def scenario() -> None:
+        hold = asyncio.ensure_future(batcher.run(["hold"], timeout=10))
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError):
+            await batcher.run(["late"], timeout=0.05)
+        decode.release.set()
+        assert await hold == ["None:HOLD"]
+        assert await batcher.run(["next"], timeout=5) == ["None:NEXT"]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert all("late" not in items for _, items in decode.calls)
+
+
+def test_close_fails_queued_jobs_and_refuses_new_ones() -> None:
+    decode = Recorder()
+    decode.release.clear()
+    batcher = Batcher(decode, wait_ms=0)
+    running = batcher.submit(["hold"])
+    assert decode.started.wait(5)
+    queued = batcher.submit(["queued"])
+    threading.Timer(0.1, decode.release.set).start()
+    batcher.close()
+    with pytest.raises(BatcherClosed):
+        queued.result(5)
+    assert running.result(5) == ["None:HOLD"]  # a batch already decoding finishes
+    with pytest.raises(BatcherClosed):
+        batcher.submit(["after"])
+
+
+def test_a_lone_request_waits_only_the_gathering_window() -> None:
+    batcher = Batcher(lambda key, items: items, wait_ms=5)
+    try:
+        start = time.monotonic()
+        assert batcher.submit(["x"]).result(5) == ["x"]
+        # Generous bound: the point is that it is not held until max_batch arrives.
+        assert time.monotonic() - start < 2.0
+    finally:
+        batcher.close()
