@@ -17,6 +17,7 @@ from translator.config import (
     parse_override,
     save_config,
 )
+from translator.corpus import check_data_files
 
 
 def _error(raw: Any, overrides: tuple[str, ...] = ()) -> str:
@@ -163,31 +164,42 @@ def test_file_sources_need_a_dir(source: str) -> None:
     assert "data.dir" in _error({"data": {"source": source}})
 
 
+def _data_error(raw: Any) -> str:
+    """Loading a config checks no file (a trained run translates without its corpus); what
+    reads the data checks them, with the same one-line, key-naming error."""
+    cfg = config_from_dict(raw)
+    with pytest.raises(ConfigError) as info:
+        check_data_files(cfg.data)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
 @pytest.mark.parametrize("source", ["text", "tsv"])
 def test_missing_data_dir_names_the_key(tmp_path: Path, source: str) -> None:
     missing = tmp_path / "nowhere"
-    msg = _error({"data": {"source": source, "dir": str(missing)}})
+    msg = _data_error({"data": {"source": source, "dir": str(missing)}})
     assert "data.dir" in msg and str(missing) in msg
 
 
 def test_text_source_missing_file_names_split_and_path(tmp_path: Path) -> None:
     (tmp_path / "train.en").write_text("a\n", encoding="utf-8")
     data = {"source": "text", "dir": str(tmp_path), "src_lang": "en", "tgt_lang": "de"}
-    msg = _error({"data": data})
+    msg = _data_error({"data": data})
     assert "data.train" in msg and "train.de" in msg
     (tmp_path / "train.de").write_text("b\n", encoding="utf-8")
     assert config_from_dict({"data": data}).data.dir == str(tmp_path)
-    msg = _error({"data": {**data, "valid": "dev"}})
+    msg = _data_error({"data": {**data, "valid": "dev"}})
     assert "data.valid" in msg and "dev.en" in msg
 
 
 def test_tsv_source_missing_file_names_split_and_path(tmp_path: Path) -> None:
     (tmp_path / "train.tsv").write_text("a\tb\n", encoding="utf-8")
     data = {"source": "tsv", "dir": str(tmp_path), "train": "train.tsv"}
-    config_from_dict({"data": data})
-    msg = _error({"data": {**data, "test": "test.tsv"}})
+    check_data_files(config_from_dict({"data": data}).data)
+    msg = _data_error({"data": {**data, "test": "test.tsv"}})
     assert "data.test" in msg and "test.tsv" in msg
-    msg = _error({"data": {**data, "train": "other.tsv"}})
+    msg = _data_error({"data": {**data, "train": "other.tsv"}})
     assert "data.train" in msg and "other.tsv" in msg
 
 

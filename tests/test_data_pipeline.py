@@ -11,7 +11,7 @@ import pytest
 
 from translator.checkpoint import RunLayout
 from translator.config import ConfigError, config_from_dict
-from translator.corpus import DataError
+from translator.corpus import DataError, check_data_files
 from translator.inference import Translator
 from translator.train import train
 
@@ -79,14 +79,15 @@ def test_bad_data_keys_name_the_key(tmp_path: Path, data: dict[str, Any], key: s
     if data["source"] == "text":
         data["train"] = "train"
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        config_from_dict({"data": data})
+        check_data_files(config_from_dict({"data": data}).data)  # files: where data is read
 
 
 @pytest.mark.parametrize("source", ["csv", "jsonl", "parquet"])
 def test_file_sources_check_their_files(tmp_path: Path, source: str) -> None:
+    cfg = config_from_dict({"data": {"source": source, "dir": str(tmp_path),
+                                     "train": f"train.{source}"}})
     with pytest.raises(ConfigError, match=r"data\.train.*file not found"):
-        config_from_dict({"data": {"source": source, "dir": str(tmp_path),
-                                   "train": f"train.{source}"}})
+        check_data_files(cfg.data)
 
 
 def test_new_keys_accept_names_and_indices(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save, load_checkpoint
 from translator.cli import app
 from translator.config import ConfigError, config_from_dict, load_config, save_config
+from translator.corpus import check_data_files
 from translator.errors import TranslatorError
 from translator.inference import Translator, build_model, translate_ids
 from translator.model import Transformer
@@ -466,13 +467,22 @@ def test_yaml_alias_bomb_gives_a_short_message(tmp_path: Path) -> None:
     ("training:\n  seed: 99999999999999999999\n", "training.seed"),  # torch cannot seed it
     ("model:\n  d_model: " + "9" * 5000 + "\n", "not valid YAML"),   # past Python's int limit
     ("[" * 5000, "not valid YAML"),                                  # deeper than the stack
-    ("data:\n  source: text\n  dir: " + "d" * 5000 + "\n", "data.dir"),  # name too long
     ('model:\n  "d_mo\\ndel": 3\n', "model.d_mo del"),              # a key with a line break
 ])
 def test_hostile_config_values_are_config_errors(text: str, needle: str,
                                                  tmp_path: Path) -> None:
     msg = _config_error(text, tmp_path)
     assert needle in msg and "\n" not in msg
+
+
+def test_impossible_data_dir_is_a_config_error_where_data_is_read(tmp_path: Path) -> None:
+    """A folder name too long for the OS: reading the config checks no folder, reading the
+    data names the key in one line."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  source: text\n  dir: " + "d" * 5000 + "\n", encoding="utf-8")
+    cfg = load_config(path)
+    with pytest.raises(ConfigError, match="data.dir: folder not found"):
+        check_data_files(cfg.data)
 
 
 def test_config_error_with_a_line_break_is_one_line_on_the_cli(tmp_path: Path) -> None:

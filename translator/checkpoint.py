@@ -2,7 +2,8 @@
 
 A run folder holds everything needed to reproduce and to translate:
 
-    runs/<name>/config.yaml            the resolved config
+    runs/<name>/config.yaml            the resolved config (no path into the run: a moved or
+                                       copied folder is still a whole run)
     runs/<name>/tokenizer_<lang>.json  one tokenizer per language
     runs/<name>/splits.json            split seed and sizes (checked on resume)
     runs/<name>/checkpoints/           epoch/step checkpoints, latest.pt, best.pt
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from translator.config import Config, load_config
 from translator.errors import TranslatorError
 
 FORMAT_VERSION = 1
@@ -83,6 +85,32 @@ class RunLayout:
     def default_checkpoint(self) -> Path:
         """What translate/evaluate use: best.pt if it exists, else latest.pt."""
         return self.best if self.best.is_file() else self.latest
+
+    def load_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+        """The run's own config with `--set` overrides applied; `output.dir` is this folder,
+        wherever it has been moved or copied to."""
+        if not self.root.is_dir():
+            raise TranslatorError(f"run folder not found: {self.root}")
+        if not self.config.is_file():
+            raise TranslatorError(f"{self.root} is not a run folder (no config.yaml)")
+        cfg = load_config(self.config, overrides)
+        cfg.output.dir, cfg.name = str(self.root), self.root.resolve().name
+        return cfg
+
+    @classmethod
+    def of_file(cls, path: Path) -> RunLayout | None:
+        """The run folder that a config.yaml or a checkpoint file belongs to, if any: the
+        file's folder, or for a file in checkpoints/ the folder above, holding a config.yaml."""
+        folder = path.resolve().parent
+        if folder.name == "checkpoints" and not (folder / "config.yaml").is_file():
+            folder = folder.parent
+        layout = cls(folder)
+        return layout if layout.is_run() else None
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a run that training started: a config and its checkpoints
+        folder or split record (a lone config.yaml is just a config)."""
+        return self.config.is_file() and (self.checkpoints.is_dir() or self.splits.is_file())
 
 
 def atomic_save(obj: dict[str, Any], path: Path) -> None:

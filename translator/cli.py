@@ -68,7 +68,8 @@ def _load_translator(run: Path | None, config: Path | None, set_: list[str] | No
     if engine == "native":
         from translator.inference import Translator
 
-        return Translator.from_run(_find_run(run, config, set_), checkpoint, device, dtype)
+        found, overrides = _find_run(run, config, set_, checkpoint)
+        return Translator.from_run(found, checkpoint, device, dtype, overrides)
     if engine != "ctranslate2":
         raise TranslatorError(f"unknown engine '{engine}' (use native or ctranslate2)")
     from translator.ct2 import CT2Translator
@@ -81,29 +82,45 @@ def _load_translator(run: Path | None, config: Path | None, set_: list[str] | No
             raise TranslatorError("--checkpoint does not go with --model (an export holds "
                                   "one checkpoint's weights)")
         return CT2Translator.from_dir(model, device)
-    return CT2Translator.from_run(_find_run(run, config, set_), quantization, checkpoint,
-                                  device)
+    found, overrides = _find_run(run, config, set_, checkpoint)
+    return CT2Translator.from_run(found, quantization, checkpoint, device, overrides)
 
 
-def _find_run(run: Path | None, config: Path | None, overrides: list[str] | None) -> Path:
-    from translator.config import load_config
+def _find_run(run: Path | None, config: Path | None, overrides: list[str] | None,
+              checkpoint: Path | None = None) -> tuple[Path, list[str]]:
+    """The run folder a model-reading verb uses (--run; the run of --config; the run that
+    --checkpoint lies in; else the newest under runs/) and the --set overrides for loading it
+    (with --config, those that only located the run are dropped)."""
+    from translator.checkpoint import RunLayout
+    from translator.config import load_config, parse_override
     from translator.inference import latest_run
 
+    overrides = list(overrides or [])
     if run is not None:
-        return run
+        return run, overrides
     if config is not None:
-        return load_config(config, overrides or []).run_dir
+        kept = [o for o in overrides if parse_override(o)[0] in ("data", "decoding")]
+        return load_config(config, overrides).run_dir, kept
+    if checkpoint is not None:
+        owner = RunLayout.of_file(checkpoint)
+        if owner is None:
+            raise TranslatorError(f"{checkpoint} is not inside a run folder (no config.yaml "
+                                  "beside it or above its checkpoints/ folder): add --run DIR")
+        return owner.root, overrides
     found = latest_run()
     if found is None:
         raise TranslatorError("no trained run found under runs/; train one first "
                               "(translator train --config configs/toy.yaml) or pass --run DIR")
     typer.echo(f"using run {found}", err=True)
-    return found
+    return found, overrides
 
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")],
+    config: ConfigOpt = None,
+    run: Annotated[Path | None, typer.Option(
+        "--run", help="Continue this run folder from its own saved config (with --resume).")]
+    = None,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's latest checkpoint.")]
     = False,
@@ -116,12 +133,12 @@ def train(
     = 1,
 ) -> None:
     """Train a model from a YAML config; the run folder gets config, tokenizers, checkpoints
-    and TensorBoard events."""
+    and TensorBoard events. `--run DIR --resume` continues a run from its own folder."""
     with _user_errors():
-        from translator.config import load_config
         from translator.train import train as run_training
+        from translator.train import training_config
 
-        cfg = load_config(config, set_ or [])
+        cfg = training_config(config, run, set_ or [], resume)
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
             raise typer.Exit(_launch_torchrun(nproc))
         result = run_training(cfg, resume=resume, overwrite=overwrite, device=device,
@@ -168,7 +185,9 @@ def average(
     with _user_errors():
         from translator.checkpoint import RunLayout, atomic_save, average_checkpoints
 
-        layout = RunLayout(_find_run(run, config, set_))
+        layout = RunLayout(_find_run(run, config, set_)[0])
+        if not layout.config.is_file():
+            raise TranslatorError(f"{layout.root} is not a run folder (no config.yaml)")
         paths = layout.numbered_checkpoints()[-last:]
         if len(paths) < last:
             raise TranslatorError(f"{layout.checkpoints} holds {len(paths)} periodic "
@@ -433,7 +452,8 @@ def attention(
 
         if not sentence.strip():
             raise TranslatorError("nothing to translate: the sentence is empty")
-        translator = Translator.from_run(_find_run(run, config, set_), checkpoint, device)
+        found, overrides = _find_run(run, config, set_, checkpoint)
+        translator = Translator.from_run(found, checkpoint, device, overrides=overrides)
         maps = attention_maps(translator, sentence, beam_size=beam,
                               length_penalty=length_penalty)
         paths = save_attention_images(maps, out)
@@ -465,8 +485,8 @@ def export(
             raise TranslatorError(f"unknown export target '{to}' (use ctranslate2)")
         from translator.ct2 import export_ctranslate2
 
-        path = export_ctranslate2(_find_run(run, config, set_), out, quantization, checkpoint,
-                                  force)
+        path = export_ctranslate2(_find_run(run, config, set_, checkpoint)[0], out,
+                                  quantization, checkpoint, force)
         typer.echo(f"wrote a CTranslate2 model ({quantization}) to {path}", err=True)
 
 
@@ -519,14 +539,30 @@ def serve(
 
         check_installed()
         check_address(host, port)
-        run_dir = _find_run(run, config, set_)
-        translator = _load_translator(run_dir, None, None, checkpoint, device, dtype, engine,
-                                      None, quantization)
+        run_dir, overrides = _find_run(run, config, set_, checkpoint)
+        translator = _load_translator(run_dir, None, overrides, checkpoint, device, dtype,
+                                      engine, None, quantization)
         run_server(translator, run_dir=run_dir, checkpoint=checkpoint, host=host, port=port,
                    max_batch=max_batch, wait_ms=batch_wait_ms, api_key=api_key or None,
                    access_log=access_log,
                    limits=Limits(max_chars=max_chars, max_lines=max_lines, max_beam=max_beam,
                                  timeout=timeout))
+
+
+@app.command()
+def info(
+    run: Annotated[Path, typer.Argument(help="The run folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Describe a run folder: languages, model size and parameters, tokenizers and their
+    vocabularies, steps and epochs trained, the best validation and its checkpoint, the files.
+
+    Example: translator info runs/toy"""
+    with _user_errors():
+        from translator.runinfo import format_run_info, run_info
+
+        report = run_info(run)
+        typer.echo(json.dumps(report, indent=2) if as_json else format_run_info(report))
 
 
 def main() -> None:

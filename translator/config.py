@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 import re
 import reprlib
 import types
@@ -468,18 +467,6 @@ def _validate(cfg: Config) -> None:
     if d.source in ("text", "tsv", "csv", "jsonl", "parquet"):
         if not d.dir:
             fail("data.dir", f"required when data.source is '{d.source}'")
-        if not os.path.isdir(d.dir):  # False, not an error, for an impossible path
-            fail("data.dir", f"folder not found: {d.dir}")
-        for split in ("train", "valid", "test"):
-            stem = getattr(d, split)
-            if not stem:
-                continue
-            base = Path(d.dir)
-            paths = ([base / stem] if d.source != "text"
-                     else [base / f"{stem}.{d.src_lang}", base / f"{stem}.{d.tgt_lang}"])
-            for path in paths:
-                if not os.path.isfile(path):
-                    fail(f"data.{split}", f"file not found: {path}")
     for key in ("src_column", "tgt_column"):
         value = getattr(d, key)
         if isinstance(value, int) and value < 0:
@@ -561,3 +548,42 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (what the run actually used)."""
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+RUN_CONFIG_HEADER = (
+    "# The config this run was trained with. output.dir is left empty: the run is the folder\n"
+    "# holding this file, wherever it is moved or copied. Continue it with\n"
+    "#   translator train --run <this folder> --resume\n")
+
+
+def save_run_config(cfg: Config, path: str | Path) -> None:
+    """Write a run folder's own config.yaml: the resolved config without `output.dir`, so that
+    the file names no path inside the run (a moved or copied run stays self-contained)."""
+    d = cfg.to_dict()
+    d["output"]["dir"] = None
+    text = RUN_CONFIG_HEADER + yaml.safe_dump(d, sort_keys=False)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+# Keys that a resumed run may change: when and how long it trains, validates, logs and saves,
+# and how it decodes afterwards; nothing that changes what a step computes.
+RESUME_SAFE_KEYS = frozenset({
+    "training.epochs", "training.max_steps", "training.max_minutes", "training.patience",
+    "training.valid_every", "training.valid_max_sentences", "training.decode_batch_size",
+    "training.examples", "training.save_every", "training.keep_last", "training.log_every",
+    "training.threads", "training.device", "training.dist_timeout", "training.max_bad_steps",
+    "training.compile",
+})
+
+
+def config_diff(a: Config, b: Config) -> list[str]:
+    """The dotted keys whose values differ between two configs, in file order."""
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{section}.{key}" for section in da for key in da[section]
+            if da[section][key] != db[section][key]]
+
+
+def unsafe_resume_changes(saved: Config, new: Config) -> list[str]:
+    """Keys that differ from the saved run config and may not change on resume."""
+    return [k for k in config_diff(saved, new)
+            if k not in RESUME_SAFE_KEYS and not k.startswith("decoding.")]

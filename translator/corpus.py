@@ -17,6 +17,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from translator.config import DataConfig
+from translator.config import ConfigError, DataConfig
 from translator.errors import TranslatorError
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ def _read_split(cfg: DataConfig, name: str) -> datasets.Dataset | None:
     empty file."""
     for path in _files(cfg, name) + ([Path(cfg.dir or ".") / name]
                                      if cfg.source == "parquet" else []):
-        if not path.is_file():  # config validation checks this too, when there is one
+        if not path.is_file():  # check_data_files checks this too, when there is one
             raise DataError(f"data error: file not found: {path}")
     if cfg.source in ("tsv", "csv", "jsonl", "parquet"):
         if (Path(cfg.dir or ".") / name).stat().st_size == 0:
@@ -428,9 +429,34 @@ def _carve(train: datasets.Dataset, sizes: dict[str, float],
     return out
 
 
+FILE_SOURCES = ("text", "tsv", "csv", "jsonl", "parquet")
+
+
+def check_data_files(cfg: DataConfig) -> None:
+    """Fail with one line naming the key if a configured data folder or split file is missing.
+
+    Only what reads data calls this (training, evaluate --split): a trained run translates
+    without its corpus, so loading its config must not look for it."""
+    if cfg.source not in FILE_SOURCES or not cfg.dir:
+        return
+    if not os.path.isdir(cfg.dir):  # False, not an OSError, for an impossible path
+        raise ConfigError(f"config error: data.dir: folder not found: {cfg.dir}")
+    for split in SPLITS:
+        stem = getattr(cfg, split)
+        if not stem:
+            continue
+        base = Path(cfg.dir)
+        paths = ([base / stem] if cfg.source != "text"
+                 else [base / f"{stem}.{cfg.src_lang}", base / f"{stem}.{cfg.tgt_lang}"])
+        for path in paths:
+            if not os.path.isfile(path):
+                raise ConfigError(f"config error: data.{split}: file not found: {path}")
+
+
 def load_corpus(cfg: DataConfig) -> Corpus:
     """All splits of the configured corpus: explicit ones read, missing ones carved from
     train by ratio with `split_seed` (or left empty). Empty sides are dropped and counted."""
+    check_data_files(cfg)
     if cfg.source == "builtin":
         raw = _builtin(cfg)
         names = {k: k for k in SPLITS}

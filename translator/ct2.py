@@ -246,19 +246,18 @@ class CT2Translator(Translator):
 
     @classmethod
     def from_run(cls, run_dir: str | Path, quantization: str = "int8",
-                 checkpoint: str | Path | None = None, device: str = "cpu") -> CT2Translator:
+                 checkpoint: str | Path | None = None, device: str = "cpu",
+                 overrides: Sequence[str] = ()) -> CT2Translator:
         """A run through its cached export (`cached_export`), keeping the run's config so that
         evaluate can read its splits and write to <run>/eval/."""
         from translator.checkpoint import RunLayout
-        from translator.config import load_config
+        from translator.inference import check_inference_overrides
 
-        layout = RunLayout(Path(run_dir))
-        if not layout.config.is_file():
-            raise TranslatorError(f"{layout.root} is not a run folder (no config.yaml)")
-        cfg = load_config(layout.config)
-        cfg.output.dir = str(layout.root)
+        check_inference_overrides(overrides)
+        cfg = RunLayout(Path(run_dir)).load_config(list(overrides))
         translator = cls.from_dir(cached_export(run_dir, quantization, checkpoint), device)
         translator.cfg.data, translator.cfg.output = cfg.data, cfg.output
+        translator.cfg.decoding = cfg.decoding  # the run's, with any --set decoding.* applied
         return translator
 
     def _run(self, src_ids: Sequence[Sequence[int]], batch_size: int, dec: DecodingConfig,

@@ -18,7 +18,7 @@ from translator.config import (
     ConfigError,
     DecodingConfig,
     config_from_dict,
-    load_config,
+    parse_override,
 )
 from translator.decoding import Hypothesis, beam_search, greedy_decode
 from translator.errors import TranslatorError
@@ -138,18 +138,17 @@ class Translator:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str | Path | None = None,
-                 device: str = "auto", dtype: str | None = None) -> Translator:
+                 device: str = "auto", dtype: str | None = None,
+                 overrides: Sequence[str] = ()) -> Translator:
         """Load a run folder's config, tokenizers and checkpoint (best.pt, else latest.pt).
 
         `dtype` (fp32, bf16, fp16; default: the run's `decoding.dtype`) is the number format
-        the weights are cast to for translation."""
+        the weights are cast to for translation. `overrides` (`--set section.key=value`) may
+        change the run's `decoding` and `data` keys (e.g. where its corpus now lives); the
+        model's shape is the checkpoint's."""
+        check_inference_overrides(overrides)
         layout = RunLayout(Path(run_dir))
-        if not layout.root.is_dir():
-            raise TranslatorError(f"run folder not found: {layout.root}")
-        if not layout.config.is_file():
-            raise TranslatorError(f"{layout.root} is not a run folder (no config.yaml)")
-        cfg = load_config(layout.config)
-        cfg.output.dir = str(layout.root)
+        cfg = layout.load_config(list(overrides))
         path = Path(checkpoint) if checkpoint else layout.default_checkpoint()
         if not path.is_file():
             raise CheckpointError(f"checkpoint not found: {path}" + (
@@ -160,7 +159,7 @@ class Translator:
         tgt_tok = TextTokenizer.load(layout.tokenizer(cfg.data.tgt_lang))
         if ckpt.get("config"):
             try:
-                cfg = config_from_dict(ckpt["config"], name=cfg.name)
+                cfg = config_from_dict(ckpt["config"], name=cfg.name, overrides=overrides)
             except ConfigError:
                 pass  # the run's config.yaml is the reference; keep it
             cfg.output.dir = str(layout.root)
@@ -263,6 +262,17 @@ class Translator:
 
 # C0 and C1 control characters except the tab; they carry no words.
 _CONTROL = {c: " " for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)] if c != 0x09}
+
+
+def check_inference_overrides(overrides: Sequence[str]) -> None:
+    """`--set` on a trained run may change how it decodes and where its corpus is, not what
+    the checkpoint holds: anything else is a one-line error naming the key."""
+    for text in overrides:
+        section, key, _ = parse_override(text)
+        if section not in ("decoding", "data"):
+            raise ConfigError(f"config error: --set {section}.{key}: a trained run's "
+                              f"{section} section is fixed; only decoding.* and data.* can "
+                              "change here")
 
 
 def clean_text(text: str) -> str:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import signal
 import time
 from collections.abc import Iterator
@@ -34,8 +35,21 @@ from translator.checkpoint import (
     load_checkpoint,
     prune_checkpoints,
 )
-from translator.config import Config, load_config, save_config
-from translator.corpus import check_split_record, iter_texts, load_corpus, to_pairs
+from translator.config import (
+    Config,
+    config_diff,
+    load_config,
+    parse_override,
+    save_run_config,
+    unsafe_resume_changes,
+)
+from translator.corpus import (
+    check_data_files,
+    check_split_record,
+    iter_texts,
+    load_corpus,
+    to_pairs,
+)
 from translator.dataset import BilingualDataset, BucketBatchSampler, collate, padding_fraction
 from translator.errors import TranslatorError
 from translator.evaluate import score
@@ -197,6 +211,37 @@ def _stop_signals() -> Iterator[dict[str, bool]]:
             signal.signal(sig, h)
 
 
+def training_config(config: Path | None, run: Path | None, overrides: list[str],
+                    resume: bool) -> Config:
+    """The config `translator train` trains with: `--config FILE` (a run folder's own
+    config.yaml always means that folder, wherever it now is) or `--run DIR --resume` (the
+    folder's saved config; `overrides` may change only `RESUME_SAFE_KEYS` and decoding)."""
+    if (config is None) == (run is None):
+        raise TranslatorError("give --config FILE to train a run, or --run DIR --resume to "
+                              "continue one" if config is None else
+                              "give either --config or --run, not both")
+    if run is not None:
+        if not resume:
+            raise TranslatorError(f"--run continues a run: add --resume (to start a new run "
+                                  f"in {run}, use --config with --overwrite)")
+        if any(parse_override(o)[0] == "output" for o in overrides):
+            raise TranslatorError(f"--set output.*: the run folder is {run} itself")
+        layout = RunLayout(run)
+        saved, cfg = layout.load_config(), layout.load_config(overrides)
+        unsafe = unsafe_resume_changes(saved, cfg)
+        if unsafe:
+            raise TranslatorError(
+                f"--resume: cannot change {', '.join(unsafe)} of a run (it changes what a "
+                "step computes); safe to change: training.epochs, max_steps, max_minutes, "
+                "patience, valid_every, save_every, keep_last, log_every and decoding.*")
+        return cfg
+    cfg = load_config(config, overrides)
+    owner = RunLayout.of_file(config) if config.name == "config.yaml" else None
+    if owner is not None:
+        cfg.output.dir, cfg.name = str(owner.root), owner.root.name
+    return cfg
+
+
 def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunLayout:
     """Create the run folder, refusing to mix two different runs in one folder."""
     layout = RunLayout(cfg.run_dir)
@@ -215,10 +260,12 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunLayout:
     layout.root.mkdir(parents=True, exist_ok=True)
     if resume:
         saved = load_config(layout.config)
-        if saved.model != cfg.model or saved.tokenizer != cfg.tokenizer or saved.data != cfg.data:
+        differ = [k for k in config_diff(saved, cfg)
+                  if k.split(".")[0] in ("data", "tokenizer", "model")]
+        if differ:
             raise TranslatorError(f"--resume: the config differs from the run's saved "
-                                  f"{layout.config} in its data/tokenizer/model sections")
-    save_config(cfg, layout.config)
+                                  f"{layout.config} in {', '.join(differ)}")
+    save_run_config(cfg, layout.config)
     return layout
 
 
@@ -253,6 +300,7 @@ class Trainer:
         self.device = resolve_device(device or tc.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        check_data_files(cfg.data)  # before the run folder exists: a typo leaves nothing
         if self.dist.main:
             self.layout = prepare_run_dir(cfg, resume, overwrite)
         else:
@@ -347,10 +395,17 @@ class Trainer:
             "step": s.step, "epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch,
             "best_score": s.best_score, "best_metric": self.cfg.training.best_metric,
             "bad_validations": s.bad_validations, "history": s.history,
-            "config": self.cfg.to_dict(),
+            "config": self._portable_config(),
             "vocab": {"src": self.src_tok.vocab_size, "tgt": self.tgt_tok.vocab_size},
             "rng": _rng_state(),
         }
+
+    def _portable_config(self) -> dict[str, Any]:
+        """The config as saved in checkpoints: without the run folder's own path, which the
+        folder gives wherever it is."""
+        d = self.cfg.to_dict()
+        d["output"]["dir"] = None
+        return d
 
     def save(self, is_best: bool = False) -> Path | None:
         """Write a numbered checkpoint atomically and point latest.pt (and best.pt) at it.
@@ -538,7 +593,7 @@ class Trainer:
                     raise TrainingInterrupted(
                         f"training stopped at step {st.step} (epoch {st.epoch + 1}, batch "
                         f"{st.batch_in_epoch}); checkpoint {path}; continue with: translator "
-                        f"train --config <config> --resume (run folder {self.layout.root})")
+                        f"train --run {shlex.quote(str(self.layout.root))} --resume")
                 if stop_reason == "early_stopping":
                     break
                 if not stop_reason:
