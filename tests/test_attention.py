@@ -49,24 +49,18 @@ def test_teacher_forced_maps_equal_the_cached_steps(overfit: Overfit) -> None:
     out = greedy_decode(model, src)[0]
     tgt_in = torch.tensor([[SOS_ID, *out]])  # the last step predicted [EOS]
     forced = collect_attention(model, src, tgt_in)
-    modules = model.attention_modules()
-    for m in modules["decoder_self"] + modules["cross"]:
-        m.store_weights = True
-    try:
-        mask = padding_mask(src, PAD_ID)
-        memory = model.encode(src, mask)
-        cache = model.new_cache()
-        for t in range(tgt_in.size(1)):
-            h = model.decode(memory, mask, tgt_in[:, t:t + 1], cache, offset=t)
-            for kind in ("decoder_self", "cross"):
-                for layer, m in enumerate(modules[kind]):
-                    step = m.weights[0, :, 0]  # [H, Lk]
-                    assert torch.allclose(step, forced[kind][layer][:, t, :step.size(-1)],
-                                          atol=1e-6)
-        assert int(model.project(h[:, -1]).argmax()) == EOS_ID
-    finally:
-        for m in modules["decoder_self"] + modules["cross"]:
-            m.store_weights, m.weights = False, None
+    mask = padding_mask(src, PAD_ID)
+    memory = model.encode(src, mask)
+    cache = model.new_cache()
+    for t in range(tgt_in.size(1)):
+        h, weights = model.decode(memory, mask, tgt_in[:, t:t + 1], cache, offset=t,
+                                  need_weights=True)
+        for kind, key in (("decoder_self", "self"), ("cross", "cross")):
+            for layer, w in enumerate(weights):
+                step = w[key][0, :, 0]  # [H, Lk]
+                assert torch.allclose(step, forced[kind][layer][:, t, :step.size(-1)],
+                                      atol=1e-6)
+    assert int(model.project(h[:, -1]).argmax()) == EOS_ID
 
 
 def test_maps_shapes_labels_and_rows(overfit: Overfit) -> None:
@@ -86,9 +80,6 @@ def test_maps_shapes_labels_and_rows(overfit: Overfit) -> None:
             assert torch.allclose(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-5)
     for w in maps.weights["decoder_self"]:  # nothing attends to the future
         assert float(w.triu(diagonal=1).abs().max()) == 0.0
-    # the attention layers are back to their normal, weight-free path
-    for layers in overfit.model.attention_modules().values():
-        assert all(not m.store_weights and m.weights is None for m in layers)
 
 
 def test_output_cut_at_the_cap_has_no_eos_row(overfit: Overfit) -> None:

@@ -250,6 +250,11 @@ def test_cached_beam_equals_uncached(alpha: float) -> None:
     for c_hyps, u_hyps in zip(cached, uncached, strict=True):
         for c, u in zip(c_hyps, u_hyps, strict=True):
             assert c.score == pytest.approx(u.score, abs=1e-9)
+    fast = beam_search(model, src, fast=True, **kwargs)  # fast_decode.FastStep
+    assert _tokens(fast) == _tokens(cached)
+    for f_hyps, c_hyps in zip(fast, cached, strict=True):
+        for f, c in zip(f_hyps, c_hyps, strict=True):
+            assert f.score == pytest.approx(c.score, abs=1e-9)
 
 
 @pytest.mark.parametrize("beam_size", [2, 5])

@@ -74,10 +74,9 @@ def test_cached_greedy_equals_uncached_on_random_model(norm: str, seed: int) -> 
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
-def test_lean_cached_step_equals_the_module_path(norm: str) -> None:
-    """`decoder_step` (one position with a cache, in eval mode) gives the decoder states of the
-    whole-prefix module path at every position of a padded batch, with the cache from
-    `new_cache` (weights gathered once) and with a plain list of dicts (gathered per step)."""
+def test_cached_steps_equal_the_whole_prefix(norm: str) -> None:
+    """One position at a time with the cache gives the decoder states (and so the logits) of
+    the whole-prefix pass at every position of a padded batch."""
     from translator.model import padding_mask
 
     model = _random_model(norm, seed=3, layers=3)
@@ -90,44 +89,44 @@ def test_lean_cached_step_equals_the_module_path(norm: str) -> None:
         cache = model.new_cache()
         steps = [model.decode(memory, mask, tgt[:, t:t + 1], cache, offset=t)
                  for t in range(tgt.size(1))]
-        plain: list[dict[str, torch.Tensor]] = [{} for _ in range(3)]
-        plain_steps = [model.decode(memory, mask, tgt[:, t:t + 1], plain, offset=t)
-                       for t in range(tgt.size(1))]
     torch.testing.assert_close(torch.cat(steps, dim=1), full)
-    torch.testing.assert_close(torch.cat(plain_steps, dim=1), full)
+    torch.testing.assert_close(model.project(torch.cat(steps, dim=1)), model.project(full))
     assert set(cache[0]) == {"self_k", "self_v", "cross_k", "cross_v"}
     assert cache[0]["self_k"].shape == (3, 2, 6, 8)  # [B, H, T, K]
 
 
-@pytest.mark.parametrize("mode", ["eval", "train", "store_weights"])
-def test_decode_step_gives_the_logits_of_the_whole_prefix(mode: str) -> None:
-    """`decode_step` (the searches' inner loop: newest token in, logits out) equals projecting
-    the last position of the uncached decoder, at every step of a padded batch, on the lean
-    path (eval) and on the module path it falls back to (training mode, recorded weights)."""
-    from translator.model import Dropout, padding_mask
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_fast_step_gives_the_logits_of_the_whole_prefix(norm: str) -> None:
+    """`fast_decode.FastStep` (newest token in, logits out) equals projecting the last
+    position of the uncached decoder, at every step of a padded batch, and fills the model's
+    own cache layout."""
+    from translator.fast_decode import FastStep
+    from translator.model import padding_mask
 
-    model = _random_model("pre", seed=4, layers=2)
-    if mode == "train":
-        model.train()
-        for m in model.modules():  # training mode, but deterministic
-            if isinstance(m, Dropout):
-                m.p = 0.0
-    if mode == "store_weights":
-        for layer in model.attention_modules()["cross"]:
-            layer.store_weights = True
+    model = _random_model(norm, seed=4, layers=2)
     src = _src_batch([2, 5], seed=4)
     mask = padding_mask(src, PAD_ID)
     tgt = torch.randint(4, V, (2, 5), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         memory = model.encode(src, mask)
-        cache = model.new_cache()
+        step, cache, module_cache = FastStep(model), model.new_cache(), model.new_cache()
         for t in range(tgt.size(1)):
-            logits = model.decode_step(memory, mask, tgt[:, t], cache, offset=t)  # [B, V]
-            if mode == "store_weights":  # the module path ran and recorded this step
-                weights = model.attention_modules()["cross"][0].weights
-                assert weights is not None and weights.shape == (2, 2, 1, src.size(1))
+            logits = step(memory, mask, tgt[:, t], cache, offset=t)  # [B, V]
             full = model.project(model.decode(memory, mask, tgt[:, :t + 1])[:, -1])
             torch.testing.assert_close(logits, full)
+            model.decode(memory, mask, tgt[:, t:t + 1], module_cache, offset=t)
+    for fast_layer, module_layer in zip(cache, module_cache, strict=True):
+        assert fast_layer.keys() == module_layer.keys()
+        for k in fast_layer:
+            torch.testing.assert_close(fast_layer[k], module_layer[k])
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_fast_greedy_equals_the_module_path(norm: str) -> None:
+    model = _random_model(norm, seed=6)
+    src = _src_batch([1, 7, 3, 5, 2, 9], seed=6)
+    assert greedy_decode(model, src, max_len_a=1.0, max_len_b=4, fast=True) == greedy_decode(
+        model, src, max_len_a=1.0, max_len_b=4)
 
 
 def test_cached_greedy_equals_uncached_in_float32() -> None:

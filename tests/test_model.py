@@ -1,5 +1,6 @@
 """Transformer: shapes, masks that really block the future and the padding, norm variants,
-weight tying, the explicit-softmax path, positional encodings, and learning at all."""
+weight tying, attention weights on request (the explicit-softmax path), the incremental cache,
+state-dict compatibility with older checkpoints, positional encodings, and learning at all."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 import torch
 
 from translator.model import (
-    DecoderCache,
     PositionalEncoding,
     Transformer,
     build_transformer,
@@ -44,10 +44,24 @@ def _padded_src() -> torch.Tensor:
                          [S, E, P, P, P, P, P]])
 
 
-def _set_store_weights(model: Transformer, on: bool) -> None:
-    for modules in model.attention_modules().values():
-        for m in modules:
-            m.store_weights = on
+def _logits(model: Transformer, src: torch.Tensor, tgt: torch.Tensor, mask: torch.Tensor,
+            need_weights: bool = False) -> torch.Tensor:
+    """Teacher-forced logits [B, T, V]; with `need_weights` through the explicit-softmax path
+    (the one that returns attention probabilities)."""
+    if not need_weights:
+        return model(src, tgt, mask)
+    memory, _ = model.encode(src, mask, need_weights=True)
+    states, _ = model.decode(memory, mask, tgt, need_weights=True)
+    return model.project(states)
+
+
+def _weights(model: Transformer, src: torch.Tensor, tgt: torch.Tensor,
+             mask: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """Attention probabilities of a teacher-forced pass: kind -> per layer [B, H, Lq, Lk]."""
+    memory, enc = model.encode(src, mask, need_weights=True)
+    _, dec = model.decode(memory, mask, tgt, need_weights=True)
+    return {"encoder_self": [w["self"] for w in enc], "decoder_self": [w["self"] for w in dec],
+            "cross": [w["cross"] for w in dec]}
 
 
 # ---------------------------------------------------------------- shapes and masks helpers
@@ -88,24 +102,23 @@ def test_padding_mask_values() -> None:
 # ---------------------------------------------------------------- the future is blocked
 
 
-@pytest.mark.parametrize("store_weights", [False, True])
+@pytest.mark.parametrize("need_weights", [False, True])
 @pytest.mark.parametrize("norm", ["pre", "post"])
-def test_decoder_output_at_t_ignores_tokens_after_t(norm: str, store_weights: bool) -> None:
+def test_decoder_output_at_t_ignores_tokens_after_t(norm: str, need_weights: bool) -> None:
     model = _model(norm)
-    _set_store_weights(model, store_weights)
     src = _padded_src()
     mask = padding_mask(src, PAD_ID)
     gen = torch.Generator().manual_seed(1)
     tgt = torch.randint(4, TGT_V, (3, 8), generator=gen)
     with torch.no_grad():
-        base = model(src, tgt, mask)
+        base = _logits(model, src, tgt, mask, need_weights)
         for t in range(7):
             edited = tgt.clone()
             # a different token at every position after t
             edited[:, t + 1:] = 4 + (tgt[:, t + 1:] - 4 + 1 + torch.randint(
                 0, TGT_V - 5, edited[:, t + 1:].shape, generator=gen)) % (TGT_V - 4)
             assert (edited[:, t + 1:] != tgt[:, t + 1:]).all()
-            out = model(src, edited, mask)
+            out = _logits(model, src, edited, mask, need_weights)
             assert torch.allclose(out[:, :t + 1], base[:, :t + 1], atol=1e-5), t
             changed = (out[:, t + 1:] - base[:, t + 1:]).abs().amax(dim=-1)
             assert (changed > 1e-4).all(), t
@@ -113,14 +126,13 @@ def test_decoder_output_at_t_ignores_tokens_after_t(norm: str, store_weights: bo
 
 def test_decoder_self_attention_weights_are_zero_above_the_diagonal() -> None:
     model = _model()
-    _set_store_weights(model, True)
     src = _padded_src()
     with torch.no_grad():
-        model(src, torch.randint(4, TGT_V, (3, 6)), padding_mask(src, PAD_ID))
+        weights = _weights(model, src, torch.randint(4, TGT_V, (3, 6)), padding_mask(src, PAD_ID))
     future = ~causal_mask(6)[0, 0]
-    for attn in model.attention_modules()["decoder_self"]:
-        w = attn.weights
-        assert w is not None and w.shape == (3, 2, 6, 6)
+    assert len(weights["decoder_self"]) == 2
+    for w in weights["decoder_self"]:
+        assert w.shape == (3, 2, 6, 6)
         assert (w[..., future] == 0).all()
         assert (w[..., ~future] > 0).all()
         assert torch.allclose(w.sum(-1), torch.ones(3, 2, 6))
@@ -132,27 +144,23 @@ def test_decoder_self_attention_weights_are_zero_above_the_diagonal() -> None:
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_padded_source_positions_get_no_attention(norm: str) -> None:
     model = _model(norm)
-    _set_store_weights(model, True)
     src = _padded_src()
     mask = padding_mask(src, PAD_ID)
     with torch.no_grad():
-        model(src, torch.randint(4, TGT_V, (3, 5)), mask)
+        weights = _weights(model, src, torch.randint(4, TGT_V, (3, 5)), mask)
     pad = ~mask[:, 0, 0]  # [B, S]
-    mods = model.attention_modules()
-    assert len(mods["encoder_self"]) == 2 and len(mods["cross"]) == 2
-    for attn in mods["encoder_self"] + mods["cross"]:
-        w = attn.weights
-        assert w is not None and w.shape[-1] == src.size(1)
+    assert len(weights["encoder_self"]) == 2 and len(weights["cross"]) == 2
+    for w in weights["encoder_self"] + weights["cross"]:
+        assert w.shape[-1] == src.size(1)
         keys_at_pad = pad[:, None, None, :].expand_as(w)
         assert (w[keys_at_pad] == 0).all()
         assert (w[~keys_at_pad] > 0).all()
         assert torch.allclose(w.sum(-1), torch.ones(w.shape[:-1]))
 
 
-@pytest.mark.parametrize("store_weights", [False, True])
-def test_token_ids_at_padded_positions_do_not_matter(store_weights: bool) -> None:
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_token_ids_at_padded_positions_do_not_matter(need_weights: bool) -> None:
     model = _model()
-    _set_store_weights(model, store_weights)
     src = _padded_src()
     mask = padding_mask(src, PAD_ID)
     tgt = torch.randint(4, TGT_V, (3, 5))
@@ -160,8 +168,8 @@ def test_token_ids_at_padded_positions_do_not_matter(store_weights: bool) -> Non
     garbage[~mask[:, 0, 0]] = torch.randint(4, SRC_V, (int((~mask).sum()),))
     assert not torch.equal(garbage, src)
     with torch.no_grad():
-        out = model(src, tgt, mask)
-        out_garbage = model(garbage, tgt, mask)
+        out = _logits(model, src, tgt, mask, need_weights)
+        out_garbage = _logits(model, garbage, tgt, mask, need_weights)
         memory = model.encode(src, mask)
         memory_garbage = model.encode(garbage, mask)
     assert torch.allclose(out, out_garbage, atol=1e-5)
@@ -219,7 +227,8 @@ def test_where_layer_norm_sits(norm: str) -> None:
     model = _model(norm)
     outputs: list[torch.Tensor] = []
     blocks = [*model.encoder.blocks, *model.decoder.blocks]
-    hooks = [b.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for b in blocks]
+    # a block returns (states, attention weights or None)
+    hooks = [b.register_forward_hook(lambda _m, _i, out: outputs.append(out[0])) for b in blocks]
     src = _padded_src()
     mask = padding_mask(src, PAD_ID)
     with torch.no_grad():
@@ -263,10 +272,58 @@ def test_explicit_attention_path_matches_sdpa(norm: str) -> None:
     tgt = torch.randint(4, TGT_V, (3, 6))
     with torch.no_grad():
         fused = model(src, tgt, mask)
-        _set_store_weights(model, True)
-        explicit = model(src, tgt, mask)
+        explicit = _logits(model, src, tgt, mask, need_weights=True)
     assert torch.allclose(fused, explicit, atol=1e-5)
-    assert all(m.weights is not None for ms in model.attention_modules().values() for m in ms)
+
+
+def test_attention_weights_come_out_only_when_asked() -> None:
+    """Without `need_weights` encode/decode return their states alone and the model keeps no
+    attention state; with it, per layer the probabilities, each row summing to 1."""
+    model = _model()
+    src = _padded_src()
+    mask = padding_mask(src, PAD_ID)
+    tgt = torch.randint(4, TGT_V, (3, 5))
+    with torch.no_grad():
+        memory = model.encode(src, mask)
+        states = model.decode(memory, mask, tgt)
+        assert isinstance(memory, torch.Tensor) and isinstance(states, torch.Tensor)
+        memory_w, enc = model.encode(src, mask, need_weights=True)
+        states_w, dec = model.decode(memory, mask, tgt, need_weights=True)
+    torch.testing.assert_close(memory_w, memory)
+    torch.testing.assert_close(states_w, states)
+    assert [set(w) for w in enc] == [{"self"}] * 2
+    assert [set(w) for w in dec] == [{"self", "cross"}] * 2
+    shapes = {"self": (3, 2, 5, 5), "cross": (3, 2, 5, 7)}
+    for w in dec:
+        for kind, probs in w.items():
+            assert probs.shape == shapes[kind]
+            torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    for w in enc:
+        assert w["self"].shape == (3, 2, 7, 7)
+        torch.testing.assert_close(w["self"].sum(-1), torch.ones(3, 2, 7))
+    # nothing is stored on the modules
+    for m in model.modules():
+        assert not any(isinstance(v, torch.Tensor) for v in vars(m).values()), m
+
+
+def test_cached_steps_return_the_weights_of_the_whole_prefix_rows() -> None:
+    """A cached step with `need_weights` gives row t of the teacher-forced maps."""
+    model = _model()
+    src = _padded_src()
+    mask = padding_mask(src, PAD_ID)
+    tgt = torch.randint(4, TGT_V, (3, 5))
+    with torch.no_grad():
+        forced = _weights(model, src, tgt, mask)
+        memory = model.encode(src, mask)
+        cache = model.new_cache()
+        for t in range(5):
+            _, dec = model.decode(memory, mask, tgt[:, t:t + 1], cache, offset=t,
+                                  need_weights=True)
+            for layer, w in enumerate(dec):
+                assert w["self"].shape == (3, 2, 1, t + 1)
+                torch.testing.assert_close(w["self"][:, :, 0],
+                                           forced["decoder_self"][layer][:, :, t, :t + 1])
+                torch.testing.assert_close(w["cross"][:, :, 0], forced["cross"][layer][:, :, t])
 
 
 def test_cached_decode_matches_full_decode() -> None:
@@ -280,11 +337,100 @@ def test_cached_decode_matches_full_decode() -> None:
         cache = model.new_cache()
         steps = [model.decode(memory, mask, tgt[:, t:t + 1], cache, offset=t) for t in range(6)]
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    assert len(cache) == 2 and set(cache[0]) == {"self_k", "self_v", "cross_k", "cross_v"}
+    assert cache[0]["self_k"].shape == (3, 2, 6, D // 2)  # [B, H, T, K]
+    assert cache[0]["cross_k"].shape == (3, 2, 7, D // 2)  # [B, H, S, K]
     # reordering the cache selects rows
     picked = reorder_cache(cache, torch.tensor([2, 0]))
-    assert isinstance(picked, DecoderCache) and picked.weights is cache.weights
     assert all(v.size(0) == 2 for layer in picked for v in layer.values())
     assert torch.equal(picked[0]["self_k"][1], cache[0]["self_k"][0])
+
+
+# ---------------------------------------------------------------- checkpoint compatibility
+
+# build_transformer(11, 13, 16, 16, d_model=16, N=1, h=2, d_ff=32, decoder_layers=2,
+# norm="pre").state_dict(), captured from the code before issue 13 (commit 808d53f): the names
+# and shapes that checkpoints and the CTranslate2 export (translator/ct2.py) rely on.
+STATE_DICT_BEFORE_ISSUE_13 = {
+    'decoder.blocks.0.cross_attn.kv_proj.bias': (32,),
+    'decoder.blocks.0.cross_attn.kv_proj.weight': (32, 16),
+    'decoder.blocks.0.cross_attn.out_proj.bias': (16,),
+    'decoder.blocks.0.cross_attn.out_proj.weight': (16, 16),
+    'decoder.blocks.0.cross_attn.q_proj.bias': (16,),
+    'decoder.blocks.0.cross_attn.q_proj.weight': (16, 16),
+    'decoder.blocks.0.ff.linear1.bias': (32,),
+    'decoder.blocks.0.ff.linear1.weight': (32, 16),
+    'decoder.blocks.0.ff.linear2.bias': (16,),
+    'decoder.blocks.0.ff.linear2.weight': (16, 32),
+    'decoder.blocks.0.res.0.norm.bias': (16,),
+    'decoder.blocks.0.res.0.norm.weight': (16,),
+    'decoder.blocks.0.res.1.norm.bias': (16,),
+    'decoder.blocks.0.res.1.norm.weight': (16,),
+    'decoder.blocks.0.res.2.norm.bias': (16,),
+    'decoder.blocks.0.res.2.norm.weight': (16,),
+    'decoder.blocks.0.self_attn.out_proj.bias': (16,),
+    'decoder.blocks.0.self_attn.out_proj.weight': (16, 16),
+    'decoder.blocks.0.self_attn.qkv_proj.bias': (48,),
+    'decoder.blocks.0.self_attn.qkv_proj.weight': (48, 16),
+    'decoder.blocks.1.cross_attn.kv_proj.bias': (32,),
+    'decoder.blocks.1.cross_attn.kv_proj.weight': (32, 16),
+    'decoder.blocks.1.cross_attn.out_proj.bias': (16,),
+    'decoder.blocks.1.cross_attn.out_proj.weight': (16, 16),
+    'decoder.blocks.1.cross_attn.q_proj.bias': (16,),
+    'decoder.blocks.1.cross_attn.q_proj.weight': (16, 16),
+    'decoder.blocks.1.ff.linear1.bias': (32,),
+    'decoder.blocks.1.ff.linear1.weight': (32, 16),
+    'decoder.blocks.1.ff.linear2.bias': (16,),
+    'decoder.blocks.1.ff.linear2.weight': (16, 32),
+    'decoder.blocks.1.res.0.norm.bias': (16,),
+    'decoder.blocks.1.res.0.norm.weight': (16,),
+    'decoder.blocks.1.res.1.norm.bias': (16,),
+    'decoder.blocks.1.res.1.norm.weight': (16,),
+    'decoder.blocks.1.res.2.norm.bias': (16,),
+    'decoder.blocks.1.res.2.norm.weight': (16,),
+    'decoder.blocks.1.self_attn.out_proj.bias': (16,),
+    'decoder.blocks.1.self_attn.out_proj.weight': (16, 16),
+    'decoder.blocks.1.self_attn.qkv_proj.bias': (48,),
+    'decoder.blocks.1.self_attn.qkv_proj.weight': (48, 16),
+    'decoder.norm.bias': (16,),
+    'decoder.norm.weight': (16,),
+    'encoder.blocks.0.ff.linear1.bias': (32,),
+    'encoder.blocks.0.ff.linear1.weight': (32, 16),
+    'encoder.blocks.0.ff.linear2.bias': (16,),
+    'encoder.blocks.0.ff.linear2.weight': (16, 32),
+    'encoder.blocks.0.res.0.norm.bias': (16,),
+    'encoder.blocks.0.res.0.norm.weight': (16,),
+    'encoder.blocks.0.res.1.norm.bias': (16,),
+    'encoder.blocks.0.res.1.norm.weight': (16,),
+    'encoder.blocks.0.self_attn.out_proj.bias': (16,),
+    'encoder.blocks.0.self_attn.out_proj.weight': (16, 16),
+    'encoder.blocks.0.self_attn.qkv_proj.bias': (48,),
+    'encoder.blocks.0.self_attn.qkv_proj.weight': (48, 16),
+    'encoder.norm.bias': (16,),
+    'encoder.norm.weight': (16,),
+    'projection.proj.bias': (13,),
+    'projection.proj.weight': (13, 16),
+    'src_embed.embedding.weight': (11, 16),
+    'tgt_embed.embedding.weight': (13, 16),
+}
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_state_dict_keys_and_shapes_are_those_of_older_checkpoints(norm: str) -> None:
+    torch.manual_seed(0)
+    model = build_transformer(11, 13, 16, 16, d_model=16, N=1, h=2, d_ff=32, decoder_layers=2,
+                              norm=norm)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = dict(STATE_DICT_BEFORE_ISSUE_13)
+    if norm == "post":  # post-norm stacks have no final LayerNorm
+        for k in ("encoder.norm.weight", "encoder.norm.bias", "decoder.norm.weight",
+                  "decoder.norm.bias"):
+            del expected[k]
+    assert shapes == expected
+    # an older checkpoint's state dict loads strictly into a freshly built model
+    fresh = build_transformer(11, 13, 16, 16, d_model=16, N=1, h=2, d_ff=32, decoder_layers=2,
+                              norm=norm)
+    fresh.load_state_dict(model.state_dict(), strict=True)
 
 
 # ---------------------------------------------------------------- positional encoding

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from translator.model import DecoderCache, Transformer, padding_mask, reorder_cache
+from translator.fast_decode import FastStep
+from translator.model import Transformer, padding_mask, reorder_cache
 from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
 
 
@@ -72,26 +73,30 @@ def _eval(model: Transformer) -> None:
 
 
 def _next_logits(model: Transformer, memory: Tensor, src_mask: Tensor | None, ys: Tensor,
-                 cache: list | None, t: int) -> Tensor:
+                 cache: list | None, t: int, step: FastStep | None = None) -> Tensor:
     """Logits [rows, V] of the token after position t: with a cache, `ys` is the newest token
-    of each row ([rows]); without, the whole prefix ([rows, t + 1]), re-decoded."""
-    if isinstance(cache, DecoderCache):
-        return model.decode_step(memory, src_mask, ys, cache, t)
-    if cache is not None:  # a plain list of layer dicts, from a model without `decode_step`
-        h = model.decode(memory, src_mask, ys.view(-1, 1), cache, offset=t)
+    of each row ([rows]); without, the whole prefix ([rows, t + 1]), re-decoded. `step`, when
+    given, computes the cached step instead of the model's modules (the same numbers)."""
+    if step is not None:
+        return step(memory, src_mask, ys, cache, t)
+    if cache is not None:
+        h = model.decode(memory, src_mask, ys.view(-1, 1), cache, offset=t)  # [rows, 1, D]
     else:
-        h = model.decode(memory, src_mask, ys)
+        h = model.decode(memory, src_mask, ys)  # [rows, t + 1, D]
     return model.project(h[:, -1])
 
 
 @torch.inference_mode()
 def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
-                  max_len_b: int = 10, use_cache: bool = True) -> list[list[int]]:
+                  max_len_b: int = 10, use_cache: bool = True,
+                  fast: bool = False) -> list[list[int]]:
     """Greedy translations of a batch of encoder inputs `src` [B, S] (`[SOS] x [EOS]`, padded).
 
     Returns one id list per sentence, without [SOS] and [EOS]. `use_cache=False` re-runs the
     decoder over the whole prefix at every step (the tutorial way); it exists to prove the
-    cached path gives the same tokens, and as the benchmark's baseline.
+    cached path gives the same tokens, and as the benchmark's baseline. `fast=True` computes
+    the cached steps with `translator.fast_decode.FastStep` (same tokens; opt-in until its
+    gain is measured).
     """
     _eval(model)
     src_mask = _source_mask(src)
@@ -104,10 +109,11 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
     # prefix ([B, t]).
     ys = torch.full((src.size(0), 1), SOS_ID, dtype=torch.long, device=src.device)
     cache = model.new_cache() if use_cache else None
+    step = FastStep(model) if fast and use_cache else None
     if cache is not None:
         ys = ys.view(-1)
     for t in range(max(limits)):
-        logits = _next_logits(model, memory, src_mask, ys, cache, t)  # [rows, V]
+        logits = _next_logits(model, memory, src_mask, ys, cache, t, step)  # [rows, V]
         # max().indices: the first maximum, like argmax, and several times faster on CPU.
         next_tok = logits.max(dim=-1).indices  # [rows]
         for i, (row, tok) in enumerate(zip(rows, next_tok.tolist(), strict=True)):
@@ -138,11 +144,12 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
 @torch.inference_mode()
 def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: float = 0.6,
                 max_len_a: float = 1.5, max_len_b: int = 10, n_best: int = 1,
-                use_cache: bool = True) -> list[list[Hypothesis]]:
+                use_cache: bool = True, fast: bool = False) -> list[list[Hypothesis]]:
     """Beam search over a batch of encoder inputs `src` [B, S] (`[SOS] x [EOS]`, padded).
 
     Returns, per sentence, its `n_best` (<= `beam_size`) best finished hypotheses, best first.
-    With `beam_size=1` and `alpha=0` the result is exactly greedy decoding's.
+    With `beam_size=1` and `alpha=0` the result is exactly greedy decoding's. `fast` as in
+    `greedy_decode`.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -169,10 +176,11 @@ def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: f
     scores = torch.full((n, K), -math.inf, dtype=torch.float64, device=device)
     scores[:, 0] = 0.0
     cache = model.new_cache() if use_cache else None
+    step = FastStep(model) if fast and use_cache else None
     offsets = torch.arange(K, device=device)
     for t in range(steps):
         newest = ys[:, -1] if cache is not None else ys
-        logits = _next_logits(model, memory, src_mask, newest, cache, t)  # [n*K, V]
+        logits = _next_logits(model, memory, src_mask, newest, cache, t, step)  # [n*K, V]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16 up
         # The 2K best candidates of a sentence hold at most 2K of any one beam, so each beam's
         # 2K best tokens are all that can compete: log-probabilities of those only, in

@@ -101,29 +101,31 @@ def _in_batches(src_ids: Sequence[Sequence[int]], batch_size: int, device: torch
 def translate_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torch.device,
                   batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
                   beam_size: int = 1, alpha: float = 0.6,
-                  progress: Callable[[int], None] | None = None) -> list[list[int]]:
+                  progress: Callable[[int], None] | None = None,
+                  fast: bool = False) -> list[list[int]]:
     """Translate id sequences (no specials) in length-sorted batches; input order kept.
 
     `beam_size` 1 is greedy decoding (no length penalty); larger runs beam search and keeps
-    each sentence's best hypothesis.
+    each sentence's best hypothesis. `fast` picks the searches' `fast_decode` step.
     """
     if beam_size == 1:
         return _in_batches(src_ids, batch_size, device, lambda src: greedy_decode(
-            model, src, max_len_a=max_len_a, max_len_b=max_len_b), progress)
+            model, src, max_len_a=max_len_a, max_len_b=max_len_b, fast=fast), progress)
     return [h[0].tokens for h in nbest_ids(model, src_ids, device, batch_size, max_len_a,
                                            max_len_b, beam_size=beam_size, alpha=alpha,
-                                           progress=progress)]
+                                           progress=progress, fast=fast)]
 
 
 def nbest_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torch.device,
               batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
               beam_size: int = 4, alpha: float = 0.6, n_best: int = 1,
-              progress: Callable[[int], None] | None = None) -> list[list[Hypothesis]]:
+              progress: Callable[[int], None] | None = None,
+              fast: bool = False) -> list[list[Hypothesis]]:
     """Beam search over id sequences in length-sorted batches: per sentence its `n_best`
     hypotheses with scores, best first; input order kept."""
     return _in_batches(src_ids, batch_size, device, lambda src: beam_search(
         model, src, beam_size=beam_size, alpha=alpha, max_len_a=max_len_a,
-        max_len_b=max_len_b, n_best=n_best), progress)
+        max_len_b=max_len_b, n_best=n_best, fast=fast), progress)
 
 
 class Translator:

@@ -2,9 +2,9 @@
 translated sentence, one figure per layer and kind with a panel per head.
 
 The weights come from one teacher-forced pass over the source and the generated output with
-the attention layers' `store_weights` switched on. With the causal rule that pass computes, row
-by row, exactly the attention the cached step-by-step search used (a test checks this), and it
-gives whole matrices at once.
+`need_weights=True` (the model returns them; it keeps no state). With the causal rule that
+pass computes, row by row, exactly the attention the cached step-by-step search used (a test
+checks this), and it gives whole matrices at once.
 
 Rows of the decoder maps are labelled with the token generated at that position (what the
 model was producing when it looked there); columns with the source tokens (encoder and
@@ -69,22 +69,20 @@ class AttentionMaps:
 def collect_attention(model: Transformer, src: Tensor, tgt_in: Tensor) -> dict[str, list[Tensor]]:
     """Attention weights of a teacher-forced pass: `src` [1, S] encoder input, `tgt_in` [1, T]
     decoder input. Returns kind -> per layer [H, Lq, Lk] (on the CPU, float32)."""
-    modules = model.attention_modules()
     was_training = model.training
     model.eval()
-    for layers in modules.values():
-        for m in layers:
-            m.store_weights = True
     try:
         src_mask = padding_mask(src, PAD_ID)
-        model.decode(model.encode(src, src_mask), src_mask, tgt_in)
-        return {kind: [m.weights[0].float().cpu() for m in layers]  # type: ignore[index]
-                for kind, layers in modules.items()}
+        memory, enc = model.encode(src, src_mask, need_weights=True)
+        _, dec = model.decode(memory, src_mask, tgt_in, need_weights=True)
     finally:
-        for layers in modules.values():
-            for m in layers:
-                m.store_weights, m.weights = False, None
         model.train(was_training)
+
+    def maps(layers: list[dict[str, Tensor]], key: str) -> list[Tensor]:
+        return [w[key][0].float().cpu() for w in layers]
+
+    return {"encoder_self": maps(enc, "self"), "decoder_self": maps(dec, "self"),
+            "cross": maps(dec, "cross")}
 
 
 def attention_for_ids(model: Transformer, src_ids: list[int], src_tok: TextTokenizer,
