@@ -7,6 +7,10 @@ model, on identical weights:
 - `cached_batched`: cached greedy over length-sorted batches (`--decode-batch-size`);
 - `beam<K>`: batched beam search with the cache (`--decode-beam`, GNMT alpha 0.6).
 
+With `--decode-fast-step`, each cached row is followed by a `..._fast` row that computes the
+cached steps with `translator.fast_decode.FastStep` (`fast=True`): the A/B of its gain, in
+one process, on the same sentences.
+
 With `ctranslate2` installed, four more rows decode the same sentences with the same model
 exported to CTranslate2 (float32 batched greedy; int8 batched greedy, batch 1 and beam; same
 thread count), with `..._vs_native` ratios against our batched greedy.
@@ -47,6 +51,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--decode-dtype", choices=DECODING_DTYPES, default="fp32",
                        help="Number format of the model's weights, for all four rows "
                        "(default fp32).")
+    group.add_argument("--decode-fast-step", action="store_true",
+                       help="Also time every cached row with fast_decode.FastStep "
+                       "(rows ..._fast): the A/B of the fast cached step.")
 
 
 def _sentences(data_dir: Path | None) -> tuple[list[str], list[str], str]:
@@ -121,19 +128,27 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     cpu = torch.device("cpu")
     K, bs = args.decode_beam, args.decode_batch_size
 
-    def one_by_one(use_cache: bool) -> list[list[int]]:
-        return [greedy_decode(model, pack_sources([x], cpu), use_cache=use_cache)[0] for x in ids]
+    def one_by_one(use_cache: bool, fast: bool = False) -> list[list[int]]:
+        return [greedy_decode(model, pack_sources([x], cpu), use_cache=use_cache, fast=fast)[0]
+                for x in ids]
 
     for x in ids[:50]:  # warm-up: allocator, kernels, positional table
         greedy_decode(model, pack_sources([x], cpu))
-    rows = {
-        "tutorial": ("batch 1, recompute prefix", lambda: one_by_one(False)),
-        "cached_b1": ("batch 1, KV cache", lambda: one_by_one(True)),
+        if args.decode_fast_step:
+            greedy_decode(model, pack_sources([x], cpu), fast=True)
+    kinds = {
+        "cached_b1": ("batch 1, KV cache", lambda fast: one_by_one(True, fast)),
         "cached_batched": (f"batch {bs}, KV cache",
-                           lambda: translate_ids(model, ids, cpu, bs)),
+                           lambda fast: translate_ids(model, ids, cpu, bs, fast=fast)),
         f"beam{K}": (f"beam {K}, batch {bs}, KV cache",
-                     lambda: translate_ids(model, ids, cpu, bs, beam_size=K, alpha=0.6)),
+                     lambda fast: translate_ids(model, ids, cpu, bs, beam_size=K, alpha=0.6,
+                                                fast=fast)),
     }
+    rows = {"tutorial": ("batch 1, recompute prefix", lambda: one_by_one(False))}
+    for name, (how, fn) in kinds.items():  # with --decode-fast-step, A then B per kind
+        rows[name] = (how, lambda fn=fn: fn(False))
+        if args.decode_fast_step:
+            rows[f"{name}_fast"] = (f"{how}, FastStep", lambda fn=fn: fn(True))
     outputs, seconds = {}, {}
     for name, (_, fn) in rows.items():
         outputs[name], seconds[name] = _timed(fn)
@@ -162,6 +177,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
           f"{torch.get_num_threads()} torch threads\n")
     print(markdown_table(header, table) + "\n")
     results["decode.sentences"] = float(len(ids))
+    if args.decode_fast_step:  # FastStep's gain per kind: sentences/s with it / without
+        for name in kinds:
+            results[f"decode.{name}_fast_gain"] = round(
+                results[f"decode.{name}_fast_sps"] / results[f"decode.{name}_sps"], 3)
     results.update(_ct2_rows(args, translator, trained, ids, refs, results))
     return results
 
