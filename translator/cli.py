@@ -110,13 +110,16 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in the folder.")]
     = False,
     device: DeviceOpt = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar or examples.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="No progress output (bar or progress lines); validation results and "
+        "the summary still print.")] = False,
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, help="Processes for data-parallel training (launches torchrun).")]
     = 1,
 ) -> None:
     """Train a model from a YAML config; the run folder gets config, tokenizers, checkpoints
-    and TensorBoard events."""
+    and TensorBoard events. Progress is a bar on a terminal, plain log lines every
+    training.log_every steps in a file or pipe."""
     with _user_errors():
         from translator.config import load_config
         from translator.train import train as run_training

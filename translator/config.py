@@ -209,7 +209,8 @@ class TrainingConfig:
     dist_timeout: float = 300.0
     """Seconds to wait for all processes when a torchrun job starts."""
     log_every: int = 50
-    """Write train loss and learning rate to TensorBoard every N steps."""
+    """Every N steps: a progress line when stderr is not a terminal (a file, a pipe), and train
+    loss (the mean over those N steps), learning rate and tokens/s to TensorBoard."""
     valid_every: int = 0
     """Validate every N steps; 0: at the end of each epoch."""
     valid_max_sentences: int = 0

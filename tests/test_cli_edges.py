@@ -1,0 +1,150 @@
+"""The CLI's edges (issue 14, parts 3 and 4): training logs that read well in a file, the help
+of every verb, --version and --debug anywhere, config files that are empty or broken, no raw
+library warnings, files that follow the umask, and the benchmark's JSON writer."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import translator
+import translator.train as train_mod
+from translator.checkpoint import atomic_save, load_checkpoint
+from translator.cli import app
+from translator.config import ConfigError, config_from_dict, load_config
+from translator.errors import TranslatorError
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY: dict[str, dict[str, Any]] = {
+    "data": {"source": "builtin", "builtin_size": 400, "max_len": 40},
+    "model": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "dropout": 0.0},
+    "training": {"epochs": 1, "max_tokens": 800, "lr": 0.003, "warmup_steps": 5,
+                 "log_every": 3, "valid_max_sentences": 5, "examples": 1, "threads": 1},
+}
+VERBS = ("train", "translate", "evaluate", "attention", "average", "export")
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _raw(run_dir: Path, **training: Any) -> dict[str, Any]:
+    raw = {k: dict(v) for k, v in TINY.items()}
+    raw["training"].update(training)
+    raw["output"] = {"dir": str(run_dir)}
+    return raw
+
+
+def _cli(*args: str, input: str | None = None) -> tuple[int, str, str, Any]:
+    res = CliRunner().invoke(app, list(args), input=input)
+    return res.exit_code, res.stdout, res.stderr, res
+
+
+def _env() -> dict[str, str]:
+    # PYTHONPATH: the child imports this tree's translator, whatever is installed.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                        os.environ.get("PYTHONPATH")]))}
+
+
+# ---------------------------------------------------------------- training logs
+
+
+def _train_to_file(tmp_path: Path, name: str, *extra: str) -> str:
+    """Run `translator train` with stderr going to a file, as `2> log.txt` does."""
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(_raw(tmp_path / name)), encoding="utf-8")
+    log = tmp_path / f"{name}.log"
+    with open(log, "wb") as err:
+        proc = subprocess.run([sys.executable, "-m", "translator", "train", "--config",
+                               str(config), *extra], stdout=subprocess.PIPE, stderr=err,
+                              cwd=ROOT, env=_env(), timeout=300)
+    text = log.read_bytes().decode("utf-8")
+    assert proc.returncode == 0, text
+    assert proc.stdout == b""  # stdout stays free: everything about training is on stderr
+    return text
+
+
+PROGRESS = re.compile(r"^step (\d+)/(\d+) \| epoch 1/1 \| loss \d+\.\d{3} \| lr \d\.\d\de[-+]\d+ "
+                      r"\| [\d,]+ tok/s \| elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d$")
+
+
+def test_training_log_in_a_file_is_plain_lines(tmp_path: Path) -> None:
+    text = _train_to_file(tmp_path, "loud")
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    steps = [int(m[1]) for m in map(PROGRESS.match, lines) if m]
+    assert steps and steps[0] == 1 and all(s % 3 == 0 for s in steps[1:]), text
+    assert len(steps) >= 3, text
+    assert any(line.startswith("run folder ") for line in lines), text
+    assert any(line.startswith("validation at step ") and "BLEU" in line for line in lines)
+    assert any(line.startswith("  PREDICTED  ") for line in lines)  # training.examples: 1
+    assert lines[-1].startswith("done in ")
+
+
+def test_quiet_drops_only_progress(tmp_path: Path) -> None:
+    text = _train_to_file(tmp_path, "quiet", "--quiet")
+    lines = text.splitlines()
+    assert "\r" not in text
+    assert not any(PROGRESS.match(line) or line.startswith("step ") for line in lines), text
+    assert any(line.startswith("run folder ") for line in lines), text
+    assert any(line.startswith("validation at step ") for line in lines), text
+    assert lines[-1].startswith("done in ")
+
+
+def test_progress_bar_loss_is_a_running_mean_of_every_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the bar's loss is the epoch's mean so far, updated at every step (not
+    only every log_every steps)."""
+    monkeypatch.setattr(train_mod, "_stderr_is_terminal", lambda: True, raising=False)
+    losses: list[float] = []
+    shown: list[float] = []
+    real_step = train_mod.Trainer._step
+    real_postfix = train_mod.tqdm.set_postfix
+
+    def step(self: Any, group: Any) -> Any:
+        out = real_step(self, group)
+        losses.append(out[0])
+        return out
+
+    def postfix(self: Any, *args: Any, **kwargs: Any) -> None:
+        shown.append(float(kwargs["loss"]))
+        real_postfix(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod.Trainer, "_step", step)
+    monkeypatch.setattr(train_mod.tqdm, "set_postfix", postfix)
+    cfg = config_from_dict(_raw(tmp_path / "r", log_every=1000, examples=0))
+    train_mod.train(cfg)
+    assert len(losses) >= 4 and len(shown) == len(losses)
+    for k, value in enumerate(shown, start=1):
+        assert value == pytest.approx(sum(losses[:k]) / k, abs=6e-4)
+
+
+def test_tensorboard_train_scalars_share_the_step_axis(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    logged: dict[str, list[int]] = {}
+    real = SummaryWriter.add_scalar
+
+    def spy(self: Any, tag: str, value: Any, step: Any = None, *args: Any, **kw: Any) -> Any:
+        logged.setdefault(tag, []).append(step)
+        return real(self, tag, value, step, *args, **kw)
+
+    monkeypatch.setattr(SummaryWriter, "add_scalar", spy)
+    result = train_mod.train(config_from_dict(_raw(tmp_path / "r", epochs=2, examples=0)),
+                             quiet=True)
+    # Logged at each epoch start: step 0, then the step the first epoch ended at (not 1).
+    start, second = logged["train/padding_fraction"]
+    assert start == 0 and 1 < second < result.state.step
+    assert max(logged["train/loss"]) <= result.state.step
