@@ -148,3 +148,33 @@ def test_tensorboard_train_scalars_share_the_step_axis(
     start, second = logged["train/padding_fraction"]
     assert start == 0 and 1 < second < result.state.step
     assert max(logged["train/loss"]) <= result.state.step
+
+
+# ---------------------------------------------------------------- library warnings
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("edges") / "tiny"
+    train_mod.train(config_from_dict(_raw(run_dir, examples=0), name="tiny"), quiet=True)
+    return run_dir
+
+
+def test_no_raw_library_warnings_unless_debug(tiny_run: Path, tmp_path: Path) -> None:
+    """A foreign pickle (plain `pickle.dumps`, protocol 4) makes torch warn ("Detected pickle
+    protocol 4 ...") before it refuses the file: the user sees our one line only; --debug
+    lets the warning through."""
+    import pickle
+
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_bytes(pickle.dumps({"model": {}}, protocol=4))
+    args = ["translate", "The dog.", "--run", str(tiny_run), "--checkpoint", str(foreign)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, out, err, _ = _cli(*args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert [str(w.message) for w in caught] == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, _, _ = _cli("--debug", *args)
+    assert code != 0 and caught  # the same warning, shown with --debug

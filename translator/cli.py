@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,19 +45,24 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn the project's errors into one line on stderr and an exit code."""
-    try:
-        yield
-    except TranslatorError as exc:
-        if _state["debug"]:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        if _state["debug"]:
-            raise
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    """Turn the project's errors into one line on stderr and an exit code, and keep library
+    warnings (torch's about a file it cannot read, deprecations of a dependency) off stderr:
+    what they say that matters reaches the user as our own message. `--debug` keeps both."""
+    with warnings.catch_warnings():
+        if not _state["debug"]:
+            warnings.simplefilter("ignore")
+        try:
+            yield
+        except TranslatorError as exc:
+            if _state["debug"]:
+                raise
+            typer.echo(f"{exc}" if exc.calm else f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if _state["debug"]:
+                raise
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
 
 
 def _load_translator(run: Path | None, config: Path | None, set_: list[str] | None,

@@ -590,8 +590,11 @@ class Trainer:
                 bar.close()
                 if stop_reason == "signal":
                     path = self.save()
+                    sig = signal_flag["signal"]  # None: another process got the signal
+                    how = ("Ctrl-C" if sig == signal.SIGINT else
+                           signal.Signals(sig).name if sig else "a stop signal")
                     raise TrainingInterrupted(
-                        f"training stopped at step {st.step} (epoch {st.epoch + 1}, batch "
+                        f"stopped by {how} at step {st.step} (epoch {st.epoch + 1}, batch "
                         f"{st.batch_in_epoch}); checkpoint {path}; continue with: translator "
                         f"train --config <config> --resume (run folder {self.layout.root})")
                 if stop_reason == "early_stopping":
