@@ -150,6 +150,34 @@ def test_tensorboard_train_scalars_share_the_step_axis(
     assert max(logged["train/loss"]) <= result.state.step
 
 
+# ---------------------------------------------------------------- configs
+
+
+def test_yaml_syntax_error_keeps_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  d_model: 64\n  heads: 4\n layers: 2\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert "not valid YAML at line 4, column 2:" in msg and "\n" not in msg, msg
+    code, _, err, _ = _cli("train", "--config", str(path))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "line 4, column 2" in err
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# nothing here yet\n"])
+def test_empty_config_file_is_an_error(text: str, tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text(text, encoding="utf-8")
+    code, out, err, _ = _cli("train", "--config", str(path))
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "empty.yaml is empty" in lines[0] and "base" in lines[0]
+    assert not (tmp_path / "runs").exists() and not Path("runs/empty").exists()
+    # Settings given by --set alone are settings: the file may then be empty.
+    cfg = load_config(path, overrides=["model.d_model=64", "model.heads=4"])
+    assert cfg.model.d_model == 64
+
+
 # ---------------------------------------------------------------- library warnings
 
 
