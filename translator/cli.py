@@ -227,6 +227,42 @@ def _read_stdin() -> list[str]:
         raise TranslatorError(f"stdin is not valid UTF-8 (line {line})") from None
 
 
+def _stdin_batches(chunk: int) -> Iterator[list[str]]:
+    """The lines of stdin in batches of what has arrived so far (at most `chunk` lines), so
+    that a program feeding a pipe line by line gets each translation back at once, while a
+    file piped in still fills well-sorted batches. Lines split at \\n only, as split_lines."""
+    import select
+
+    try:
+        fd = sys.stdin.fileno()
+        select.select([fd], [], [], 0)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        # No selectable descriptor (an in-memory stream; a pipe on Windows): read it whole.
+        lines = _read_stdin()
+        for start in range(0, len(lines), chunk):
+            yield lines[start:start + chunk]
+        return
+    pending: list[str] = []
+    rest, line_no, eof = b"", 0, False
+    while not eof or pending:
+        if pending and (eof or len(pending) >= chunk or not select.select([fd], [], [], 0)[0]):
+            yield pending[:chunk]
+            del pending[:chunk]
+            continue
+        data = os.read(fd, 1 << 16)
+        if data:
+            *complete, rest = (rest + data).split(b"\n")
+        else:
+            eof, complete, rest = True, [rest] if rest else [], b""
+        for raw in complete:
+            line_no += 1
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TranslatorError(f"stdin is not valid UTF-8 (line {line_no})") from None
+            pending.append(text[:-1] if text.endswith("\r") else text)
+
+
 def _read_file(path: Path) -> list[str]:
     from translator.inference import split_lines
 
@@ -269,7 +305,8 @@ def _output(path: Path | None) -> Iterator[Any]:
 @app.command()
 def translate(
     sentence: Annotated[str | None, typer.Argument(
-        help="Text to translate; '-' or nothing reads stdin, one text per line.")] = None,
+        metavar="SENTENCE", help="Text to translate; '-' or nothing reads stdin, one text per "
+        "line, each translated as soon as it arrives.")] = None,
     input_: Annotated[Path | None, typer.Option(
         "--input", "-i", help="Translate this UTF-8 file line by line.")] = None,
     output: Annotated[Path | None, typer.Option(
@@ -287,9 +324,10 @@ def translate(
     max_len_a: MaxLenAOpt = None,
     max_len_b: MaxLenBOpt = None,
     n_best: Annotated[int, typer.Option(
-        "--n-best", min=1, help="Print the N best translations of each line with their scores: "
-        "line number, score and text, tab-separated (lines are not split into sentences).")]
-    = 1,
+        "--n-best", min=1, metavar="N", help="Print the N best translations of each line with "
+        "their scores: line number, score and text, tab-separated. The k-th of a line of "
+        "several sentences joins each sentence's k-th best; its score is their sum. Needs "
+        "--beam N or more (without --beam the beam is widened to N).")] = 1,
     no_split: Annotated[bool, typer.Option(
         "--no-split", help="Translate each line whole, not sentence by sentence.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -303,19 +341,29 @@ def translate(
     with _user_errors():
         from tqdm import tqdm
 
+        if n_best > 1 and beam is not None and beam < n_best:
+            # A beam of k holds k hypotheses: widening it silently would change the search.
+            raise TranslatorError(f"--n-best {n_best} needs --beam {n_best} or more, got "
+                                  f"--beam {beam}")
         # A person typing at a terminal gets each translation as soon as the line is entered.
         interactive = (input_ is None and sentence in (None, "-") and sys.stdin.isatty()
                        and output is None)
+        # Chunks keep the progress bar moving and the output streaming on long inputs while
+        # each chunk is still sorted by length into well-filled batches.
+        chunk = max(16 * batch_size, 256)
+        total = None
         if input_ is not None:
             if sentence is not None:
                 raise TranslatorError("give either a sentence or --input FILE, not both")
             lines = _read_file(input_)
+            total = len(lines)
+            parts: Iterator[list[str]] = (lines[i:i + chunk] for i in range(0, total, chunk))
         elif sentence is None or sentence == "-":
-            lines = [] if interactive else _read_stdin()
+            parts = iter([]) if interactive else _stdin_batches(chunk)
         else:
             if not sentence.strip():
                 raise TranslatorError("nothing to translate: the sentence is empty")
-            lines = [sentence]
+            parts = iter([[sentence]])
         translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
                                       model, quantization)
         dec = translator.decoding(beam_size=beam, length_penalty=length_penalty,
@@ -325,7 +373,10 @@ def translate(
 
         def emit(out: Any, part: list[str], first_line: int) -> None:
             if n_best > 1:
-                nbest = translator.translate_nbest(part, n_best, batch_size, **settings)
+                # beam: the user's, else the run's widened to n_best (translate_nbest).
+                nbest = translator.translate_nbest(part, n_best, batch_size,
+                                                   **{**settings, "beam_size": beam},
+                                                   split_sentences=not no_split)
                 for n, hyps in enumerate(nbest, start=first_line):
                     out.writelines(f"{n}\t{s:.4f}\t{text}\n" for text, s in hyps)
             else:
@@ -339,16 +390,14 @@ def translate(
             for n, line in enumerate(sys.stdin, start=1):
                 emit(sys.stdout, [line.rstrip("\r\n")], n)
             return
-        # Chunks keep the progress bar moving and the output streaming on long inputs while
-        # each chunk is still sorted by length into well-filled batches.
-        chunk = max(16 * batch_size, 256)
         # disable=None: tqdm shows the bar only when stderr is a terminal.
-        bar = tqdm(total=len(lines), unit="line", disable=True if quiet or input_ is None
+        bar = tqdm(total=total, unit="line", disable=True if quiet or input_ is None
                    else None, dynamic_ncols=True, file=sys.stderr)
+        done = 0
         with _output(output) as out:
-            for start in range(0, len(lines), chunk):
-                part = lines[start:start + chunk]
-                emit(out, part, start + 1)
+            for part in parts:
+                emit(out, part, done + 1)
+                done += len(part)
                 bar.update(len(part))
         bar.close()
 
