@@ -206,3 +206,32 @@ def test_no_raw_library_warnings_unless_debug(tiny_run: Path, tmp_path: Path) ->
         warnings.simplefilter("always")
         code, _, _, _ = _cli("--debug", *args)
     assert code != 0 and caught  # the same warning, shown with --debug
+
+
+# ---------------------------------------------------------------- file modes
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(umask: int, mode: int, tiny_run: Path,
+                                        tmp_path: Path) -> None:
+    before = os.umask(umask)
+    try:
+        ckpt = tmp_path / "c.pt"
+        atomic_save({"format_version": 1, "model": {}}, ckpt)
+        out = tmp_path / "out.txt"
+        code, _, err, _ = _cli("translate", "The dog.", "--run", str(tiny_run), "--output",
+                               str(out))
+        assert code == 0, err
+    finally:
+        os.umask(before)
+    assert (ckpt.stat().st_mode & 0o777) == mode
+    assert (out.stat().st_mode & 0o777) == mode
+    assert load_checkpoint(ckpt)["model"] == {}
+
+
+def test_training_checkpoints_follow_the_umask(tiny_run: Path) -> None:
+    # tiny_run was trained under pytest's umask, whatever it is.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in (tiny_run / "checkpoints").glob("*.pt"):
+        assert (path.stat().st_mode & 0o777) == 0o666 & ~mask, path

@@ -282,12 +282,14 @@ def _read_file(path: Path) -> list[str]:
 @contextmanager
 def _output(path: Path | None) -> Iterator[Any]:
     """stdout, or a file written under a temporary name and renamed into place at the end, so
-    that a failed run (or `--output` naming the input) never leaves half a file."""
+    that a failed run (or `--output` naming the input) never leaves half a file. The file gets
+    the mode the umask gives new files (the temporary one is private)."""
     if path is None:
         yield sys.stdout
         return
-    import os
     import tempfile
+
+    from translator.checkpoint import new_file_mode
 
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
@@ -297,6 +299,7 @@ def _output(path: Path | None) -> Iterator[Any]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             yield f
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
