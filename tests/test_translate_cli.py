@@ -289,14 +289,38 @@ def test_evaluate_file_pair_json(run_dir: Path, tmp_path: Path) -> None:
     assert report["sentences"] == len(EN)
     assert (report["search"], report["beam_size"], report["length_penalty"]) == ("beam", 2, 1.0)
     assert report["src"] == str(src)
-    assert json.loads((run_dir / "eval" / "pair.en.json").read_text()) == report
-    hyps = (run_dir / "eval" / "pair.en.hyp.txt").read_text(encoding="utf-8").split("\n")
+    # Reports are named by what was scored and how, so other settings do not overwrite them.
+    assert json.loads((run_dir / "eval" / "pair.en.beam2.lp1.json").read_text()) == report
+    hyps = (run_dir / "eval" / "pair.en.beam2.lp1.hyp.txt").read_text(
+        encoding="utf-8").split("\n")
     assert len(hyps) == len(EN) + 1
 
     code, out, _ = _invoke("evaluate", "--src", str(src), "--ref", str(ref), "--beam", "1",
                            "--run", str(run_dir))
     assert code == 0
     assert "BLEU" in out and "nrefs:1" in out and "chrF2" in out and "greedy" in out
+    assert (run_dir / "eval" / "pair.en.greedy.json").is_file()
+    assert json.loads((run_dir / "eval" / "pair.en.beam2.lp1.json").read_text()) == report
+
+
+@pytest.mark.parametrize(("report", "name"), [
+    ({"beam_size": 4, "length_penalty": 0.6}, "test.beam4.lp0.6"),
+    ({"beam_size": 1, "length_penalty": 0.0}, "test.greedy"),
+    ({"beam_size": 1, "length_penalty": 0.0, "dtype": "bf16"}, "test.bf16.greedy"),
+    ({"beam_size": 5, "length_penalty": 1.0, "max_len_a": 2.0, "max_len_b": 5},
+     "test.beam5.lp1.len2x+5"),
+    ({"beam_size": 4, "length_penalty": 0.6, "checkpoint": "runs/x/checkpoints/averaged.pt"},
+     "test.averaged.beam4.lp0.6"),
+    ({"beam_size": 4, "length_penalty": 0.6, "checkpoint": "runs/x/checkpoints/best.pt"},
+     "test.beam4.lp0.6"),
+    ({"beam_size": 1, "length_penalty": 0.0, "engine": "ctranslate2", "quantization": "int8",
+      "checkpoint": "runs/x/export/ctranslate2-int8"}, "test.ct2-int8.greedy"),
+])
+def test_evaluate_report_names(report: dict, name: str) -> None:
+    from translator.evaluate import report_name
+
+    full = {"engine": "native", "dtype": "fp32", "max_len_a": 1.5, "max_len_b": 10, **report}
+    assert report_name("test", full) == name
 
 
 def test_evaluate_mismatched_files(run_dir: Path, tmp_path: Path) -> None:

@@ -431,9 +431,15 @@ def evaluate(
     quantization: QuantOpt = "int8",
 ) -> None:
     """Translate a split (or a pair of files) and print corpus BLEU and chrF (sacreBLEU, with
-    signatures). The report and the translations are also written to <run>/eval/."""
+    signatures). The report and the translations are also written to <run>/eval/, named by
+    split and settings, e.g. test.beam4.lp0.6.json and test.beam4.lp0.6.hyp.txt."""
     with _user_errors():
-        from translator.evaluate import evaluate_pairs, load_split, read_parallel_files
+        from translator.evaluate import (
+            evaluate_pairs,
+            load_split,
+            read_parallel_files,
+            report_name,
+        )
 
         if (src is None) != (ref is None):
             raise TranslatorError("--src and --ref go together")
@@ -455,11 +461,14 @@ def evaluate(
                                       max_len_b=max_len_b)
         report.update(where, checkpoint=str(translator.checkpoint),
                       engine=translator.engine_name)
+        if getattr(translator, "quantization", None):
+            report["quantization"] = translator.quantization
         out_dir = (Path(translator.checkpoint) if model is not None
                    else Path(translator.cfg.run_dir)) / "eval"
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out_dir / f"{name}.hyp.txt").write_text("".join(h + "\n" for h in hyps),
+        stem = report_name(name, report)
+        (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out_dir / f"{stem}.hyp.txt").write_text("".join(h + "\n" for h in hyps),
                                                  encoding="utf-8")
         if as_json:
             typer.echo(json.dumps(report))
