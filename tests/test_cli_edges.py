@@ -150,6 +150,49 @@ def test_tensorboard_train_scalars_share_the_step_axis(
     assert max(logged["train/loss"]) <= result.state.step
 
 
+# ---------------------------------------------------------------- help, version, --debug
+
+
+TYPE_LABEL = re.compile(r"<(?:bool|int|float|str|text|path|file|directory|list\[[^>]*\]|"
+                        r"(?:int|float) range)>", re.I)
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_readable_help_with_an_example(verb: str) -> None:
+    for flag in ("-h", "--help"):
+        code, out, err, _ = _cli(verb, flag)
+        assert code == 0, err
+        assert f"Example: translator {verb} " in " ".join(out.split()), out
+        # Metavars name what a value is; no raw type labels such as <bool> or <list[str]>.
+        assert not TYPE_LABEL.search(out), out
+        assert "default:" in out
+
+
+def test_help_shows_metavars_and_defaults() -> None:
+    _, out, _, _ = _cli("train", "-h")
+    assert "KEY=VALUE" in out and "PATH" in out
+    _, out, _, _ = _cli("translate", "-h")
+    flat = " ".join(out.split())
+    assert "--batch-size N" in flat and "default: 64" in flat and "--n-best N" in flat
+
+
+def test_version() -> None:
+    code, out, _, _ = _cli("--version")
+    assert code == 0 and out.strip() == f"translator {translator.__version__}"
+
+
+def test_debug_works_after_the_verb(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    for args in (["--debug", "train", "--config", str(missing)],
+                 ["train", "--debug", "--config", str(missing)],
+                 ["train", "--config", str(missing), "--debug"]):
+        code, _, _, res = _cli(*args)
+        assert code != 0 and isinstance(res.exception, ConfigError), args
+    code, _, err, res = _cli("train", "--config", str(missing))
+    assert code == 2 and not isinstance(res.exception, TranslatorError)
+    assert err.startswith("error: config error: file not found")
+
+
 # ---------------------------------------------------------------- configs
 
 

@@ -2,7 +2,8 @@
 attention).
 
 Errors a user can cause print one line on stderr and exit non-zero (2 for bad input, 130 for
-an interrupted training run); `--debug` shows the traceback instead.
+an interrupted training run); `--debug` (before or after the verb) shows the traceback
+instead, and lets library warnings through, which are otherwise noise on stderr.
 """
 
 from __future__ import annotations
@@ -18,26 +19,82 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from translator.errors import TranslatorError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class _Verbs(TyperGroup):
+    """The command group, taking `--debug` after the verb too (`translator translate --debug
+    ...`): it is moved in front of the verb, where the group's option lives."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)  # after "--" all is text
+        if "--debug" in args[:end]:
+            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+        return super().parse_args(ctx, args)
+
+
+# rich_markup_mode=None: plain click help, where flags show no type and options their
+# metavar (typer's rich panels label every flag <bool>), and which reads well when piped.
+class _Argument(TyperArgument):
+    """A positional argument shown as click shows one: `SENTENCE`, not typer's `SENTENCE <str>`
+    (help) and `{SENTENCE}` (usage)."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw
+        return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+
+class _Verb(TyperCommand):
+    """A verb whose arguments read as click's (see _Argument)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if type(param) is TyperArgument:
+                param.__class__ = _Argument  # adds no state, only changes how it is shown
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Verbs, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Train and run encoder-decoder Transformer translation models.")
 _state = {"debug": False}
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", metavar="PATH", help="YAML config file.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a config key: section.key=value (repeatable).")]
+    "--set", metavar="KEY=VALUE",
+    help="Override a config key, e.g. training.lr=1e-3 (section.key=value; repeatable).")]
 RunOpt = Annotated[Path | None, typer.Option(
-    "--run", help="Run folder (default: from --config, else the newest run under runs/).")]
+    "--run", metavar="DIR",
+    help="Run folder (default: from --config, else the newest run under runs/).")]
 CkptOpt = Annotated[Path | None, typer.Option(
-    "--checkpoint", help="Checkpoint file (default: the run's best.pt, else latest.pt).")]
+    "--checkpoint", metavar="FILE",
+    help="Checkpoint file (default: the run's best.pt, else latest.pt).")]
 DeviceOpt = Annotated[str | None, typer.Option(
-    "--device", help="auto, cpu, cuda, cuda:N or mps (default: the config's training.device).")]
+    "--device", metavar="DEVICE",
+    help="auto, cpu, cuda, cuda:N or mps (default: the config's training.device).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from translator import __version__
+
+        typer.echo(f"translator {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+def _main(debug: Annotated[bool, typer.Option(
+              "--debug", help="Show tracebacks and library warnings (also after the verb).")]
+          = False,
+          _version: Annotated[bool, typer.Option(
+              "--version", callback=_print_version, is_eager=True,
+              help="Print the version and exit.")] = False,
           ) -> None:
     _state["debug"] = debug
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -107,9 +164,11 @@ def _find_run(run: Path | None, config: Path | None, overrides: list[str] | None
     return found
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator train --config configs/toy.yaml --set "
+             "training.epochs=2")
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")],
+    config: Annotated[Path, typer.Option(
+        "--config", "-c", metavar="PATH", help="YAML config file.")],
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's latest checkpoint.")]
     = False,
@@ -120,8 +179,8 @@ def train(
         "--quiet", help="No progress output (bar or progress lines); validation results and "
         "the summary still print.")] = False,
     nproc: Annotated[int, typer.Option(
-        "--nproc", min=1, help="Processes for data-parallel training (launches torchrun).")]
-    = 1,
+        "--nproc", min=1, metavar="N",
+        help="Processes for data-parallel training (launches torchrun).")] = 1,
 ) -> None:
     """Train a model from a YAML config; the run folder gets config, tokenizers, checkpoints
     and TensorBoard events. Progress is a bar on a terminal, plain log lines every
@@ -162,15 +221,16 @@ def _launch_torchrun(nproc: int) -> int:
     return subprocess.call(cmd)
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator average --run runs/toy --last 3")
 def average(
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    last: Annotated[int, typer.Option("--last", min=1, help="Average the newest K periodic "
-                                      "checkpoints.")] = 3,
+    last: Annotated[int, typer.Option("--last", min=1, metavar="K", help="Average the newest K "
+                                      "periodic checkpoints.")] = 3,
     output: Annotated[Path | None, typer.Option(
-        "--output", help="Where to write (default: <run>/checkpoints/averaged.pt).")] = None,
+        "--output", metavar="FILE",
+        help="Where to write (default: <run>/checkpoints/averaged.pt).")] = None,
 ) -> None:
     """Average the weights of a run's last K checkpoints into one (use it with
     translate/evaluate --checkpoint)."""
@@ -192,28 +252,33 @@ def average(
 # -- translate, evaluate, attention: decoding options shared by the three ----------------------
 
 BeamOpt = Annotated[int | None, typer.Option(
-    "--beam", min=1, help="Beam size; 1: greedy (default: the run's decoding.beam_size).")]
+    "--beam", min=1, metavar="N",
+    help="Beam size; 1: greedy (default: the run's decoding.beam_size).")]
 AlphaOpt = Annotated[float | None, typer.Option(
-    "--length-penalty", "--alpha", min=0.0,
+    "--length-penalty", "--alpha", min=0.0, metavar="ALPHA",
     help="GNMT length penalty alpha for beam search (default: decoding.length_penalty).")]
 MaxLenAOpt = Annotated[float | None, typer.Option(
-    "--max-len-a", min=0.0, help="Output cap a * source length + b: a.")]
+    "--max-len-a", min=0.0, metavar="A",
+    help="Output cap a * source length + b: a (default: decoding.max_len_a).")]
 MaxLenBOpt = Annotated[int | None, typer.Option(
-    "--max-len-b", min=0, help="Output cap a * source length + b: b.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Sentences per batch.")]
+    "--max-len-b", min=0, metavar="B",
+    help="Output cap a * source length + b: b (default: decoding.max_len_b).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, metavar="N",
+                                       help="Sentences per batch.")]
 TranslateDeviceOpt = Annotated[str, typer.Option(
-    "--device", help="auto, cpu, cuda, cuda:N or mps.")]
+    "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
 EngineOpt = Annotated[str, typer.Option(
-    "--engine", help="native (PyTorch) or ctranslate2 (the run exported on the fly into "
-    "<run>/export/, or --model DIR).")]
+    "--engine", metavar="ENGINE", help="native (PyTorch) or ctranslate2 (the run exported on "
+    "the fly into <run>/export/, or --model DIR).")]
 ModelDirOpt = Annotated[Path | None, typer.Option(
-    "--model", help="A folder written by translator export (implies --engine ctranslate2).")]
+    "--model", metavar="DIR",
+    help="A folder written by translator export (implies --engine ctranslate2).")]
 QuantOpt = Annotated[str, typer.Option(
-    "--quantization", help="ctranslate2 engine: the weights' type when a run is exported on "
-    "the fly (int8, int8_float32, int16, float16, bfloat16, float32).")]
+    "--quantization", metavar="TYPE", help="ctranslate2 engine: the weights' type when a run "
+    "is exported on the fly (int8, int8_float32, int16, float16, bfloat16, float32).")]
 DtypeOpt = Annotated[str | None, typer.Option(
-    "--dtype", help="Weights as fp32, bf16 (faster batched decoding on CPUs with AMX and on "
-    "recent GPUs) or fp16 (GPUs) (default: the run's decoding.dtype).")]
+    "--dtype", metavar="DTYPE", help="Weights as fp32, bf16 (faster batched decoding on CPUs "
+    "with AMX and on recent GPUs) or fp16 (GPUs) (default: the run's decoding.dtype).")]
 
 
 def _read_stdin() -> list[str]:
@@ -305,16 +370,19 @@ def _output(path: Path | None) -> Iterator[Any]:
         Path(tmp).unlink(missing_ok=True)
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator translate --run runs/toy \"The big dog "
+             "sees the small cat.\"  (or: translator translate --run runs/toy -i in.en -o "
+             "out.de)")
 def translate(
     sentence: Annotated[str | None, typer.Argument(
         metavar="SENTENCE", help="Text to translate; '-' or nothing reads stdin, one text per "
         "line, each translated as soon as it arrives.")] = None,
     input_: Annotated[Path | None, typer.Option(
-        "--input", "-i", help="Translate this UTF-8 file line by line.")] = None,
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Write the translations to this file (default: stdout).")]
+        "--input", "-i", metavar="FILE", help="Translate this UTF-8 file line by line.")]
     = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE",
+        help="Write the translations to this file (default: stdout).")] = None,
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -333,7 +401,7 @@ def translate(
         "--beam N or more (without --beam the beam is widened to N).")] = 1,
     no_split: Annotated[bool, typer.Option(
         "--no-split", help="Translate each line whole, not sentence by sentence.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     engine: EngineOpt = "native",
     model: ModelDirOpt = None,
     quantization: QuantOpt = "int8",
@@ -405,18 +473,21 @@ def translate(
         bar.close()
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator evaluate --run runs/toy --split test --beam 4")
 def evaluate(
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     split: Annotated[str | None, typer.Option(
+        "--split", metavar="NAME",
         help="train, valid or test (default), or for a text/tsv/hub corpus the name of any "
         "other split, e.g. test_2017_flickr.")] = None,
     src: Annotated[Path | None, typer.Option(
-        "--src", help="Evaluate on this source file instead of a split (with --ref).")] = None,
+        "--src", metavar="FILE",
+        help="Evaluate on this source file instead of a split (with --ref).")] = None,
     ref: Annotated[Path | None, typer.Option(
-        "--ref", help="Reference translations, line-aligned with --src.")] = None,
+        "--ref", metavar="FILE", help="Reference translations, line-aligned with --src.")]
+    = None,
     checkpoint: CkptOpt = None,
     device: TranslateDeviceOpt = "auto",
     dtype: DtypeOpt = None,
@@ -482,10 +553,13 @@ def evaluate(
                        f"checkpoint {report['checkpoint']}")
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator attention --run runs/toy \"The dog sees "
+             "the cat.\" --out att/")
 def attention(
-    sentence: Annotated[str, typer.Argument(help="The sentence to translate and inspect.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNG files.")],
+    sentence: Annotated[str, typer.Argument(metavar="SENTENCE",
+                                            help="The sentence to translate and inspect.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
+                                      help="Folder for the PNG files.")],
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -511,25 +585,25 @@ def attention(
         typer.echo(f"wrote {len(paths)} images to {out}", err=True)
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator export --run runs/toy --out toy-ct2 "
+             "--quantization int8")
 def export(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the model to.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
+                                      help="Folder to write the model to.")],
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     checkpoint: CkptOpt = None,
-    to: Annotated[str, typer.Option("--to", help="Target format: ctranslate2.")]
+    to: Annotated[str, typer.Option("--to", metavar="FORMAT", help="Target format: ctranslate2.")]
     = "ctranslate2",
     quantization: Annotated[str, typer.Option(
-        "--quantization", "-q", help="int8 (default), int8_float32, int16, float16, bfloat16 "
-        "or float32.")] = "int8",
+        "--quantization", "-q", metavar="TYPE", help="int8, int8_float32, int16, float16, "
+        "bfloat16 or float32.")] = "int8",
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")]
     = False,
 ) -> None:
     """Export a trained run for another inference engine: a CTranslate2 model folder with the
-    run's tokenizers and a translator.json, enough to translate without PyTorch.
-
-    Example: translator export --run runs/toy --out toy-ct2 --quantization int8"""
+    run's tokenizers and a translator.json, enough to translate without PyTorch."""
     with _user_errors():
         if to != "ctranslate2":
             raise TranslatorError(f"unknown export target '{to}' (use ctranslate2)")
