@@ -278,3 +278,53 @@ def test_training_checkpoints_follow_the_umask(tiny_run: Path) -> None:
     os.umask(mask)
     for path in (tiny_run / "checkpoints").glob("*.pt"):
         assert (path.stat().st_mode & 0o777) == 0o666 & ~mask, path
+
+
+# ---------------------------------------------------------------- benchmark --json
+
+
+def _benchmark(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """scripts/benchmark.py with one stand-in suite, `data`, that returns a fixed result."""
+    spec = importlib.util.spec_from_file_location("benchmark_script",
+                                                  ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    for name in module.SUITES:
+        fake = types.ModuleType(f"bench.{name}")
+        fake.add_arguments = lambda group: None
+        fake.run = lambda args, name=name: {f"{name}.value": 1.5}
+        monkeypatch.setitem(sys.modules, f"bench.{name}", fake)
+    return module
+
+
+@pytest.mark.parametrize("existing", [b"", b"{not json", b"[1, 2]", b"\xff\xfe"])
+def test_benchmark_json_replaces_an_unreadable_file_and_keeps_the_results(
+        existing: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _benchmark(monkeypatch)
+    path = tmp_path / "results.json"
+    path.write_bytes(existing)
+    assert bench.main(["--suite", "data", "--json", str(path)]) == 0
+    assert json.loads(path.read_text()) == {"data.value": 1.5}
+    assert "warning:" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left
+
+
+def test_benchmark_json_merges_and_never_loses_results(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _benchmark(monkeypatch)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"train.value": 3.0}))
+    assert bench.main(["--suite", "data", "--json", str(path)]) == 0
+    assert json.loads(path.read_text()) == {"data.value": 1.5, "train.value": 3.0}
+    # A file that cannot be replaced (here: a folder in its place): the numbers go to stderr.
+    blocked = tmp_path / "blocked.json"
+    blocked.mkdir()
+    capsys.readouterr()
+    assert bench.main(["--suite", "data", "--json", str(blocked)]) == 0
+    err = capsys.readouterr().err
+    assert "cannot write" in err and '"data.value": 1.5' in err
+    with pytest.raises(SystemExit):  # a --json folder that does not exist: refused up front
+        bench.main(["--suite", "data", "--json", str(tmp_path / "no" / "r.json")])
