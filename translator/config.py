@@ -208,7 +208,8 @@ class TrainingConfig:
     dist_timeout: float = 300.0
     """Seconds to wait for all processes when a torchrun job starts."""
     log_every: int = 50
-    """Write train loss and learning rate to TensorBoard every N steps."""
+    """Every N steps: a progress line when stderr is not a terminal (a file, a pipe), and train
+    loss (the mean over those N steps), learning rate and tokens/s to TensorBoard."""
     valid_every: int = 0
     """Validate every N steps; 0: at the end of each epoch."""
     valid_max_sentences: int = 0
@@ -540,9 +541,33 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     except OSError as exc:
         raise ConfigError(f"config error: cannot read {path}: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"config error: {path} is not valid YAML: {first}") from None
+        raise ConfigError(f"config error: {path} is not valid YAML{_yaml_problem(exc)}")\
+            from None
+    if raw is None and not overrides:
+        # Nothing but blank lines or comments: every default together is the paper's base
+        # model on the built-in corpus, hours of training nobody asked for.
+        raise ConfigError(f"config error: {path} is empty; with no settings it would train "
+                          "the default base Transformer (d_model 512, 6+6 layers, about 45M "
+                          "parameters) on the built-in corpus; give at least one section "
+                          "(configs/toy.yaml is a small start)")
     return config_from_dict(raw, name=path.stem, overrides=overrides)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """": <what> at line L, column C" for a YAML syntax error (1-based, as editors count), with
+    the construct it was inside when that started elsewhere; else the error's first line."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f": {first}"
+    text = f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        where = (f" at line {start.line + 1}, column {start.column + 1}"
+                 if start is not None and (start.line, start.column) != (mark.line, mark.column)
+                 else "")
+        text += f" ({context}{where})"
+    return text
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

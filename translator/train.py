@@ -14,6 +14,7 @@ import os
 import random
 import shlex
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -64,6 +65,27 @@ class TrainingInterrupted(TranslatorError):
     """Ctrl-C or SIGTERM: the step finished, a checkpoint was written."""
 
     exit_code = 130
+    calm = True  # the user asked for this stop: the CLI prints it without "error:"
+
+
+def _say(text: str) -> None:
+    """A line for the user on stderr, printed above a progress bar if one is drawn (the bar
+    stays whole); stdout stays free for results."""
+    tqdm.write(text, file=sys.stderr)
+
+
+def _stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal: only there does a redrawn tqdm bar read well; a file or
+    pipe gets plain log lines instead (a bar there is a stream of carriage returns)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as H:MM:SS."""
+    return str(timedelta(seconds=max(0, round(seconds))))
 
 
 @dataclass
@@ -186,18 +208,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _stop_signals() -> Iterator[dict[str, bool]]:
+def _stop_signals() -> Iterator[dict[str, Any]]:
     """Turn Ctrl-C / SIGTERM into a flag the loop checks after each step, so the step finishes
     and a checkpoint is written before exiting. A second Ctrl-C aborts at once."""
-    flag = {"stop": False}
+    flag: dict[str, Any] = {"stop": False, "signal": None}
     previous = {}
 
     def handler(signum: int, _frame: Any) -> None:
         if flag["stop"]:
             raise KeyboardInterrupt
-        flag["stop"] = True
-        tqdm.write(f"\n{signal.Signals(signum).name} received: finishing this step, then saving "
-                   "a checkpoint (press Ctrl-C again to abort without saving)")
+        flag["stop"], flag["signal"] = True, signum
+        # On a terminal the shell has just echoed ^C: start on a fresh line.
+        fresh_line = "\n" if _stderr_is_terminal() else ""
+        _say(f"{fresh_line}{signal.Signals(signum).name} received: finishing this step, then "
+             "saving a checkpoint (press Ctrl-C again to abort without saving)")
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -296,6 +320,8 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.dist = init_distributed(tc.dist_timeout)
+        # quiet: no progress output (bar or progress lines); validation results and the
+        # start-up summary still print, on the main process only.
         self.quiet = quiet or not self.dist.main
         self.device = resolve_device(device or tc.device)
         if self.dist.enabled and self.device.type == "cuda":
@@ -338,8 +364,12 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
             eps=1e-9, weight_decay=tc.weight_decay, fused=cuda or None)
-        self.total_steps = tc.max_steps or tc.epochs * math.ceil(
+        steps_per_epoch = math.ceil(
             len(self.sampler.batches()) // self.dist.world / tc.accum_steps)
+        self.total_steps = tc.max_steps or tc.epochs * steps_per_epoch
+        # Where training is expected to end, for the progress ETA: epochs or max_steps,
+        # whichever comes first.
+        self.planned_steps = min(self.total_steps, tc.epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_factor(s + 1, tc.warmup_steps, tc.schedule, self.total_steps))
@@ -477,14 +507,13 @@ class Trainer:
 
         log_attention(self.writer, self.model, src_ids[0], self.src_tok, self.tgt_tok, step,
                       self.device)
-        if not self.quiet:
-            lines = [f"validation at step {step}: loss {result['loss']:.3f}  "
-                     f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}"]
-            for i in range(min(tc.examples, len(hyps))):
-                src = self.valid_pairs[self.valid_data.kept_index[i]][0]
-                lines += [f"  SOURCE     {src}", f"  REFERENCE  {refs[i]}",
-                          f"  PREDICTED  {hyps[i]}"]
-            tqdm.write("\n".join(lines))
+        lines = [f"validation at step {step}: loss {result['loss']:.3f}  "
+                 f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}"]
+        for i in range(min(tc.examples, len(hyps))):
+            src = self.valid_pairs[self.valid_data.kept_index[i]][0]
+            lines += [f"  SOURCE     {src}", f"  REFERENCE  {refs[i]}",
+                      f"  PREDICTED  {hyps[i]}"]
+        _say("\n".join(lines))
         self.model.train()
         return result
 
@@ -508,10 +537,9 @@ class Trainer:
                 else:
                     st.bad_validations += 1
                     stop = bool(tc.patience) and st.bad_validations >= tc.patience
-                    if stop and not self.quiet:
-                        tqdm.write(f"early stopping: validation {tc.best_metric} has not "
-                                   f"improved for {st.bad_validations} validations "
-                                   f"(best {st.best_score:.2f})")
+                    if stop:
+                        _say(f"early stopping: validation {tc.best_metric} has not improved "
+                             f"for {st.bad_validations} validations (best {st.best_score:.2f})")
             else:
                 is_best = True  # no validation data: the newest model is the one to use
             self.save(is_best=is_best)
@@ -532,7 +560,7 @@ class Trainer:
         signal comes; validate and checkpoint on the way."""
         tc, st = self.cfg.training, self.state
         n_params = count_parameters(self.model)
-        if not self.quiet:
+        if self.dist.main:
             log.info("run folder %s | device %s | %s | %d parameters | vocab %d/%d | "
                      "%d train pairs%s", self.layout.root, self.device, self.precision, n_params,
                      self.src_tok.vocab_size, self.tgt_tok.vocab_size, len(self.train_data),
@@ -543,32 +571,59 @@ class Trainer:
         tokens_seen = 0
         stop_reason = ""
         window_tokens, window_start = 0, time.perf_counter()
+        # Loss means: over the epoch so far for the bar (moves every step), over the last
+        # log_every steps for log lines and TensorBoard (one step's loss is noisy).
+        window_loss, window_steps, logged_step = 0.0, 0, -1
+        first_step, tps = st.step, 0.0
+        # A redrawn bar on a terminal; plain progress lines in a file or pipe; neither quiet.
+        bar_mode = not self.quiet and _stderr_is_terminal()
+        lines_mode = not self.quiet and not bar_mode
         with _stop_signals() as signal_flag:
             while st.epoch < tc.epochs and not stop_reason:
                 self.sampler.set_epoch(st.epoch)
                 batches = self._epoch_batches()
                 if st.batch_in_epoch == 0 and self.writer is not None:
                     self.writer.add_scalar("train/padding_fraction",
-                                           padding_fraction(self.train_data, batches), st.epoch)
+                                           padding_fraction(self.train_data, batches), st.step)
                 groups = [batches[i:i + tc.accum_steps]
                           for i in range(0, len(batches), tc.accum_steps)]
                 done = st.batch_in_epoch // tc.accum_steps
-                bar = tqdm(total=len(groups), initial=done, disable=self.quiet,
-                           desc=f"epoch {st.epoch + 1}/{tc.epochs}", dynamic_ncols=True)
+                bar = tqdm(total=len(groups), initial=done, disable=not bar_mode,
+                           desc=f"epoch {st.epoch + 1}/{tc.epochs}", dynamic_ncols=True,
+                           file=sys.stderr)
+                epoch_loss, epoch_steps = 0.0, 0
                 for group in groups[done:]:
                     loss, tokens, grad_norm = self._step(group)
                     st.batch_in_epoch += len(group)
                     window_tokens += tokens
                     tokens_seen += tokens * self.dist.world
-                    bar.update(1)
                     lr = self.scheduler.get_last_lr()[0]
-                    if st.step % tc.log_every == 0 or st.step == 1:
+                    if math.isfinite(loss):  # a skipped step's NaN would poison the means
+                        epoch_loss, epoch_steps = epoch_loss + loss, epoch_steps + 1
+                        window_loss, window_steps = window_loss + loss, window_steps + 1
+                    if bar_mode:
+                        bar.set_postfix(loss=f"{epoch_loss / max(epoch_steps, 1):.3f}",
+                                        lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
+                    bar.update(1)
+                    if (st.step % tc.log_every == 0 or st.step == 1) and st.step != logged_step:
+                        logged_step = st.step
                         now = time.perf_counter()
                         tps = window_tokens * self.dist.world / max(now - window_start, 1e-9)
+                        mean_loss = window_loss / window_steps if window_steps else loss
                         window_tokens, window_start = 0, now
-                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                        window_loss, window_steps = 0.0, 0
+                        if lines_mode:
+                            elapsed = now - start
+                            left = (self.planned_steps - st.step) * elapsed / max(
+                                st.step - first_step, 1)
+                            if tc.max_minutes:
+                                left = min(left, 60 * tc.max_minutes - elapsed)
+                            _say(f"step {st.step}/{self.planned_steps} | epoch {st.epoch + 1}/"
+                                 f"{tc.epochs} | loss {mean_loss:.3f} | lr {lr:.2e} | "
+                                 f"{tps:,.0f} tok/s | elapsed {_clock(elapsed)} | "
+                                 f"ETA {_clock(left)}")
                         if self.writer is not None:
-                            self.writer.add_scalar("train/loss", loss, st.step)
+                            self.writer.add_scalar("train/loss", mean_loss, st.step)
                             self.writer.add_scalar("train/lr", lr, st.step)
                             self.writer.add_scalar("train/tokens_per_s", tps, st.step)
                             if grad_norm is not None:
@@ -590,8 +645,11 @@ class Trainer:
                 bar.close()
                 if stop_reason == "signal":
                     path = self.save()
+                    sig = signal_flag["signal"]  # None: another process got the signal
+                    how = ("Ctrl-C" if sig == signal.SIGINT else
+                           signal.Signals(sig).name if sig else "a stop signal")
                     raise TrainingInterrupted(
-                        f"training stopped at step {st.step} (epoch {st.epoch + 1}, batch "
+                        f"stopped by {how} at step {st.step} (epoch {st.epoch + 1}, batch "
                         f"{st.batch_in_epoch}); checkpoint {path}; continue with: translator "
                         f"train --run {shlex.quote(str(self.layout.root))} --resume")
                 if stop_reason == "early_stopping":
