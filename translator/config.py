@@ -213,7 +213,9 @@ class TrainingConfig:
     valid_every: int = 0
     """Validate every N steps; 0: at the end of each epoch."""
     valid_max_sentences: int = 0
-    """Score BLEU on the first N validation sentences; 0: all of them."""
+    """Validate on N validation sentences drawn at random (seeded by data.split_seed, the same
+    ones at every validation and on resume), not the first N: corpora sorted by length would
+    otherwise be scored, and best.pt picked, on their shortest sentences; 0: all of them."""
     decode_batch_size: int = 128
     """Sentences per batch when greedy-decoding for validation."""
     examples: int = 3

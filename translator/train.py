@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm import tqdm
 
 from translator.checkpoint import (
@@ -142,10 +143,22 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    backend: str = "gloo"
 
     @property
     def enabled(self) -> bool:
         return self.world > 1
+
+    @property
+    def collective_device(self) -> torch.device:
+        """Where a tensor handed to a collective must live: nccl takes only this rank's GPU,
+        gloo only the CPU. Every collective goes through `tensor`, so none gets it wrong."""
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else \
+            torch.device("cpu")
+
+    def tensor(self, values: list[float]) -> Tensor:
+        """A float tensor on `collective_device`, ready for a collective."""
+        return torch.tensor(values, dtype=torch.float32, device=self.collective_device)
 
     @property
     def main(self) -> bool:
@@ -160,7 +173,7 @@ class Dist:
         """True on every rank if `flag` is true on any rank (stops are taken together)."""
         if not self.enabled:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = self.tensor([1.0 if flag else 0.0])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
@@ -181,7 +194,7 @@ def init_distributed(timeout_s: float) -> Dist:
                                     timeout=timedelta(seconds=timeout_s))
         except Exception as exc:  # a timeout or refused rendezvous: say so in one line
             raise TranslatorError(f"distributed setup failed on rank {rank}: {exc}") from None
-    return Dist(rank, world, local)
+    return Dist(rank, world, local, dist.get_backend())
 
 
 def _rng_state() -> dict[str, Any]:
@@ -348,8 +361,11 @@ class Trainer:
         if len(self.train_data) == 0:
             raise TranslatorError("no training pair fits data.max_len")
         valid = corpus["valid"]
-        if tc.valid_max_sentences:
-            valid = valid.select(range(min(tc.valid_max_sentences, len(valid))))
+        if 0 < tc.valid_max_sentences < len(valid):
+            # A seeded sample, kept in corpus order; the first N of a corpus sorted by length
+            # (phrasebooks, Anki exports) would be only its shortest sentences.
+            rng = random.Random(f"valid:{cfg.data.split_seed}")
+            valid = valid.select(sorted(rng.sample(range(len(valid)), tc.valid_max_sentences)))
         valid = to_pairs(valid)
         self.valid_pairs = valid
         self.valid_data = BilingualDataset.from_pairs(
@@ -382,8 +398,13 @@ class Trainer:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
+            # broadcast_buffers=False: the only buffers are the positional tables, a pure
+            # function of their length, grown on demand; rank 0's validation can grow its own
+            # past the other ranks', and broadcasting buffers of different sizes breaks the
+            # collective (seen as a gloo size mismatch once validation saw longer sentences).
             self.train_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if cuda else None)
+                self.model, device_ids=[self.device.index] if cuda else None,
+                broadcast_buffers=False)
         if tc.compile:
             self.train_model = torch.compile(self.train_model, dynamic=True)
         self.writer: Any = None
@@ -497,6 +518,7 @@ class Trainer:
         self.writer.add_scalar("valid/loss", result["loss"], step)
         self.writer.add_scalar("valid/bleu", result["bleu"], step)
         self.writer.add_scalar("valid/chrf", result["chrf"], step)
+        self.writer.add_scalar("valid/length_ratio", result["length_ratio"], step)
         examples = [f"| {self.valid_pairs[self.valid_data.kept_index[i]][0]} | {refs[i]} | "
                     f"{hyps[i]} |" for i in range(min(max(tc.examples, 3), len(hyps)))]
         self.writer.add_text("valid/examples", "| source | reference | prediction |\n"
@@ -508,7 +530,8 @@ class Trainer:
         log_attention(self.writer, self.model, src_ids[0], self.src_tok, self.tgt_tok, step,
                       self.device)
         lines = [f"validation at step {step}: loss {result['loss']:.3f}  "
-                 f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}"]
+                 f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  "
+                 f"length ratio {result['length_ratio']:.2f}"]
         for i in range(min(tc.examples, len(hyps))):
             src = self.valid_pairs[self.valid_data.kept_index[i]][0]
             lines += [f"  SOURCE     {src}", f"  REFERENCE  {refs[i]}",
