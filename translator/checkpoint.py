@@ -6,6 +6,7 @@ A run folder holds everything needed to reproduce and to translate:
                                        copied folder is still a whole run)
     runs/<name>/tokenizer_<lang>.json  one tokenizer per language
     runs/<name>/splits.json            split seed and sizes (checked on resume)
+    runs/<name>/init.json              fine-tuned runs: the base run and checkpoint
     runs/<name>/checkpoints/           epoch/step checkpoints, latest.pt, best.pt
     runs/<name>/tensorboard/           event files
     runs/<name>/eval/                  evaluation reports
@@ -53,6 +54,11 @@ class RunLayout:
     def splits(self) -> Path:
         """The split record: seed and sizes of train/valid/test (checked on resume)."""
         return self.root / "splits.json"
+
+    @property
+    def init(self) -> Path:
+        """The record of a fine-tuned run's starting point (`train --init-from`)."""
+        return self.root / "init.json"
 
     @property
     def checkpoints(self) -> Path:

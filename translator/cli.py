@@ -198,10 +198,15 @@ def train(
     nproc: Annotated[int, typer.Option(
         "--nproc", min=1, metavar="N",
         help="Processes for data-parallel training (launches torchrun).")] = 1,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", metavar="RUN",
+        help="Fine-tune: start from this run's weights (its best.pt, else latest.pt, or a "
+        "checkpoint file) and tokenizers, with a fresh optimizer and schedule.")] = None,
 ) -> None:
     """Train a model from a YAML config; the run folder gets config, tokenizers, checkpoints
-    and TensorBoard events; `--run DIR --resume` continues a run from its own folder. Progress
-    is a bar on a terminal, plain log lines every training.log_every steps in a file or pipe."""
+    and TensorBoard events. `--run DIR --resume` continues a run from its own folder;
+    `--init-from RUN` fine-tunes another run on this config's data. Progress is a bar on a
+    terminal, plain log lines every training.log_every steps in a file or pipe."""
     with _user_errors():
         from translator.train import train as run_training
         from translator.train import training_config
@@ -210,7 +215,7 @@ def train(
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
             raise typer.Exit(_launch_torchrun(nproc))
         result = run_training(cfg, resume=resume, overwrite=overwrite, device=device,
-                              quiet=quiet)
+                              quiet=quiet, init_from=init_from)
         v = result.last_valid
         summary = f"done in {result.seconds / 60:.1f} min, {result.state.step} steps"
         if v:

@@ -103,7 +103,17 @@ class DataConfig:
     """builtin: seed of the grammar generator (same seed, same corpus)."""
     max_len: int = 128
     """Longest sentence in tokens, [SOS]/[EOS] included; longer training pairs are dropped
-    (and counted in the log), never truncated."""
+    (and counted in the log and splits.json), never truncated."""
+    clean_text: bool = True
+    """Train only: control characters (C0, DEL, C1) become a space, and pairs with a U+FFFD
+    replacement character (text once decoded from invalid UTF-8) are dropped."""
+    drop_copies: bool = True
+    """Train only: drop pairs whose source equals their target (untranslated copies)."""
+    dedup: bool = True
+    """Train only: drop exact duplicate pairs, keeping the first."""
+    max_ratio: float = 3.0
+    """Train only: drop pairs whose longer side has more than this many times the tokens of
+    the shorter (counted by the run's tokenizers, specials excluded); 0: off."""
     cache_dir: str | None = None
     """Cache of the datasets library (files converted to Arrow, token ids), reused by later
     runs; empty: its default ($HF_DATASETS_CACHE or ~/.cache/huggingface/datasets)."""
@@ -453,6 +463,8 @@ def _validate(cfg: Config) -> None:
                        ("data.test_ratio", cfg.data.test_ratio)):
         if not 0.0 <= value < 1.0:
             fail(key, f"must be in [0, 1), got {value}")
+    if not (cfg.data.max_ratio == 0 or 1.0 <= cfg.data.max_ratio < math.inf):
+        fail("data.max_ratio", f"must be 0 (off) or >= 1, got {cfg.data.max_ratio}")
     if cfg.data.valid_ratio + cfg.data.test_ratio >= 1.0:
         fail("data.valid_ratio", "valid_ratio + test_ratio must be < 1")
     if not 0.0 < cfg.training.adam_beta1 < 1.0:
@@ -614,3 +626,17 @@ def unsafe_resume_changes(saved: Config, new: Config) -> list[str]:
     """Keys that differ from the saved run config and may not change on resume."""
     return [k for k in config_diff(saved, new)
             if k not in RESUME_SAFE_KEYS and not k.startswith("decoding.")]
+
+
+# Model keys that fine-tuning may change: they change no parameter's shape (domain adaptation
+# often raises dropout on a small corpus).
+INIT_FREE_KEYS = frozenset({"model.dropout", "model.attention_dropout"})
+
+
+def init_changes(base: Config, new: Config) -> list[str]:
+    """Keys in which a fine-tuning config differs from its base run's where it must not: the
+    tokenizer and model sections (the base's vocabulary and weights are kept) and the
+    language pair (the tokenizer files are named by language)."""
+    return [k for k in config_diff(base, new)
+            if (k.split(".")[0] in ("tokenizer", "model") and k not in INIT_FREE_KEYS)
+            or k in ("data.src_lang", "data.tgt_lang")]

@@ -8,6 +8,7 @@ replays the same batch list from that position.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -40,6 +41,7 @@ from translator.checkpoint import (
 from translator.config import (
     Config,
     config_diff,
+    init_changes,
     load_config,
     parse_override,
     save_run_config,
@@ -306,13 +308,55 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunLayout:
     return layout
 
 
-def _tokenizers(cfg: Config, layout: RunLayout, train: Any,
-                reuse: bool) -> tuple[TextTokenizer, TextTokenizer]:
-    """The run's tokenizers: reloaded when resuming, else trained on the train split (an
-    Arrow dataset, streamed in batches) and saved; a shared one is saved under both names."""
+def init_source(path: Path, cfg: Config) -> tuple[Path, RunLayout]:
+    """The checkpoint and base run that `train --init-from PATH` starts from: PATH a run
+    folder (its best.pt, else latest.pt) or a checkpoint file inside one (the run's
+    tokenizers are needed too). Refuses a config whose tokenizer or model section or language
+    pair differs from the base run's, and a new run folder that is the base's own."""
+    path = Path(path)
+    if path.is_dir():
+        base = RunLayout(path)
+        if not base.config.is_file():
+            raise TranslatorError(f"--init-from: {path} is not a run folder (no config.yaml)")
+        checkpoint = base.default_checkpoint()
+        if not checkpoint.is_file():
+            raise TranslatorError(f"--init-from: no best.pt or latest.pt in {base.checkpoints}")
+    elif path.is_file():
+        owner = RunLayout.of_file(path)
+        if owner is None:
+            raise TranslatorError(f"--init-from: {path} is not inside a run folder (its "
+                                  "tokenizers are needed): give the run folder")
+        base, checkpoint = owner, path
+    else:
+        raise TranslatorError(f"--init-from: no run folder or checkpoint file at {path}")
+    if base.root.resolve() == cfg.run_dir.resolve():
+        raise TranslatorError(f"--init-from: {base.root} is this run's own folder; give the "
+                              "new run another output.dir (or config name)")
+    differ = init_changes(base.load_config(), cfg)
+    if differ:
+        raise TranslatorError(f"--init-from: the config differs from the base run's "
+                              f"{base.config} in {', '.join(differ)} (fine-tuning keeps its "
+                              "vocabulary and model shape)")
+    for lang in (cfg.data.src_lang, cfg.data.tgt_lang):
+        if not base.tokenizer(lang).is_file():
+            raise TranslatorError(f"--init-from: {base.tokenizer(lang)} not found")
+    return checkpoint, base
+
+
+def _tokenizers(cfg: Config, layout: RunLayout, train: Any, reuse: bool,
+                base: RunLayout | None = None) -> tuple[TextTokenizer, TextTokenizer]:
+    """The run's tokenizers: reloaded when resuming, copied from `base` when fine-tuning (its
+    vocabulary is what the weights know), else trained on the train split (an Arrow dataset,
+    streamed in batches) and saved; a shared one is saved under both names."""
     src_path = layout.tokenizer(cfg.data.src_lang)
     tgt_path = layout.tokenizer(cfg.data.tgt_lang)
     if reuse and src_path.is_file() and tgt_path.is_file():
+        return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
+    if base is not None:
+        import shutil
+
+        for lang, path in ((cfg.data.src_lang, src_path), (cfg.data.tgt_lang, tgt_path)):
+            shutil.copyfile(base.tokenizer(lang), path)
         return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
     src_tok, tgt_tok = build_tokenizers(iter_texts(train, "src"), iter_texts(train, "tgt"),
                                         cfg.tokenizer)
@@ -327,9 +371,15 @@ class Trainer:
     """Holds everything of one training run. `train(cfg)` is the usual entry point."""
 
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False,
-                 device: str | None = None, quiet: bool = False) -> None:
+                 device: str | None = None, quiet: bool = False,
+                 init_from: Path | None = None) -> None:
         self.cfg = cfg
         tc = cfg.training
+        if init_from is not None and resume:
+            raise TranslatorError("--init-from starts a new run from another run's weights; "
+                                  "--resume continues a run from its own: give one of them")
+        # Checked before the run folder exists, as the data files below: a typo leaves nothing.
+        init = init_source(init_from, cfg) if init_from is not None else None
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.dist = init_distributed(tc.dist_timeout)
@@ -352,14 +402,20 @@ class Trainer:
         if self.dist.main:
             check_split_record(self.layout.splits, corpus, resume)
             self.src_tok, self.tgt_tok = _tokenizers(cfg, self.layout, corpus["train"],
-                                                     reuse=resume)
+                                                     reuse=resume, base=init[1] if init else None)
         self.dist.barrier()
         if not self.dist.main:
             self.src_tok, self.tgt_tok = _tokenizers(cfg, self.layout, corpus["train"], True)
         self.train_data = BilingualDataset.from_dataset(
-            corpus["train"], self.src_tok, self.tgt_tok, cfg.data.max_len, "train")
+            corpus["train"], self.src_tok, self.tgt_tok, cfg.data.max_len, "train",
+            cfg.data.max_ratio)
+        corpus.filtered.update(ratio=self.train_data.dropped_ratio,
+                               too_long=self.train_data.dropped)
+        self.cleaning = corpus.cleaning_summary()
+        if self.dist.main:  # again, now with the token-level counts
+            check_split_record(self.layout.splits, corpus, resume)
         if len(self.train_data) == 0:
-            raise TranslatorError("no training pair fits data.max_len")
+            raise TranslatorError("no training pair fits data.max_len and data.max_ratio")
         valid = corpus["valid"]
         if 0 < tc.valid_max_sentences < len(valid):
             # A seeded sample, kept in corpus order; the first N of a corpus sorted by length
@@ -392,6 +448,10 @@ class Trainer:
         self.state = TrainState()
         if resume:
             self._load(self.layout.latest)
+        elif self.dist.main:
+            self.layout.init.unlink(missing_ok=True)  # an --overwrite'n run's record is stale
+        if init is not None:
+            self._init_weights(*init)
         # What runs the training forward pass: DDP keeps gradients in sync across ranks,
         # torch.compile fuses the elementwise work; validation and checkpoints use self.model.
         self.train_model: torch.nn.Module = self.model
@@ -476,6 +536,23 @@ class Trainer:
         prune_checkpoints(self.layout, self.cfg.training.keep_last)
         return path
 
+    def _init_weights(self, path: Path, base: RunLayout) -> None:
+        """Start from the weights in `path` (optimizer, schedule and step stay fresh) and
+        record where they came from in the run's init.json."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:  # a foreign checkpoint: its shapes are not this config's
+            first = str(exc).strip().splitlines()
+            raise TranslatorError(f"--init-from: {path} does not fit this model: "
+                                  f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+        record = {"run": str(base.root.resolve()), "checkpoint": str(path.resolve()),
+                  "step": ckpt.get("step"), "epoch": ckpt.get("epoch")}
+        if self.dist.main:
+            self.layout.init.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        log.info("initialised from %s (step %s of run %s); fresh optimizer and schedule",
+                 path, ckpt.get("step"), base.root)
+
     def _load(self, path: Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(ckpt["model"])
@@ -500,20 +577,14 @@ class Trainer:
             return {}
         tc = self.cfg.training
         self.model.eval()
-        total, tokens = 0.0, 0
-        sampler = BucketBatchSampler(self.valid_data, tc.max_tokens, tc.batch_size, shuffle=False)
-        for idx in sampler:
-            batch = collate([self.valid_data[i] for i in idx]).to(self.device)
-            logits = self.model(batch.src, batch.tgt_in, batch.src_mask)
-            total += float(F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(),
-                                           ignore_index=PAD_ID, reduction="sum"))
-            tokens += batch.n_tokens
+        loss = validation_loss(self.model, self.valid_data, self.device, tc.max_tokens,
+                               tc.batch_size)
         src_ids = [self.valid_data[i][0].tolist() for i in range(len(self.valid_data))]
         outs = translate_ids(self.model, src_ids, self.device, tc.decode_batch_size)
         hyps = [self.tgt_tok.decode(o) for o in outs]
         refs = [self.valid_pairs[i][1] for i in self.valid_data.kept_index]
         result = score(hyps, refs)
-        result["loss"] = total / max(tokens, 1)
+        result["loss"] = loss
         step = self.state.step
         self.writer.add_scalar("valid/loss", result["loss"], step)
         self.writer.add_scalar("valid/bleu", result["bleu"], step)
@@ -585,8 +656,9 @@ class Trainer:
         n_params = count_parameters(self.model)
         if self.dist.main:
             log.info("run folder %s | device %s | %s | %d parameters | vocab %d/%d | "
-                     "%d train pairs%s", self.layout.root, self.device, self.precision, n_params,
-                     self.src_tok.vocab_size, self.tgt_tok.vocab_size, len(self.train_data),
+                     "%d train pairs (cleaning: %s)%s", self.layout.root, self.device,
+                     self.precision, n_params, self.src_tok.vocab_size, self.tgt_tok.vocab_size,
+                     len(self.train_data), self.cleaning,
                      f" | {self.dist.world} processes" if self.dist.enabled else "")
         start = time.perf_counter()
         self.model.train()
@@ -755,8 +827,27 @@ class Trainer:
         return loss_value, tokens, grad_norm
 
 
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, data: BilingualDataset, device: torch.device,
+                    max_tokens: int, batch_size: int) -> float:
+    """Mean cross-entropy per target token (no label smoothing) of `model` on `data`, in
+    length-bucketed batches; the model is left in eval mode."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for idx in BucketBatchSampler(data, max_tokens, batch_size, shuffle=False):
+        batch = collate([data[i] for i in idx]).to(device)
+        logits = model(batch.src, batch.tgt_in, batch.src_mask)
+        total += float(F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(),
+                                       ignore_index=PAD_ID, reduction="sum"))
+        tokens += batch.n_tokens
+    return total / max(tokens, 1)
+
+
 def train(cfg: Config, resume: bool = False, overwrite: bool = False,
-          device: str | None = None, quiet: bool = False) -> TrainResult:
-    """Train the model a config describes; returns where the run went and how it ended."""
-    return Trainer(cfg, resume=resume, overwrite=overwrite, device=device, quiet=quiet).run()
+          device: str | None = None, quiet: bool = False,
+          init_from: Path | None = None) -> TrainResult:
+    """Train the model a config describes (from the weights of another run with
+    `init_from`); returns where the run went and how it ended."""
+    return Trainer(cfg, resume=resume, overwrite=overwrite, device=device, quiet=quiet,
+                   init_from=init_from).run()
 
