@@ -74,3 +74,13 @@ def overfit() -> Overfit:
     finally:
         torch.set_num_threads(threads)
     return Overfit(model, batch, final, steps, OVERFIT_SRC, OVERFIT_TGT)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` need a GPU: collected everywhere, skipped where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -317,9 +317,15 @@ def test_load_config_is_safe_yaml(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_load_config_empty_file_gives_defaults(tmp_path: Path) -> None:
+def test_load_config_empty_file_is_an_error(tmp_path: Path) -> None:
+    # Defaults for everything would silently train the ~45M-parameter base model.
     path = tmp_path / "empty.yaml"
     path.write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError, match="empty.yaml is empty"):
+        load_config(path)
+    assert load_config(path, overrides=["model.layers=2"]) == config_from_dict(
+        {"model": {"layers": 2}}, name="empty")
+    path.write_text("{}\n", encoding="utf-8")  # an explicit empty mapping: the defaults
     assert load_config(path) == Config(name="empty")
 
 

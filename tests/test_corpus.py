@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from translator.builtin_corpus import builtin_splits
-from translator.config import DataConfig
+from translator.config import ConfigError, DataConfig
 from translator.corpus import (
     DataError,
     check_split_record,
@@ -527,9 +527,9 @@ def test_one_empty_text_file_is_a_line_count_mismatch(tmp_path: Path, cache: str
         load_splits(_cfg("text", tmp_path, cache))
 
 
-def test_missing_file_without_config_validation_is_a_data_error(tmp_path: Path,
-                                                                cache: str) -> None:
-    with pytest.raises(DataError, match=r"file not found: .*train\.en"):
+def test_missing_file_is_one_error_naming_split_and_path(tmp_path: Path, cache: str) -> None:
+    # Checked where the data is read (check_data_files), not when the config is loaded.
+    with pytest.raises(ConfigError, match=r"data\.train: file not found: .*train\.en"):
         load_corpus(_cfg("text", tmp_path, cache))
-    with pytest.raises(DataError, match=r"file not found: .*nope\.parquet"):
+    with pytest.raises(ConfigError, match=r"data\.train: file not found: .*nope\.parquet"):
         load_corpus(_cfg("parquet", tmp_path, cache, train="nope.parquet"))

@@ -45,7 +45,9 @@ def test_training_on_files_records_splits_and_refuses_changed_data(tmp_path: Pat
     result = train(_config(tmp_path), quiet=True)
     layout = RunLayout(result.run_dir)
     record = json.loads(layout.splits.read_text())
-    assert record["sizes"] == {"train": 28, "valid": 4, "test": 0}
+    # 4 of the 32 pairs carved out as valid, then train (each pair 4 times) deduplicated
+    assert record["sizes"] == {"train": 8, "valid": 4, "test": 0}
+    assert record["train_filters"]["duplicates"] == 20
     assert record["split_seed"] == 1234 and record["carved_ratios"] == {"valid": 0.125}
     # one joint vocabulary, saved under both languages' names
     assert layout.tokenizer("en").read_text() == layout.tokenizer("de").read_text()

@@ -84,7 +84,7 @@ def test_evaluate_cli_json(trained_run: Path) -> None:
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert {"bleu", "chrf", "sentences"} <= set(report)
     assert report["sentences"] == 40
-    assert (trained_run / "eval" / "test.json").is_file()
+    assert (trained_run / "eval" / "test.beam4.lp0.6.json").is_file()  # the run's defaults
 
 
 def test_bf16_translation_matches_fp32(trained_run: Path) -> None:
@@ -184,3 +184,37 @@ def test_hub_config_loads_through_local_stand_in(monkeypatch: pytest.MonkeyPatch
     assert result.state.step == 2
     translator = Translator.from_run(tmp_path / "opus", device="cpu")
     assert translator.src_tok.encode("book") != [0]
+
+
+def test_wmt14_base_recipe_loads_through_local_stand_in(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    """configs/wmt14_en_de_base.yaml reads the hub's wmt14 de-en train/validation/test splits
+    (answered here by a local dataset of the same structure) and is the paper's base model."""
+    import datasets
+
+    from translator.config import load_config
+
+    calls = []
+
+    def fake_load_dataset(name: str, subset: str | None = None, split: str | None = None):
+        calls.append((name, subset, split))
+        rows = [{"de": f"Das Haus {i} ist rot.", "en": f"The house {i} is red."}
+                for i in range(40 if split == "train" else 8)]
+        return datasets.Dataset.from_dict({"translation": rows})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = load_config("configs/wmt14_en_de_base.yaml")
+    m, t = cfg.model, cfg.training
+    assert (m.d_model, m.layers, m.heads, m.d_ff, m.tie_embeddings) == (512, 6, 8, 2048, True)
+    assert (cfg.tokenizer.kind, cfg.tokenizer.shared, t.warmup_steps) == ("bpe", True, 4000)
+    assert 20_000 <= t.max_tokens * t.accum_steps <= 30_000  # ~25k target tokens per step
+    cfg = load_config("configs/wmt14_en_de_base.yaml", [
+        "model.d_model=32", "model.layers=1", "model.heads=2", "model.d_ff=64",
+        "tokenizer.vocab_size=200", "training.max_steps=2", "training.threads=1",
+        "training.max_tokens=400", f"output.dir={tmp_path / 'wmt'}"])
+    result = train(cfg, quiet=True)
+    assert {c[2] for c in calls} == {"train", "validation", "test"}
+    assert all(c[:2] == ("wmt14", "de-en") for c in calls)
+    assert result.state.step == 2
+    translator = Translator.from_run(tmp_path / "wmt", device="cpu")
+    assert translator.translate(["The house 3 is red."], beam_size=1)[0]

@@ -32,8 +32,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 def test_config_reads_the_official_splits(corpus) -> None:  # noqa: ANN001
     _, c = corpus
-    assert {k: len(v) for k, v in c.splits.items()} == {"train": 29000, "valid": 1014,
+    # train's 29000 pairs hold 3 exact duplicates, which the train-only cleaning drops
+    assert {k: len(v) for k, v in c.splits.items()} == {"train": 28997, "valid": 1014,
                                                          "test": 1000}
+    assert c.filtered == {"controls_normalised": 1, "invalid": 0, "copies": 0, "duplicates": 3}
     assert to_pairs(c["test"])[0] == ("A man in an orange hat starring at something.",
                                       "Ein Mann mit einem orangefarbenen Hut, der etwas "
                                       "anstarrt.")

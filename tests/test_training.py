@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -183,6 +184,8 @@ def test_sigint_saves_checkpoint_and_resume_continues(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
+    # A stop the user asked for is no error: a calm line saying where it stopped.
+    assert "error:" not in err and re.search(r"^stopped by Ctrl-C at step \d+ ", err, re.M), err
     stopped = load_checkpoint(layout.latest)["step"]
     assert stopped >= 3
     result = train(tiny_config(run_dir, epochs=1000, save_every=3, max_steps=stopped + 2),

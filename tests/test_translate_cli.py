@@ -170,6 +170,70 @@ def test_translate_file_to_file(run_dir: Path, translator: Translator, tmp_path:
     assert not list(tmp_path.glob(".out.txt.*"))  # the temporary file was renamed
 
 
+def test_nbest_beam_narrower_than_n_is_an_error(run_dir: Path) -> None:
+    code, out, err = _invoke("translate", "The dog sees the cat.", "--run", str(run_dir),
+                             "--n-best", "3", "--beam", "2")
+    assert code == 2 and out == ""
+    assert err.startswith("error: --n-best 3 needs --beam 3") and len(err.splitlines()) == 1
+    # Without --beam, the run's beam (3 here) is widened to N.
+    code, out, err = _invoke("translate", "The dog sees the cat.", "--run", str(run_dir),
+                             "--n-best", "5")
+    assert code == 0, err
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["1"] * 5
+
+
+def test_nbest_keeps_sentence_splitting(run_dir: Path, translator: Translator) -> None:
+    """A line of several sentences: its k-th alternative joins the k-th hypothesis of each
+    sentence, scored by their sum; --no-split takes the line whole."""
+    line = "The dog sees the cat. The woman sleeps."
+    code, out, err = _invoke("translate", "--run", str(run_dir), "--n-best", "3",
+                             input=f"{line}\n\nA man reads a book.\n")
+    assert code == 0, err
+    rows = [r.split("\t") for r in out.splitlines()]
+    assert [r[0] for r in rows] == ["1", "1", "1", "3", "3", "3"]
+    first, second = translator.translate_nbest(split_into_sentences(line), 3)
+    for k, (_, score, text) in enumerate(rows[:3]):
+        assert text == f"{first[k][0]} {second[k][0]}".strip()
+        assert float(score) == pytest.approx(first[k][1] + second[k][1], abs=2e-4)
+    code, out, _ = _invoke("translate", "--run", str(run_dir), "--n-best", "3", "--no-split",
+                           line)
+    assert code == 0
+    whole = translator.translate_nbest([line], 3)[0]
+    assert [r.split("\t")[2] for r in out.splitlines()] == [t for t, _ in whole]
+
+
+def test_piped_stdin_is_translated_as_lines_arrive(run_dir: Path,
+                                                   translator: Translator) -> None:
+    """A program that writes a line and waits gets its translation before it closes stdin."""
+    import os
+    import select
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "translator", "translate", "--run",
+                             str(run_dir), "--device", "cpu"], cwd=root, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        got = []
+        for text in ("The dog sees the cat.", "The woman sleeps."):
+            proc.stdin.write(text.encode() + b"\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], 120)
+            assert ready, "no translation came back while stdin was still open"
+            got.append(proc.stdout.readline().decode().rstrip("\n"))
+        assert proc.poll() is None  # still running: it answered before end of input
+        rest, err = proc.communicate(timeout=60)  # closes stdin: end of input
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert rest == b""
+    assert got == translator.translate(["The dog sees the cat.", "The woman sleeps."])
+
+
 def test_translate_nbest_output(run_dir: Path) -> None:
     code, out, _ = _invoke("translate", "--run", str(run_dir), "--n-best", "3",
                            input="The dog sees the cat.\n\nThe woman sleeps.\n")
@@ -225,14 +289,38 @@ def test_evaluate_file_pair_json(run_dir: Path, tmp_path: Path) -> None:
     assert report["sentences"] == len(EN)
     assert (report["search"], report["beam_size"], report["length_penalty"]) == ("beam", 2, 1.0)
     assert report["src"] == str(src)
-    assert json.loads((run_dir / "eval" / "pair.en.json").read_text()) == report
-    hyps = (run_dir / "eval" / "pair.en.hyp.txt").read_text(encoding="utf-8").split("\n")
+    # Reports are named by what was scored and how, so other settings do not overwrite them.
+    assert json.loads((run_dir / "eval" / "pair.en.beam2.lp1.json").read_text()) == report
+    hyps = (run_dir / "eval" / "pair.en.beam2.lp1.hyp.txt").read_text(
+        encoding="utf-8").split("\n")
     assert len(hyps) == len(EN) + 1
 
     code, out, _ = _invoke("evaluate", "--src", str(src), "--ref", str(ref), "--beam", "1",
                            "--run", str(run_dir))
     assert code == 0
     assert "BLEU" in out and "nrefs:1" in out and "chrF2" in out and "greedy" in out
+    assert (run_dir / "eval" / "pair.en.greedy.json").is_file()
+    assert json.loads((run_dir / "eval" / "pair.en.beam2.lp1.json").read_text()) == report
+
+
+@pytest.mark.parametrize(("report", "name"), [
+    ({"beam_size": 4, "length_penalty": 0.6}, "test.beam4.lp0.6"),
+    ({"beam_size": 1, "length_penalty": 0.0}, "test.greedy"),
+    ({"beam_size": 1, "length_penalty": 0.0, "dtype": "bf16"}, "test.bf16.greedy"),
+    ({"beam_size": 5, "length_penalty": 1.0, "max_len_a": 2.0, "max_len_b": 5},
+     "test.beam5.lp1.len2x+5"),
+    ({"beam_size": 4, "length_penalty": 0.6, "checkpoint": "runs/x/checkpoints/averaged.pt"},
+     "test.averaged.beam4.lp0.6"),
+    ({"beam_size": 4, "length_penalty": 0.6, "checkpoint": "runs/x/checkpoints/best.pt"},
+     "test.beam4.lp0.6"),
+    ({"beam_size": 1, "length_penalty": 0.0, "engine": "ctranslate2", "quantization": "int8",
+      "checkpoint": "runs/x/export/ctranslate2-int8"}, "test.ct2-int8.greedy"),
+])
+def test_evaluate_report_names(report: dict, name: str) -> None:
+    from translator.evaluate import report_name
+
+    full = {"engine": "native", "dtype": "fp32", "max_len_a": 1.5, "max_len_b": 10, **report}
+    assert report_name("test", full) == name
 
 
 def test_evaluate_mismatched_files(run_dir: Path, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ A run folder holds everything needed to reproduce and to translate:
                                        copied folder is still a whole run)
     runs/<name>/tokenizer_<lang>.json  one tokenizer per language
     runs/<name>/splits.json            split seed and sizes (checked on resume)
+    runs/<name>/init.json              fine-tuned runs: the base run and checkpoint
     runs/<name>/checkpoints/           epoch/step checkpoints, latest.pt, best.pt
     runs/<name>/tensorboard/           event files
     runs/<name>/eval/                  evaluation reports
@@ -53,6 +54,11 @@ class RunLayout:
     def splits(self) -> Path:
         """The split record: seed and sizes of train/valid/test (checked on resume)."""
         return self.root / "splits.json"
+
+    @property
+    def init(self) -> Path:
+        """The record of a fine-tuned run's starting point (`train --init-from`)."""
+        return self.root / "init.json"
 
     @property
     def checkpoints(self) -> Path:
@@ -113,9 +119,20 @@ class RunLayout:
         return self.config.is_file() and (self.checkpoints.is_dir() or self.splits.is_file())
 
 
+def new_file_mode() -> int:
+    """The mode a newly created file gets here: 0o666 less the umask (0o644 under umask 022).
+    Atomic writes start from a `mkstemp` file, which is 0o600 whatever the umask; they set
+    this before the rename, so a checkpoint or an output file is as readable by the group (a
+    serving account, a colleague) as any other file the user creates."""
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
     """Write `obj` to a temp file in the same folder, fsync, then rename over `path`, so a crash
-    at any moment leaves either the old file or the new one, never half of one."""
+    at any moment leaves either the old file or the new one, never half of one. The file gets
+    the umask's usual mode (`new_file_mode`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -123,6 +140,7 @@ def atomic_save(obj: dict[str, Any], path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -2,7 +2,8 @@
 attention, average, export, serve).
 
 Errors a user can cause print one line on stderr and exit non-zero (2 for bad input, 130 for
-an interrupted training run); `--debug` shows the traceback instead.
+an interrupted training run); `--debug` (before or after the verb) shows the traceback
+instead, and lets library warnings through, which are otherwise noise on stderr.
 """
 
 from __future__ import annotations
@@ -11,32 +12,89 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from translator.errors import TranslatorError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class _Verbs(TyperGroup):
+    """The command group, taking `--debug` after the verb too (`translator translate --debug
+    ...`): it is moved in front of the verb, where the group's option lives."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)  # after "--" all is text
+        if "--debug" in args[:end]:
+            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+        return super().parse_args(ctx, args)
+
+
+# rich_markup_mode=None: plain click help, where flags show no type and options their
+# metavar (typer's rich panels label every flag <bool>), and which reads well when piped.
+class _Argument(TyperArgument):
+    """A positional argument shown as click shows one: `SENTENCE`, not typer's `SENTENCE <str>`
+    (help) and `{SENTENCE}` (usage)."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw
+        return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+
+
+class _Verb(TyperCommand):
+    """A verb whose arguments read as click's (see _Argument)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if type(param) is TyperArgument:
+                param.__class__ = _Argument  # adds no state, only changes how it is shown
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Verbs, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Train and run encoder-decoder Transformer translation models.")
 _state = {"debug": False}
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", metavar="PATH", help="YAML config file.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a config key: section.key=value (repeatable).")]
+    "--set", metavar="KEY=VALUE",
+    help="Override a config key, e.g. training.lr=1e-3 (section.key=value; repeatable).")]
 RunOpt = Annotated[Path | None, typer.Option(
-    "--run", help="Run folder (default: from --config, else the newest run under runs/).")]
+    "--run", metavar="DIR",
+    help="Run folder (default: from --config, else the newest run under runs/).")]
 CkptOpt = Annotated[Path | None, typer.Option(
-    "--checkpoint", help="Checkpoint file (default: the run's best.pt, else latest.pt).")]
+    "--checkpoint", metavar="FILE",
+    help="Checkpoint file (default: the run's best.pt, else latest.pt).")]
 DeviceOpt = Annotated[str | None, typer.Option(
-    "--device", help="auto, cpu, cuda, cuda:N or mps (default: the config's training.device).")]
+    "--device", metavar="DEVICE",
+    help="auto, cpu, cuda, cuda:N or mps (default: the config's training.device).")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from translator import __version__
+
+        typer.echo(f"translator {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+def _main(debug: Annotated[bool, typer.Option(
+              "--debug", help="Show tracebacks and library warnings (also after the verb).")]
+          = False,
+          _version: Annotated[bool, typer.Option(
+              "--version", callback=_print_version, is_eager=True,
+              help="Print the version and exit.")] = False,
           ) -> None:
     _state["debug"] = debug
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -44,19 +102,24 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn the project's errors into one line on stderr and an exit code."""
-    try:
-        yield
-    except TranslatorError as exc:
-        if _state["debug"]:
-            raise
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        if _state["debug"]:
-            raise
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    """Turn the project's errors into one line on stderr and an exit code, and keep library
+    warnings (torch's about a file it cannot read, deprecations of a dependency) off stderr:
+    what they say that matters reaches the user as our own message. `--debug` keeps both."""
+    with warnings.catch_warnings():
+        if not _state["debug"]:
+            warnings.simplefilter("ignore")
+        try:
+            yield
+        except TranslatorError as exc:
+            if _state["debug"]:
+                raise
+            typer.echo(f"{exc}" if exc.calm else f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if _state["debug"]:
+                raise
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
 
 
 def _load_translator(run: Path | None, config: Path | None, set_: list[str] | None,
@@ -115,25 +178,35 @@ def _find_run(run: Path | None, config: Path | None, overrides: list[str] | None
     return found, overrides
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator train --config configs/toy.yaml --set "
+             "training.epochs=2")
 def train(
-    config: ConfigOpt = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", metavar="PATH", help="YAML config file.")] = None,
     run: Annotated[Path | None, typer.Option(
-        "--run", help="Continue this run folder from its own saved config (with --resume).")]
-    = None,
+        "--run", metavar="DIR",
+        help="Continue this run folder from its own saved config (with --resume).")] = None,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's latest checkpoint.")]
     = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in the folder.")]
     = False,
     device: DeviceOpt = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bar or examples.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="No progress output (bar or progress lines); validation results and "
+        "the summary still print.")] = False,
     nproc: Annotated[int, typer.Option(
-        "--nproc", min=1, help="Processes for data-parallel training (launches torchrun).")]
-    = 1,
+        "--nproc", min=1, metavar="N",
+        help="Processes for data-parallel training (launches torchrun).")] = 1,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", metavar="RUN",
+        help="Fine-tune: start from this run's weights (its best.pt, else latest.pt, or a "
+        "checkpoint file) and tokenizers, with a fresh optimizer and schedule.")] = None,
 ) -> None:
     """Train a model from a YAML config; the run folder gets config, tokenizers, checkpoints
-    and TensorBoard events. `--run DIR --resume` continues a run from its own folder."""
+    and TensorBoard events. `--run DIR --resume` continues a run from its own folder;
+    `--init-from RUN` fine-tunes another run on this config's data. Progress is a bar on a
+    terminal, plain log lines every training.log_every steps in a file or pipe."""
     with _user_errors():
         from translator.train import train as run_training
         from translator.train import training_config
@@ -142,7 +215,7 @@ def train(
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
             raise typer.Exit(_launch_torchrun(nproc))
         result = run_training(cfg, resume=resume, overwrite=overwrite, device=device,
-                              quiet=quiet)
+                              quiet=quiet, init_from=init_from)
         v = result.last_valid
         summary = f"done in {result.seconds / 60:.1f} min, {result.state.step} steps"
         if v:
@@ -170,15 +243,16 @@ def _launch_torchrun(nproc: int) -> int:
     return subprocess.call(cmd)
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator average --run runs/toy --last 3")
 def average(
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    last: Annotated[int, typer.Option("--last", min=1, help="Average the newest K periodic "
-                                      "checkpoints.")] = 3,
+    last: Annotated[int, typer.Option("--last", min=1, metavar="K", help="Average the newest K "
+                                      "periodic checkpoints.")] = 3,
     output: Annotated[Path | None, typer.Option(
-        "--output", help="Where to write (default: <run>/checkpoints/averaged.pt).")] = None,
+        "--output", metavar="FILE",
+        help="Where to write (default: <run>/checkpoints/averaged.pt).")] = None,
 ) -> None:
     """Average the weights of a run's last K checkpoints into one (use it with
     translate/evaluate --checkpoint)."""
@@ -202,28 +276,33 @@ def average(
 # -- translate, evaluate, attention: decoding options shared by the three ----------------------
 
 BeamOpt = Annotated[int | None, typer.Option(
-    "--beam", min=1, help="Beam size; 1: greedy (default: the run's decoding.beam_size).")]
+    "--beam", min=1, metavar="N",
+    help="Beam size; 1: greedy (default: the run's decoding.beam_size).")]
 AlphaOpt = Annotated[float | None, typer.Option(
-    "--length-penalty", "--alpha", min=0.0,
+    "--length-penalty", "--alpha", min=0.0, metavar="ALPHA",
     help="GNMT length penalty alpha for beam search (default: decoding.length_penalty).")]
 MaxLenAOpt = Annotated[float | None, typer.Option(
-    "--max-len-a", min=0.0, help="Output cap a * source length + b: a.")]
+    "--max-len-a", min=0.0, metavar="A",
+    help="Output cap a * source length + b: a (default: decoding.max_len_a).")]
 MaxLenBOpt = Annotated[int | None, typer.Option(
-    "--max-len-b", min=0, help="Output cap a * source length + b: b.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Sentences per batch.")]
+    "--max-len-b", min=0, metavar="B",
+    help="Output cap a * source length + b: b (default: decoding.max_len_b).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, metavar="N",
+                                       help="Sentences per batch.")]
 TranslateDeviceOpt = Annotated[str, typer.Option(
-    "--device", help="auto, cpu, cuda, cuda:N or mps.")]
+    "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
 EngineOpt = Annotated[str, typer.Option(
-    "--engine", help="native (PyTorch) or ctranslate2 (the run exported on the fly into "
-    "<run>/export/, or --model DIR).")]
+    "--engine", metavar="ENGINE", help="native (PyTorch) or ctranslate2 (the run exported on "
+    "the fly into <run>/export/, or --model DIR).")]
 ModelDirOpt = Annotated[Path | None, typer.Option(
-    "--model", help="A folder written by translator export (implies --engine ctranslate2).")]
+    "--model", metavar="DIR",
+    help="A folder written by translator export (implies --engine ctranslate2).")]
 QuantOpt = Annotated[str, typer.Option(
-    "--quantization", help="ctranslate2 engine: the weights' type when a run is exported on "
-    "the fly (int8, int8_float32, int16, float16, bfloat16, float32).")]
+    "--quantization", metavar="TYPE", help="ctranslate2 engine: the weights' type when a run "
+    "is exported on the fly (int8, int8_float32, int16, float16, bfloat16, float32).")]
 DtypeOpt = Annotated[str | None, typer.Option(
-    "--dtype", help="Weights as fp32, bf16 (faster batched decoding on CPUs with AMX and on "
-    "recent GPUs) or fp16 (GPUs) (default: the run's decoding.dtype).")]
+    "--dtype", metavar="DTYPE", help="Weights as fp32, bf16 (faster batched decoding on CPUs "
+    "with AMX and on recent GPUs) or fp16 (GPUs) (default: the run's decoding.dtype).")]
 
 
 def _read_stdin() -> list[str]:
@@ -235,6 +314,42 @@ def _read_stdin() -> list[str]:
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise TranslatorError(f"stdin is not valid UTF-8 (line {line})") from None
+
+
+def _stdin_batches(chunk: int) -> Iterator[list[str]]:
+    """The lines of stdin in batches of what has arrived so far (at most `chunk` lines), so
+    that a program feeding a pipe line by line gets each translation back at once, while a
+    file piped in still fills well-sorted batches. Lines split at \\n only, as split_lines."""
+    import select
+
+    try:
+        fd = sys.stdin.fileno()
+        select.select([fd], [], [], 0)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        # No selectable descriptor (an in-memory stream; a pipe on Windows): read it whole.
+        lines = _read_stdin()
+        for start in range(0, len(lines), chunk):
+            yield lines[start:start + chunk]
+        return
+    pending: list[str] = []
+    rest, line_no, eof = b"", 0, False
+    while not eof or pending:
+        if pending and (eof or len(pending) >= chunk or not select.select([fd], [], [], 0)[0]):
+            yield pending[:chunk]
+            del pending[:chunk]
+            continue
+        data = os.read(fd, 1 << 16)
+        if data:
+            *complete, rest = (rest + data).split(b"\n")
+        else:
+            eof, complete, rest = True, [rest] if rest else [], b""
+        for raw in complete:
+            line_no += 1
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise TranslatorError(f"stdin is not valid UTF-8 (line {line_no})") from None
+            pending.append(text[:-1] if text.endswith("\r") else text)
 
 
 def _read_file(path: Path) -> list[str]:
@@ -256,12 +371,14 @@ def _read_file(path: Path) -> list[str]:
 @contextmanager
 def _output(path: Path | None) -> Iterator[Any]:
     """stdout, or a file written under a temporary name and renamed into place at the end, so
-    that a failed run (or `--output` naming the input) never leaves half a file."""
+    that a failed run (or `--output` naming the input) never leaves half a file. The file gets
+    the mode the umask gives new files (the temporary one is private)."""
     if path is None:
         yield sys.stdout
         return
-    import os
     import tempfile
+
+    from translator.checkpoint import new_file_mode
 
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
@@ -271,20 +388,25 @@ def _output(path: Path | None) -> Iterator[Any]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             yield f
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator translate --run runs/toy \"The big dog "
+             "sees the small cat.\"  (or: translator translate --run runs/toy -i in.en -o "
+             "out.de)")
 def translate(
     sentence: Annotated[str | None, typer.Argument(
-        help="Text to translate; '-' or nothing reads stdin, one text per line.")] = None,
+        metavar="SENTENCE", help="Text to translate; '-' or nothing reads stdin, one text per "
+        "line, each translated as soon as it arrives.")] = None,
     input_: Annotated[Path | None, typer.Option(
-        "--input", "-i", help="Translate this UTF-8 file line by line.")] = None,
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Write the translations to this file (default: stdout).")]
+        "--input", "-i", metavar="FILE", help="Translate this UTF-8 file line by line.")]
     = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE",
+        help="Write the translations to this file (default: stdout).")] = None,
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -297,12 +419,13 @@ def translate(
     max_len_a: MaxLenAOpt = None,
     max_len_b: MaxLenBOpt = None,
     n_best: Annotated[int, typer.Option(
-        "--n-best", min=1, help="Print the N best translations of each line with their scores: "
-        "line number, score and text, tab-separated (lines are not split into sentences).")]
-    = 1,
+        "--n-best", min=1, metavar="N", help="Print the N best translations of each line with "
+        "their scores: line number, score and text, tab-separated. The k-th of a line of "
+        "several sentences joins each sentence's k-th best; its score is their sum. Needs "
+        "--beam N or more (without --beam the beam is widened to N).")] = 1,
     no_split: Annotated[bool, typer.Option(
         "--no-split", help="Translate each line whole, not sentence by sentence.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     engine: EngineOpt = "native",
     model: ModelDirOpt = None,
     quantization: QuantOpt = "int8",
@@ -313,19 +436,29 @@ def translate(
     with _user_errors():
         from tqdm import tqdm
 
+        if n_best > 1 and beam is not None and beam < n_best:
+            # A beam of k holds k hypotheses: widening it silently would change the search.
+            raise TranslatorError(f"--n-best {n_best} needs --beam {n_best} or more, got "
+                                  f"--beam {beam}")
         # A person typing at a terminal gets each translation as soon as the line is entered.
         interactive = (input_ is None and sentence in (None, "-") and sys.stdin.isatty()
                        and output is None)
+        # Chunks keep the progress bar moving and the output streaming on long inputs while
+        # each chunk is still sorted by length into well-filled batches.
+        chunk = max(16 * batch_size, 256)
+        total = None
         if input_ is not None:
             if sentence is not None:
                 raise TranslatorError("give either a sentence or --input FILE, not both")
             lines = _read_file(input_)
+            total = len(lines)
+            parts: Iterator[list[str]] = (lines[i:i + chunk] for i in range(0, total, chunk))
         elif sentence is None or sentence == "-":
-            lines = [] if interactive else _read_stdin()
+            parts = iter([]) if interactive else _stdin_batches(chunk)
         else:
             if not sentence.strip():
                 raise TranslatorError("nothing to translate: the sentence is empty")
-            lines = [sentence]
+            parts = iter([[sentence]])
         translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
                                       model, quantization)
         dec = translator.decoding(beam_size=beam, length_penalty=length_penalty,
@@ -335,7 +468,10 @@ def translate(
 
         def emit(out: Any, part: list[str], first_line: int) -> None:
             if n_best > 1:
-                nbest = translator.translate_nbest(part, n_best, batch_size, **settings)
+                # beam: the user's, else the run's widened to n_best (translate_nbest).
+                nbest = translator.translate_nbest(part, n_best, batch_size,
+                                                   **{**settings, "beam_size": beam},
+                                                   split_sentences=not no_split)
                 for n, hyps in enumerate(nbest, start=first_line):
                     out.writelines(f"{n}\t{s:.4f}\t{text}\n" for text, s in hyps)
             else:
@@ -349,32 +485,33 @@ def translate(
             for n, line in enumerate(sys.stdin, start=1):
                 emit(sys.stdout, [line.rstrip("\r\n")], n)
             return
-        # Chunks keep the progress bar moving and the output streaming on long inputs while
-        # each chunk is still sorted by length into well-filled batches.
-        chunk = max(16 * batch_size, 256)
         # disable=None: tqdm shows the bar only when stderr is a terminal.
-        bar = tqdm(total=len(lines), unit="line", disable=True if quiet or input_ is None
+        bar = tqdm(total=total, unit="line", disable=True if quiet or input_ is None
                    else None, dynamic_ncols=True, file=sys.stderr)
+        done = 0
         with _output(output) as out:
-            for start in range(0, len(lines), chunk):
-                part = lines[start:start + chunk]
-                emit(out, part, start + 1)
+            for part in parts:
+                emit(out, part, done + 1)
+                done += len(part)
                 bar.update(len(part))
         bar.close()
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator evaluate --run runs/toy --split test --beam 4")
 def evaluate(
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     split: Annotated[str | None, typer.Option(
+        "--split", metavar="NAME",
         help="train, valid or test (default), or for a text/tsv/hub corpus the name of any "
         "other split, e.g. test_2017_flickr.")] = None,
     src: Annotated[Path | None, typer.Option(
-        "--src", help="Evaluate on this source file instead of a split (with --ref).")] = None,
+        "--src", metavar="FILE",
+        help="Evaluate on this source file instead of a split (with --ref).")] = None,
     ref: Annotated[Path | None, typer.Option(
-        "--ref", help="Reference translations, line-aligned with --src.")] = None,
+        "--ref", metavar="FILE", help="Reference translations, line-aligned with --src.")]
+    = None,
     checkpoint: CkptOpt = None,
     device: TranslateDeviceOpt = "auto",
     dtype: DtypeOpt = None,
@@ -389,9 +526,15 @@ def evaluate(
     quantization: QuantOpt = "int8",
 ) -> None:
     """Translate a split (or a pair of files) and print corpus BLEU and chrF (sacreBLEU, with
-    signatures). The report and the translations are also written to <run>/eval/."""
+    signatures). The report and the translations are also written to <run>/eval/, named by
+    split and settings, e.g. test.beam4.lp0.6.json and test.beam4.lp0.6.hyp.txt."""
     with _user_errors():
-        from translator.evaluate import evaluate_pairs, load_split, read_parallel_files
+        from translator.evaluate import (
+            evaluate_pairs,
+            load_split,
+            read_parallel_files,
+            report_name,
+        )
 
         if (src is None) != (ref is None):
             raise TranslatorError("--src and --ref go together")
@@ -413,28 +556,42 @@ def evaluate(
                                       max_len_b=max_len_b)
         report.update(where, checkpoint=str(translator.checkpoint),
                       engine=translator.engine_name)
+        if getattr(translator, "quantization", None):
+            report["quantization"] = translator.quantization
         out_dir = (Path(translator.checkpoint) if model is not None
                    else Path(translator.cfg.run_dir)) / "eval"
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out_dir / f"{name}.hyp.txt").write_text("".join(h + "\n" for h in hyps),
+        stem = report_name(name, report)
+        (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out_dir / f"{stem}.hyp.txt").write_text("".join(h + "\n" for h in hyps),
                                                  encoding="utf-8")
         if as_json:
             typer.echo(json.dumps(report))
         else:
             search = ("greedy" if report["beam_size"] == 1 else
                       f"beam {report['beam_size']}, length penalty {report['length_penalty']}")
+            from translator.evaluate import TOK_LC_LABEL
+
+            tok_lc = report.get("bleu_tok_lc")
+            tok_line = (f"{TOK_LC_LABEL}: {tok_lc:.2f} (sacreBLEU above: {report['bleu']:.2f})"
+                        if tok_lc is not None else
+                        "(pip install sacremoses for the papers' tokenized lowercased BLEU)")
             typer.echo(f"{report['bleu_detail']}\n{report['bleu_signature']}\n"
                        f"chrF2 = {report['chrf']:.2f}\n{report['chrf_signature']}\n"
+                       f"{tok_line}\nlength ratio (hypotheses / references) "
+                       f"{report['length_ratio']:.3f}\n"
                        f"{report['sentences']} sentences ({name}), {search}, "
                        f"{report['sentences_per_second']} sentences/s, "
                        f"checkpoint {report['checkpoint']}")
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator attention --run runs/toy \"The dog sees "
+             "the cat.\" --out att/")
 def attention(
-    sentence: Annotated[str, typer.Argument(help="The sentence to translate and inspect.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNG files.")],
+    sentence: Annotated[str, typer.Argument(metavar="SENTENCE",
+                                            help="The sentence to translate and inspect.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
+                                      help="Folder for the PNG files.")],
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -461,25 +618,25 @@ def attention(
         typer.echo(f"wrote {len(paths)} images to {out}", err=True)
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator export --run runs/toy --out toy-ct2 "
+             "--quantization int8")
 def export(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the model to.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
+                                      help="Folder to write the model to.")],
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     checkpoint: CkptOpt = None,
-    to: Annotated[str, typer.Option("--to", help="Target format: ctranslate2.")]
+    to: Annotated[str, typer.Option("--to", metavar="FORMAT", help="Target format: ctranslate2.")]
     = "ctranslate2",
     quantization: Annotated[str, typer.Option(
-        "--quantization", "-q", help="int8 (default), int8_float32, int16, float16, bfloat16 "
-        "or float32.")] = "int8",
+        "--quantization", "-q", metavar="TYPE", help="int8, int8_float32, int16, float16, "
+        "bfloat16 or float32.")] = "int8",
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")]
     = False,
 ) -> None:
     """Export a trained run for another inference engine: a CTranslate2 model folder with the
-    run's tokenizers and a translator.json, enough to translate without PyTorch.
-
-    Example: translator export --run runs/toy --out toy-ct2 --quantization int8"""
+    run's tokenizers and a translator.json, enough to translate without PyTorch."""
     with _user_errors():
         if to != "ctranslate2":
             raise TranslatorError(f"unknown export target '{to}' (use ctranslate2)")
@@ -490,49 +647,54 @@ def export(
         typer.echo(f"wrote a CTranslate2 model ({quantization}) to {path}", err=True)
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator serve --run runs/toy --port 5000")
 def serve(
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     checkpoint: CkptOpt = None,
     engine: Annotated[str, typer.Option(
-        "--engine", help="native (PyTorch) or ctranslate2 (the run exported on the fly into "
+        "--engine", metavar="ENGINE",
+        help="native (PyTorch) or ctranslate2 (the run exported on the fly into "
         "<run>/export/).")] = "native",
     quantization: QuantOpt = "int8",
     device: TranslateDeviceOpt = "auto",
     dtype: DtypeOpt = None,
     host: Annotated[str, typer.Option(
-        "--host", help="Address to listen on; 0.0.0.0 opens it to the network.")]
+        "--host", metavar="ADDRESS", help="Address to listen on; 0.0.0.0 opens it to the network.")]
     = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 5000,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, metavar="PORT",
+                                        help="TCP port.")] = 5000,
     max_batch: Annotated[int, typer.Option(
-        "--max-batch", min=1, help="Most sentences decoded together in one batch.")] = 64,
+        "--max-batch", min=1, metavar="N",
+        help="Most sentences decoded together in one batch.")] = 64,
     batch_wait_ms: Annotated[float, typer.Option(
-        "--batch-wait-ms", min=0.0, help="How long a batch waits for more requests, in ms.")]
+        "--batch-wait-ms", min=0.0, metavar="MS",
+        help="How long a batch waits for more requests, in ms.")]
     = 5.0,
     max_chars: Annotated[int, typer.Option(
-        "--max-chars", min=1, help="Most characters in one request.")] = 5000,
+        "--max-chars", min=1, metavar="N", help="Most characters in one request.")] = 5000,
     max_lines: Annotated[int, typer.Option(
-        "--max-lines", min=1, help="Most lines in one request (all its texts together).")]
+        "--max-lines", min=1, metavar="N",
+        help="Most lines in one request (all its texts together).")]
     = 100,
     max_beam: Annotated[int, typer.Option(
-        "--max-beam", min=1, help="Largest beam size (and n-best) a request may ask for.")]
+        "--max-beam", min=1, metavar="N",
+        help="Largest beam size (and n-best) a request may ask for.")]
     = 16,
     timeout: Annotated[float, typer.Option(
-        "--timeout", min=0.001, help="Seconds a request may wait before it gets 503.")]
+        "--timeout", min=0.001, metavar="SECONDS",
+        help="Seconds a request may wait before it gets 503.")]
     = 30.0,
     api_key: Annotated[str | None, typer.Option(
-        "--api-key", envvar="TRANSLATOR_API_KEY", show_envvar=True,
+        "--api-key", envvar="TRANSLATOR_API_KEY", show_envvar=True, metavar="KEY",
         help="Require this key on /translate and /attention.")] = None,
     access_log: Annotated[bool, typer.Option(
         "--access-log/--no-access-log", help="Log each request.")] = True,
 ) -> None:
     """Serve a run over HTTP: a LibreTranslate-compatible API (/translate, /languages), a
     translation page with attention heatmaps at /, OpenAPI docs at /docs. Concurrent
-    requests are decoded together in batches.
-
-    Example: translator serve --run runs/toy --port 5000"""
+    requests are decoded together in batches."""
     with _user_errors():
         from translator.serve import check_address, check_installed, run_server
         from translator.serve.service import Limits
@@ -549,15 +711,13 @@ def serve(
                                  timeout=timeout))
 
 
-@app.command()
+@app.command(cls=_Verb, epilog="Example: translator info runs/toy --json")
 def info(
-    run: Annotated[Path, typer.Argument(help="The run folder.")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="The run folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Describe a run folder: languages, model size and parameters, tokenizers and their
-    vocabularies, steps and epochs trained, the best validation and its checkpoint, the files.
-
-    Example: translator info runs/toy"""
+    vocabularies, steps and epochs trained, the best validation and its checkpoint, the files."""
     with _user_errors():
         from translator.runinfo import format_run_info, run_info
 

@@ -103,7 +103,17 @@ class DataConfig:
     """builtin: seed of the grammar generator (same seed, same corpus)."""
     max_len: int = 128
     """Longest sentence in tokens, [SOS]/[EOS] included; longer training pairs are dropped
-    (and counted in the log), never truncated."""
+    (and counted in the log and splits.json), never truncated."""
+    clean_text: bool = True
+    """Train only: control characters (C0, DEL, C1) become a space, and pairs with a U+FFFD
+    replacement character (text once decoded from invalid UTF-8) are dropped."""
+    drop_copies: bool = True
+    """Train only: drop pairs whose source equals their target (untranslated copies)."""
+    dedup: bool = True
+    """Train only: drop exact duplicate pairs, keeping the first."""
+    max_ratio: float = 3.0
+    """Train only: drop pairs whose longer side has more than this many times the tokens of
+    the shorter (counted by the run's tokenizers, specials excluded); 0: off."""
     cache_dir: str | None = None
     """Cache of the datasets library (files converted to Arrow, token ids), reused by later
     runs; empty: its default ($HF_DATASETS_CACHE or ~/.cache/huggingface/datasets)."""
@@ -208,11 +218,14 @@ class TrainingConfig:
     dist_timeout: float = 300.0
     """Seconds to wait for all processes when a torchrun job starts."""
     log_every: int = 50
-    """Write train loss and learning rate to TensorBoard every N steps."""
+    """Every N steps: a progress line when stderr is not a terminal (a file, a pipe), and train
+    loss (the mean over those N steps), learning rate and tokens/s to TensorBoard."""
     valid_every: int = 0
     """Validate every N steps; 0: at the end of each epoch."""
     valid_max_sentences: int = 0
-    """Score BLEU on the first N validation sentences; 0: all of them."""
+    """Validate on N validation sentences drawn at random (seeded by data.split_seed, the same
+    ones at every validation and on resume), not the first N: corpora sorted by length would
+    otherwise be scored, and best.pt picked, on their shortest sentences; 0: all of them."""
     decode_batch_size: int = 128
     """Sentences per batch when greedy-decoding for validation."""
     examples: int = 3
@@ -450,6 +463,8 @@ def _validate(cfg: Config) -> None:
                        ("data.test_ratio", cfg.data.test_ratio)):
         if not 0.0 <= value < 1.0:
             fail(key, f"must be in [0, 1), got {value}")
+    if not (cfg.data.max_ratio == 0 or 1.0 <= cfg.data.max_ratio < math.inf):
+        fail("data.max_ratio", f"must be 0 (off) or >= 1, got {cfg.data.max_ratio}")
     if cfg.data.valid_ratio + cfg.data.test_ratio >= 1.0:
         fail("data.valid_ratio", "valid_ratio + test_ratio must be < 1")
     if not 0.0 < cfg.training.adam_beta1 < 1.0:
@@ -540,9 +555,33 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     except OSError as exc:
         raise ConfigError(f"config error: cannot read {path}: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"config error: {path} is not valid YAML: {first}") from None
+        raise ConfigError(f"config error: {path} is not valid YAML{_yaml_problem(exc)}")\
+            from None
+    if raw is None and not overrides:
+        # Nothing but blank lines or comments: every default together is the paper's base
+        # model on the built-in corpus, hours of training nobody asked for.
+        raise ConfigError(f"config error: {path} is empty; with no settings it would train "
+                          "the default base Transformer (d_model 512, 6+6 layers, about 45M "
+                          "parameters) on the built-in corpus; give at least one section "
+                          "(configs/toy.yaml is a small start)")
     return config_from_dict(raw, name=path.stem, overrides=overrides)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """": <what> at line L, column C" for a YAML syntax error (1-based, as editors count), with
+    the construct it was inside when that started elsewhere; else the error's first line."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f": {first}"
+    text = f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        where = (f" at line {start.line + 1}, column {start.column + 1}"
+                 if start is not None and (start.line, start.column) != (mark.line, mark.column)
+                 else "")
+        text += f" ({context}{where})"
+    return text
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -587,3 +626,17 @@ def unsafe_resume_changes(saved: Config, new: Config) -> list[str]:
     """Keys that differ from the saved run config and may not change on resume."""
     return [k for k in config_diff(saved, new)
             if k not in RESUME_SAFE_KEYS and not k.startswith("decoding.")]
+
+
+# Model keys that fine-tuning may change: they change no parameter's shape (domain adaptation
+# often raises dropout on a small corpus).
+INIT_FREE_KEYS = frozenset({"model.dropout", "model.attention_dropout"})
+
+
+def init_changes(base: Config, new: Config) -> list[str]:
+    """Keys in which a fine-tuning config differs from its base run's where it must not: the
+    tokenizer and model sections (the base's vocabulary and weights are kept) and the
+    language pair (the tokenizer files are named by language)."""
+    return [k for k in config_diff(base, new)
+            if (k.split(".")[0] in ("tokenizer", "model") and k not in INIT_FREE_KEYS)
+            or k in ("data.src_lang", "data.tgt_lang")]

@@ -6,8 +6,10 @@ line-aligned text files per split (Moses style), or one TSV, CSV, JSONL or Parqu
 split. Files are converted to Arrow once, into the datasets cache, and memory-mapped from
 there: a corpus of millions of pairs is never held as Python objects, and a second run
 reuses the conversion. Splits not given as files are carved from train by ratio with
-`data.split_seed`; `Corpus.record()` describes the outcome, which `check_split_record` keeps
-in the run folder's splits.json and compares on resume.
+`data.split_seed`; then the train split alone is cleaned (control characters, invalid text,
+untranslated copies, duplicates; see `_filter_train`), so that valid and test stay exactly as
+given. `Corpus.record()` describes the outcome, which `check_split_record` keeps in the run
+folder's splits.json and compares on resume.
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ class DataError(TranslatorError):
 @dataclass
 class Corpus:
     """The splits of a corpus (Arrow datasets with string columns `src` and `tgt`), how many
-    pairs of each were dropped for an empty side, and how valid/test were carved."""
+    pairs of each were dropped for an empty side, how valid/test were carved, and what the
+    train-only filters did (`filtered`: counts by filter name; training adds the token-level
+    ones, `ratio` and `too_long`, once the tokenizers exist)."""
 
     splits: dict[str, datasets.Dataset]
     dropped: dict[str, int] = field(default_factory=dict)
     carved: dict[str, float] = field(default_factory=dict)
     split_seed: int = 0
+    filtered: dict[str, int] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> datasets.Dataset:
         return self.splits[name]
@@ -65,7 +70,11 @@ class Corpus:
         sizes, so that a resume can check it sees the same split."""
         return {"split_seed": self.split_seed, "carved_ratios": dict(self.carved),
                 "sizes": {k: len(v) for k, v in self.splits.items()},
-                "dropped_empty": dict(self.dropped)}
+                "dropped_empty": dict(self.dropped), "train_filters": dict(self.filtered)}
+
+    def cleaning_summary(self) -> str:
+        """The non-zero train filter counts, for log lines."""
+        return cleaning_summary(self.filtered)
 
 
 def _fingerprint(*parts: object) -> str:
@@ -384,6 +393,108 @@ def _clean(ds: datasets.Dataset, cfg: DataConfig, name: str,
     return clean, dropped
 
 
+# ---------------------------------------------------------------- train-only filters
+
+# Keys of `Corpus.filtered` (and splits.json's train_filters) and how log lines name them.
+FILTER_NAMES = {
+    "controls_normalised": "with control characters made spaces",
+    "invalid": "invalid (U+FFFD or nothing left)", "copies": "copies (source = target)",
+    "duplicates": "duplicates", "ratio": "over data.max_ratio", "too_long": "over data.max_len",
+}
+# C0 controls (tab and newline included: inside one sentence they are debris too), DEL, C1.
+_CONTROL = r"[\x00-\x1f\x7f-\x9f]"
+# A run of whitespace holding at least one control character: it becomes one space.
+_CONTROL_RUN = rf"[\s\x00-\x1f\x7f-\x9f]*{_CONTROL}[\s\x00-\x1f\x7f-\x9f]*"
+_KEEP, _INVALID, _COPY = 0, 1, 2
+
+
+def cleaning_summary(filtered: Mapping[str, int]) -> str:
+    """'3 duplicates, 1 copies (source = target), ...': the non-zero counts, or 'nothing'."""
+    return ", ".join(f"{n} {FILTER_NAMES.get(k, k)}" for k, n in filtered.items() if n) or "nothing"
+
+
+def _pair_key(src: str, tgt: str) -> int:
+    """A 64-bit hash of a pair, the same in every process (Python's `hash` of a string is
+    salted per process, which would break exact resume); the length prefix keeps ("ab", "c")
+    and ("a", "bc") apart. At 64 bits, 100M distinct pairs collide with odds of about 1/3000,
+    and a collision only drops one pair."""
+    digest = hashlib.blake2b(f"{len(src)}:{src}{tgt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _filter_batch(table: pa.Table, clean_text: bool, drop_copies: bool,
+                  dedup: bool) -> pa.Table:
+    """The batch with control characters normalised, plus per pair a verdict (`_flag`:
+    keep, invalid, copy), whether it was normalised and its hash (`_key`, for dedup).
+    Verdicts are columns, not a filter, so that the counts can be read back from the
+    datasets cache, where a second run finds this map's result without calling it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    src, tgt = table.column("src"), table.column("tgt")
+    n = table.num_rows
+    flag = np.zeros(n, dtype=np.int8)
+    normalised = np.zeros(n, dtype=bool)
+    if clean_text:
+        normalised = pc.or_(pc.match_substring_regex(src, _CONTROL),
+                            pc.match_substring_regex(tgt, _CONTROL)).to_numpy(
+                                zero_copy_only=False)
+        src, tgt = (pc.utf8_trim_whitespace(pc.replace_substring_regex(side, _CONTROL_RUN, " "))
+                    for side in (src, tgt))
+        empty = pc.or_(pc.equal(pc.utf8_length(src), 0), pc.equal(pc.utf8_length(tgt), 0))
+        replaced = pc.or_(pc.match_substring(src, "\ufffd"), pc.match_substring(tgt, "\ufffd"))
+        bad = pc.or_(empty, replaced)
+        flag[bad.to_numpy(zero_copy_only=False)] = _INVALID
+    if drop_copies:
+        copy = pc.equal(src, tgt).to_numpy(zero_copy_only=False)
+        flag[copy & (flag == _KEEP)] = _COPY
+    keys = (np.fromiter(map(_pair_key, src.to_pylist(), tgt.to_pylist()), dtype=np.uint64,
+                        count=n) if dedup else np.zeros(n, dtype=np.uint64))
+    return pa.table({"src": src, "tgt": tgt, "_flag": flag, "_normalised": normalised,
+                     "_key": pa.array(keys, pa.uint64())})
+
+
+def _filter_train(ds: datasets.Dataset, cfg: DataConfig) -> tuple[datasets.Dataset,
+                                                                   dict[str, int]]:
+    """The train split after the filters the config turns on, and how many pairs each one
+    dropped (or, `controls_normalised`, changed). One batched map computes the verdicts;
+    dedup keeps the first of each hash (numpy over 8 bytes a pair, not Python objects of the
+    whole split); the survivors are an index selection of the map's result. All of it is a
+    pure function of the split and the options, so a resume sees the same train split."""
+    import datasets
+
+    counts = {"controls_normalised": 0, "invalid": 0, "copies": 0, "duplicates": 0}
+    options = (cfg.clean_text, cfg.drop_copies, cfg.dedup)
+    if len(ds) == 0 or not any(options):
+        return ds, counts
+    features = datasets.Features({
+        "src": datasets.Value("string"), "tgt": datasets.Value("string"),
+        "_flag": datasets.Value("int8"), "_normalised": datasets.Value("bool"),
+        "_key": datasets.Value("uint64")})
+    with _quiet_datasets():
+        mapped = ds.with_format("arrow").map(
+            _filter_batch, batched=True, batch_size=10_000, features=features,
+            fn_kwargs=dict(zip(("clean_text", "drop_copies", "dedup"), options, strict=True)),
+            new_fingerprint=_fingerprint(ds._fingerprint, "filter-train", options),
+        ).with_format(None)
+        table = mapped.data  # the map's own Arrow table: no index mapping, in split order
+        flag = table.column("_flag").to_numpy()
+        counts["controls_normalised"] = int(table.column("_normalised").to_numpy().sum())
+        counts["invalid"] = int((flag == _INVALID).sum())
+        counts["copies"] = int((flag == _COPY).sum())
+        keep = np.flatnonzero(flag == _KEEP)
+        if cfg.dedup and len(keep):
+            keys = table.column("_key").to_numpy()[keep]
+            first = np.sort(np.unique(keys, return_index=True)[1])
+            counts["duplicates"] = len(keep) - len(first)
+            keep = keep[first]
+        kept = mapped if len(keep) == len(mapped) else mapped.select(
+            keep, new_fingerprint=_fingerprint(mapped._fingerprint, "filter-select"))
+        kept = kept.remove_columns(["_flag", "_normalised", "_key"],
+                                   new_fingerprint=_fingerprint(kept._fingerprint, "filter-cols"))
+    return kept, counts
+
+
 # ---------------------------------------------------------------- the corpus
 
 
@@ -455,7 +566,9 @@ def check_data_files(cfg: DataConfig) -> None:
 
 def load_corpus(cfg: DataConfig) -> Corpus:
     """All splits of the configured corpus: explicit ones read, missing ones carved from
-    train by ratio with `split_seed` (or left empty). Empty sides are dropped and counted."""
+    train by ratio with `split_seed` (or left empty). Empty sides are dropped and counted in
+    every split; then the train split alone goes through the filters `_filter_train` applies
+    (carving comes first, so the carved valid/test are never filtered either)."""
     check_data_files(cfg)
     if cfg.source == "builtin":
         raw = _builtin(cfg)
@@ -474,15 +587,25 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     for split in SPLITS:
         splits.setdefault(split, _empty())
         dropped.setdefault(split, 0)
+    before = len(splits["train"])
+    splits["train"], filtered = _filter_train(splits["train"], cfg)
     if len(splits["train"]) == 0:
-        raise DataError("data error: the train split is empty")
+        raise DataError("data error: the train split is empty" + (
+            f" after cleaning (of {before} pairs: {cleaning_summary(filtered)}; see "
+            "data.clean_text, drop_copies, dedup)" if before else ""))
+    corpus = Corpus(splits, dropped, carved, cfg.split_seed, filtered)
+    if any(filtered.values()):
+        log.info("train cleaning: %s", corpus.cleaning_summary())
     log.info("corpus: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
-    return Corpus(splits, dropped, carved, cfg.split_seed)
+    return corpus
 
 
 def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
     """Write the corpus' split record to `path`; when resuming, first check that it matches
-    the one the run started with, so training goes on over the same split."""
+    the one the run started with, so training goes on over the same split. Training calls
+    it twice: once after reading the corpus and again when the token-level filter counts are
+    known; each time only the train filter counts present on both sides are compared (a
+    record from before the filters existed has none)."""
     path = Path(path)
     record = corpus.record()
     if resume and path.is_file():
@@ -490,10 +613,17 @@ def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"data error: cannot read {path}: {_first_line(exc)}") from None
-        for key in ("split_seed", "sizes"):
-            if saved.get(key) != record[key]:
+        saved_filters = saved.get("train_filters") or {}
+        compared = {"split_seed": (saved.get("split_seed"), record["split_seed"]),
+                    "sizes": (saved.get("sizes"), record["sizes"]),
+                    "train_filters": ({k: saved_filters[k] for k in record["train_filters"]
+                                       if k in saved_filters},
+                                      {k: v for k, v in record["train_filters"].items()
+                                       if k in saved_filters})}
+        for key, (old, new) in compared.items():
+            if old != new:
                 raise DataError(f"data error: --resume: the corpus now gives {key} "
-                                f"{record[key]} but {path} recorded {saved.get(key)}; resume "
+                                f"{new} but {path} recorded {old}; resume "
                                 "with the same data or start a new run")
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 

@@ -195,6 +195,8 @@ class CT2Translator(Translator):
     ours uses GNMT's ((5 + length) / 6) ** alpha; with alpha 0 both rank by the plain sum."""
 
     engine_name = "ctranslate2"
+    quantization: str | None = None
+    """The weights' type the export was made with (from translator.json)."""
 
     def __init__(self, model_dir: Path, cfg: Config, src_tok: TextTokenizer,
                  tgt_tok: TextTokenizer, engine: Any, device: str) -> None:
@@ -242,7 +244,9 @@ class CT2Translator(Translator):
         cfg.data.src_lang, cfg.data.tgt_lang = src_lang, tgt_lang
         cfg.data.max_len = int(meta.get("max_len", cfg.data.max_len))
         cfg.decoding = DecodingConfig(**meta.get("decoding", {}))
-        return cls(path, cfg, src_tok, tgt_tok, engine, device)
+        translator = cls(path, cfg, src_tok, tgt_tok, engine, device)
+        translator.quantization = meta.get("quantization")
+        return translator
 
     @classmethod
     def from_run(cls, run_dir: str | Path, quantization: str = "int8",

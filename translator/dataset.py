@@ -34,28 +34,42 @@ _TOKENIZE_VERSION = "ids-1"
 
 
 class BilingualDataset(torch.utils.data.Dataset):
-    """Pairs of id sequences (without special tokens) that fit in `max_len` with them."""
+    """Pairs of id sequences (without special tokens) that fit in `max_len` with them and,
+    when `max_ratio` is set, whose longer side has at most `max_ratio` times the tokens of the
+    shorter (the train split's length-ratio filter: here, because only here are the token
+    lengths known)."""
 
     def __init__(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
-                 max_len: int, name: str = "data") -> None:
+                 max_len: int, name: str = "data", max_ratio: float = 0.0) -> None:
         if len(src_ids) != len(tgt_ids):
             raise ValueError(f"{len(src_ids)} source but {len(tgt_ids)} target sequences")
         src_flat, src_off = _flatten(src_ids)
         tgt_flat, tgt_off = _flatten(tgt_ids)
-        self._setup(src_flat, src_off, tgt_flat, tgt_off, max_len, name)
+        self._setup(src_flat, src_off, tgt_flat, tgt_off, max_len, name, max_ratio)
 
     def _setup(self, src_flat: np.ndarray, src_off: np.ndarray, tgt_flat: np.ndarray,
-               tgt_off: np.ndarray, max_len: int, name: str) -> None:
-        """Drop the pairs that do not fit `max_len` (logging how many) and store the rest as
-        flat int32 tensors with int64 offsets."""
+               tgt_off: np.ndarray, max_len: int, name: str, max_ratio: float = 0.0) -> None:
+        """Drop the pairs that do not fit `max_len`, then those beyond `max_ratio` (logging
+        how many of each: `dropped`, `dropped_ratio`) and store the rest as flat int32
+        tensors with int64 offsets."""
         src_lens, tgt_lens = np.diff(src_off), np.diff(tgt_off)
         fits = (src_lens + 2 <= max_len) & (tgt_lens + 1 <= max_len)
-        keep = np.flatnonzero(fits)
         n = len(src_lens)
-        self.dropped = int(n - len(keep))
+        self.dropped = int(n - fits.sum())
         if self.dropped:
             log.warning("%s: dropped %d of %d pairs longer than data.max_len=%d tokens",
                         name, self.dropped, n, max_len)
+        self.dropped_ratio = 0
+        if max_ratio > 0:
+            # Cross-multiplied, so that an empty side (length 0) needs no special case.
+            within = np.maximum(src_lens, tgt_lens) <= max_ratio * np.minimum(src_lens, tgt_lens)
+            self.dropped_ratio = int((fits & ~within).sum())
+            fits &= within
+            if self.dropped_ratio:
+                log.warning("%s: dropped %d of %d pairs whose length ratio exceeds "
+                            "data.max_ratio=%g (in tokens)", name, self.dropped_ratio, n,
+                            max_ratio)
+        keep = np.flatnonzero(fits)
         self.kept_index: list[int] = keep.tolist()
         self.src_flat, self.src_off = _select(src_flat, src_off, fits)
         self.tgt_flat, self.tgt_off = _select(tgt_flat, tgt_off, fits)
@@ -75,13 +89,14 @@ class BilingualDataset(torch.utils.data.Dataset):
 
     @classmethod
     def from_dataset(cls, ds: datasets.Dataset, src_tok: TextTokenizer, tgt_tok: TextTokenizer,
-                     max_len: int, name: str = "data") -> BilingualDataset:
+                     max_len: int, name: str = "data", max_ratio: float = 0.0
+                     ) -> BilingualDataset:
         """Tokenize an Arrow split with columns `src`/`tgt` (see `translator.corpus`) through a
         cached batched `datasets.map`, and take its ids without Python lists."""
         import pyarrow.compute as pc
 
         if len(ds) == 0:
-            return cls([], [], max_len, name)
+            return cls([], [], max_len, name, max_ratio)
         table = tokenize(ds, src_tok, tgt_tok).with_format("arrow")[:]
         self = cls.__new__(cls)
         sides = []
@@ -92,7 +107,7 @@ class BilingualDataset(torch.utils.data.Dataset):
             np.cumsum(lens, out=off[1:])
             flat = ids.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
             sides += [flat, off]
-        self._setup(*sides, max_len, name)
+        self._setup(*sides, max_len, name, max_ratio)
         return self
 
     def __len__(self) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 import sacrebleu
 
-from translator.config import DataConfig
+from translator.config import DataConfig, DecodingConfig
 from translator.errors import TranslatorError
 from translator.inference import Translator, split_lines
 
@@ -95,6 +95,34 @@ def evaluate_pairs(translator: Translator, pairs: Sequence[tuple[str, str]],
         sentences_per_second=round(len(pairs) / max(seconds, 1e-9), 1),
     )
     return report, hyps
+
+
+def report_name(name: str, report: dict[str, Any]) -> str:
+    """The file stem of an evaluate report and its translations: the split (or source file)
+    name, then what changes the result, so that runs with other settings sit beside it
+    instead of overwriting it: a checkpoint other than best.pt/latest.pt, the ctranslate2
+    engine with its quantization, a dtype other than fp32, the search (`greedy`, or
+    `beam4.lp0.6`) and an output cap other than the default (`len2x+5`). E.g.
+    `test.beam4.lp0.6`, `test.greedy`, `test.averaged.ct2-int8.greedy`."""
+    parts = [name]
+    engine = report.get("engine", "native")
+    ckpt = Path(str(report.get("checkpoint") or ""))
+    if engine == "native" and ckpt.name and ckpt.stem not in ("best", "latest"):
+        parts.append(ckpt.stem)
+    if engine != "native":
+        quant = report.get("quantization")
+        parts.append("ct2" + (f"-{quant}" if quant else "") if engine == "ctranslate2"
+                     else engine)
+    elif report.get("dtype", "fp32") != "fp32":
+        parts.append(report["dtype"])
+    if report["beam_size"] == 1:
+        parts.append("greedy")
+    else:
+        parts.append(f"beam{report['beam_size']}.lp{report['length_penalty']:g}")
+    default = DecodingConfig()
+    if (report["max_len_a"], report["max_len_b"]) != (default.max_len_a, default.max_len_b):
+        parts.append(f"len{report['max_len_a']:g}x+{report['max_len_b']}")
+    return ".".join(parts)
 
 
 def read_parallel_files(src: str | Path, ref: str | Path) -> list[tuple[str, str]]:

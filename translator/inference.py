@@ -232,19 +232,40 @@ class Translator:
     def translate_nbest(self, sentences: Sequence[str], n_best: int, batch_size: int = 64, *,
                         beam_size: int | None = None, length_penalty: float | None = None,
                         max_len_a: float | None = None, max_len_b: int | None = None,
-                        ) -> list[list[tuple[str, float]]]:
-        """The `n_best` best beam-search translations of each sentence with their scores
-        (length-normalised log-probabilities), best first; [] for an empty sentence. The beam
-        is at least `n_best` wide."""
-        dec = self.decoding(beam_size=max(beam_size or self.cfg.decoding.beam_size, n_best),
+                        split_sentences: bool = False) -> list[list[tuple[str, float]]]:
+        """The `n_best` best beam-search translations of each text with their scores
+        (length-normalised log-probabilities), best first; [] for an empty text.
+
+        Without `beam_size` the beam is the run's, widened to `n_best` if narrower; a
+        `beam_size` below `n_best` is an error (a beam of k holds only k hypotheses).
+
+        With `split_sentences`, each text is cut into sentences as `translate` does, and its
+        k-th alternative joins the k-th hypothesis of each sentence (a sentence with fewer
+        hypotheses gives its last); its score is the sum of those hypotheses' scores, so the
+        alternatives stay sorted and a one-sentence text keeps its sentence's score."""
+        if beam_size is not None and beam_size < n_best:
+            raise TranslatorError(f"--n-best {n_best} needs a beam of at least {n_best} "
+                                  f"hypotheses, got --beam {beam_size}")
+        dec = self.decoding(beam_size=beam_size or max(self.cfg.decoding.beam_size, n_best),
                             length_penalty=length_penalty, max_len_a=max_len_a,
                             max_len_b=max_len_b)
-        ids = self.encode(sentences)
+        pieces, owner = _pieces(sentences, split_sentences)
+        ids = self.encode(pieces)
         keep = [i for i, x in enumerate(ids) if x]
         outs = self._nbest([ids[i] for i in keep], batch_size, dec, n_best)
-        result: list[list[tuple[str, float]]] = [[] for _ in sentences]
-        for i, hyps in zip(keep, outs, strict=True):
-            result[i] = [(self.tgt_tok.decode(tokens), score) for tokens, score in hyps]
+        per_text: list[list[list[tuple[str, float]]]] = [[] for _ in sentences]
+        found = dict(zip(keep, outs, strict=True))
+        for i, text_index in enumerate(owner):
+            if found.get(i):
+                per_text[text_index].append([(self.tgt_tok.decode(tokens), score)
+                                             for tokens, score in found[i]])
+        result: list[list[tuple[str, float]]] = []
+        for parts in per_text:
+            width = max((len(hyps) for hyps in parts), default=0)
+            result.append([
+                (" ".join(t for t in (hyps[min(k, len(hyps) - 1)][0] for hyps in parts) if t),
+                 sum(hyps[min(k, len(hyps) - 1)][1] for hyps in parts))
+                for k in range(width)])
         return result
 
     def _search(self, src_ids: Sequence[Sequence[int]], batch_size: int,

@@ -8,12 +8,14 @@ replays the same batch list from that position.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import random
 import shlex
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm import tqdm
 
 from translator.checkpoint import (
@@ -38,6 +41,7 @@ from translator.checkpoint import (
 from translator.config import (
     Config,
     config_diff,
+    init_changes,
     load_config,
     parse_override,
     save_run_config,
@@ -64,6 +68,27 @@ class TrainingInterrupted(TranslatorError):
     """Ctrl-C or SIGTERM: the step finished, a checkpoint was written."""
 
     exit_code = 130
+    calm = True  # the user asked for this stop: the CLI prints it without "error:"
+
+
+def _say(text: str) -> None:
+    """A line for the user on stderr, printed above a progress bar if one is drawn (the bar
+    stays whole); stdout stays free for results."""
+    tqdm.write(text, file=sys.stderr)
+
+
+def _stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal: only there does a redrawn tqdm bar read well; a file or
+    pipe gets plain log lines instead (a bar there is a stream of carriage returns)."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as H:MM:SS."""
+    return str(timedelta(seconds=max(0, round(seconds))))
 
 
 @dataclass
@@ -120,10 +145,22 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    backend: str = "gloo"
 
     @property
     def enabled(self) -> bool:
         return self.world > 1
+
+    @property
+    def collective_device(self) -> torch.device:
+        """Where a tensor handed to a collective must live: nccl takes only this rank's GPU,
+        gloo only the CPU. Every collective goes through `tensor`, so none gets it wrong."""
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else \
+            torch.device("cpu")
+
+    def tensor(self, values: list[float]) -> Tensor:
+        """A float tensor on `collective_device`, ready for a collective."""
+        return torch.tensor(values, dtype=torch.float32, device=self.collective_device)
 
     @property
     def main(self) -> bool:
@@ -138,7 +175,7 @@ class Dist:
         """True on every rank if `flag` is true on any rank (stops are taken together)."""
         if not self.enabled:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = self.tensor([1.0 if flag else 0.0])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
@@ -159,7 +196,7 @@ def init_distributed(timeout_s: float) -> Dist:
                                     timeout=timedelta(seconds=timeout_s))
         except Exception as exc:  # a timeout or refused rendezvous: say so in one line
             raise TranslatorError(f"distributed setup failed on rank {rank}: {exc}") from None
-    return Dist(rank, world, local)
+    return Dist(rank, world, local, dist.get_backend())
 
 
 def _rng_state() -> dict[str, Any]:
@@ -186,18 +223,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _stop_signals() -> Iterator[dict[str, bool]]:
+def _stop_signals() -> Iterator[dict[str, Any]]:
     """Turn Ctrl-C / SIGTERM into a flag the loop checks after each step, so the step finishes
     and a checkpoint is written before exiting. A second Ctrl-C aborts at once."""
-    flag = {"stop": False}
+    flag: dict[str, Any] = {"stop": False, "signal": None}
     previous = {}
 
     def handler(signum: int, _frame: Any) -> None:
         if flag["stop"]:
             raise KeyboardInterrupt
-        flag["stop"] = True
-        tqdm.write(f"\n{signal.Signals(signum).name} received: finishing this step, then saving "
-                   "a checkpoint (press Ctrl-C again to abort without saving)")
+        flag["stop"], flag["signal"] = True, signum
+        # On a terminal the shell has just echoed ^C: start on a fresh line.
+        fresh_line = "\n" if _stderr_is_terminal() else ""
+        _say(f"{fresh_line}{signal.Signals(signum).name} received: finishing this step, then "
+             "saving a checkpoint (press Ctrl-C again to abort without saving)")
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -269,13 +308,55 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunLayout:
     return layout
 
 
-def _tokenizers(cfg: Config, layout: RunLayout, train: Any,
-                reuse: bool) -> tuple[TextTokenizer, TextTokenizer]:
-    """The run's tokenizers: reloaded when resuming, else trained on the train split (an
-    Arrow dataset, streamed in batches) and saved; a shared one is saved under both names."""
+def init_source(path: Path, cfg: Config) -> tuple[Path, RunLayout]:
+    """The checkpoint and base run that `train --init-from PATH` starts from: PATH a run
+    folder (its best.pt, else latest.pt) or a checkpoint file inside one (the run's
+    tokenizers are needed too). Refuses a config whose tokenizer or model section or language
+    pair differs from the base run's, and a new run folder that is the base's own."""
+    path = Path(path)
+    if path.is_dir():
+        base = RunLayout(path)
+        if not base.config.is_file():
+            raise TranslatorError(f"--init-from: {path} is not a run folder (no config.yaml)")
+        checkpoint = base.default_checkpoint()
+        if not checkpoint.is_file():
+            raise TranslatorError(f"--init-from: no best.pt or latest.pt in {base.checkpoints}")
+    elif path.is_file():
+        owner = RunLayout.of_file(path)
+        if owner is None:
+            raise TranslatorError(f"--init-from: {path} is not inside a run folder (its "
+                                  "tokenizers are needed): give the run folder")
+        base, checkpoint = owner, path
+    else:
+        raise TranslatorError(f"--init-from: no run folder or checkpoint file at {path}")
+    if base.root.resolve() == cfg.run_dir.resolve():
+        raise TranslatorError(f"--init-from: {base.root} is this run's own folder; give the "
+                              "new run another output.dir (or config name)")
+    differ = init_changes(base.load_config(), cfg)
+    if differ:
+        raise TranslatorError(f"--init-from: the config differs from the base run's "
+                              f"{base.config} in {', '.join(differ)} (fine-tuning keeps its "
+                              "vocabulary and model shape)")
+    for lang in (cfg.data.src_lang, cfg.data.tgt_lang):
+        if not base.tokenizer(lang).is_file():
+            raise TranslatorError(f"--init-from: {base.tokenizer(lang)} not found")
+    return checkpoint, base
+
+
+def _tokenizers(cfg: Config, layout: RunLayout, train: Any, reuse: bool,
+                base: RunLayout | None = None) -> tuple[TextTokenizer, TextTokenizer]:
+    """The run's tokenizers: reloaded when resuming, copied from `base` when fine-tuning (its
+    vocabulary is what the weights know), else trained on the train split (an Arrow dataset,
+    streamed in batches) and saved; a shared one is saved under both names."""
     src_path = layout.tokenizer(cfg.data.src_lang)
     tgt_path = layout.tokenizer(cfg.data.tgt_lang)
     if reuse and src_path.is_file() and tgt_path.is_file():
+        return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
+    if base is not None:
+        import shutil
+
+        for lang, path in ((cfg.data.src_lang, src_path), (cfg.data.tgt_lang, tgt_path)):
+            shutil.copyfile(base.tokenizer(lang), path)
         return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
     src_tok, tgt_tok = build_tokenizers(iter_texts(train, "src"), iter_texts(train, "tgt"),
                                         cfg.tokenizer)
@@ -290,12 +371,20 @@ class Trainer:
     """Holds everything of one training run. `train(cfg)` is the usual entry point."""
 
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False,
-                 device: str | None = None, quiet: bool = False) -> None:
+                 device: str | None = None, quiet: bool = False,
+                 init_from: Path | None = None) -> None:
         self.cfg = cfg
         tc = cfg.training
+        if init_from is not None and resume:
+            raise TranslatorError("--init-from starts a new run from another run's weights; "
+                                  "--resume continues a run from its own: give one of them")
+        # Checked before the run folder exists, as the data files below: a typo leaves nothing.
+        init = init_source(init_from, cfg) if init_from is not None else None
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.dist = init_distributed(tc.dist_timeout)
+        # quiet: no progress output (bar or progress lines); validation results and the
+        # start-up summary still print, on the main process only.
         self.quiet = quiet or not self.dist.main
         self.device = resolve_device(device or tc.device)
         if self.dist.enabled and self.device.type == "cuda":
@@ -313,17 +402,26 @@ class Trainer:
         if self.dist.main:
             check_split_record(self.layout.splits, corpus, resume)
             self.src_tok, self.tgt_tok = _tokenizers(cfg, self.layout, corpus["train"],
-                                                     reuse=resume)
+                                                     reuse=resume, base=init[1] if init else None)
         self.dist.barrier()
         if not self.dist.main:
             self.src_tok, self.tgt_tok = _tokenizers(cfg, self.layout, corpus["train"], True)
         self.train_data = BilingualDataset.from_dataset(
-            corpus["train"], self.src_tok, self.tgt_tok, cfg.data.max_len, "train")
+            corpus["train"], self.src_tok, self.tgt_tok, cfg.data.max_len, "train",
+            cfg.data.max_ratio)
+        corpus.filtered.update(ratio=self.train_data.dropped_ratio,
+                               too_long=self.train_data.dropped)
+        self.cleaning = corpus.cleaning_summary()
+        if self.dist.main:  # again, now with the token-level counts
+            check_split_record(self.layout.splits, corpus, resume)
         if len(self.train_data) == 0:
-            raise TranslatorError("no training pair fits data.max_len")
+            raise TranslatorError("no training pair fits data.max_len and data.max_ratio")
         valid = corpus["valid"]
-        if tc.valid_max_sentences:
-            valid = valid.select(range(min(tc.valid_max_sentences, len(valid))))
+        if 0 < tc.valid_max_sentences < len(valid):
+            # A seeded sample, kept in corpus order; the first N of a corpus sorted by length
+            # (phrasebooks, Anki exports) would be only its shortest sentences.
+            rng = random.Random(f"valid:{cfg.data.split_seed}")
+            valid = valid.select(sorted(rng.sample(range(len(valid)), tc.valid_max_sentences)))
         valid = to_pairs(valid)
         self.valid_pairs = valid
         self.valid_data = BilingualDataset.from_pairs(
@@ -338,22 +436,35 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
             eps=1e-9, weight_decay=tc.weight_decay, fused=cuda or None)
-        self.total_steps = tc.max_steps or tc.epochs * math.ceil(
+        steps_per_epoch = math.ceil(
             len(self.sampler.batches()) // self.dist.world / tc.accum_steps)
+        self.total_steps = tc.max_steps or tc.epochs * steps_per_epoch
+        # Where training is expected to end, for the progress ETA: epochs or max_steps,
+        # whichever comes first.
+        self.planned_steps = min(self.total_steps, tc.epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_factor(s + 1, tc.warmup_steps, tc.schedule, self.total_steps))
         self.state = TrainState()
         if resume:
             self._load(self.layout.latest)
+        elif self.dist.main:
+            self.layout.init.unlink(missing_ok=True)  # an --overwrite'n run's record is stale
+        if init is not None:
+            self._init_weights(*init)
         # What runs the training forward pass: DDP keeps gradients in sync across ranks,
         # torch.compile fuses the elementwise work; validation and checkpoints use self.model.
         self.train_model: torch.nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
+            # broadcast_buffers=False: the only buffers are the positional tables, a pure
+            # function of their length, grown on demand; rank 0's validation can grow its own
+            # past the other ranks', and broadcasting buffers of different sizes breaks the
+            # collective (seen as a gloo size mismatch once validation saw longer sentences).
             self.train_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if cuda else None)
+                self.model, device_ids=[self.device.index] if cuda else None,
+                broadcast_buffers=False)
         if tc.compile:
             self.train_model = torch.compile(self.train_model, dynamic=True)
         self.writer: Any = None
@@ -425,6 +536,23 @@ class Trainer:
         prune_checkpoints(self.layout, self.cfg.training.keep_last)
         return path
 
+    def _init_weights(self, path: Path, base: RunLayout) -> None:
+        """Start from the weights in `path` (optimizer, schedule and step stay fresh) and
+        record where they came from in the run's init.json."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:  # a foreign checkpoint: its shapes are not this config's
+            first = str(exc).strip().splitlines()
+            raise TranslatorError(f"--init-from: {path} does not fit this model: "
+                                  f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+        record = {"run": str(base.root.resolve()), "checkpoint": str(path.resolve()),
+                  "step": ckpt.get("step"), "epoch": ckpt.get("epoch")}
+        if self.dist.main:
+            self.layout.init.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        log.info("initialised from %s (step %s of run %s); fresh optimizer and schedule",
+                 path, ckpt.get("step"), base.root)
+
     def _load(self, path: Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(ckpt["model"])
@@ -449,24 +577,19 @@ class Trainer:
             return {}
         tc = self.cfg.training
         self.model.eval()
-        total, tokens = 0.0, 0
-        sampler = BucketBatchSampler(self.valid_data, tc.max_tokens, tc.batch_size, shuffle=False)
-        for idx in sampler:
-            batch = collate([self.valid_data[i] for i in idx]).to(self.device)
-            logits = self.model(batch.src, batch.tgt_in, batch.src_mask)
-            total += float(F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(),
-                                           ignore_index=PAD_ID, reduction="sum"))
-            tokens += batch.n_tokens
+        loss = validation_loss(self.model, self.valid_data, self.device, tc.max_tokens,
+                               tc.batch_size)
         src_ids = [self.valid_data[i][0].tolist() for i in range(len(self.valid_data))]
         outs = translate_ids(self.model, src_ids, self.device, tc.decode_batch_size)
         hyps = [self.tgt_tok.decode(o) for o in outs]
         refs = [self.valid_pairs[i][1] for i in self.valid_data.kept_index]
         result = score(hyps, refs)
-        result["loss"] = total / max(tokens, 1)
+        result["loss"] = loss
         step = self.state.step
         self.writer.add_scalar("valid/loss", result["loss"], step)
         self.writer.add_scalar("valid/bleu", result["bleu"], step)
         self.writer.add_scalar("valid/chrf", result["chrf"], step)
+        self.writer.add_scalar("valid/length_ratio", result["length_ratio"], step)
         examples = [f"| {self.valid_pairs[self.valid_data.kept_index[i]][0]} | {refs[i]} | "
                     f"{hyps[i]} |" for i in range(min(max(tc.examples, 3), len(hyps)))]
         self.writer.add_text("valid/examples", "| source | reference | prediction |\n"
@@ -477,14 +600,14 @@ class Trainer:
 
         log_attention(self.writer, self.model, src_ids[0], self.src_tok, self.tgt_tok, step,
                       self.device)
-        if not self.quiet:
-            lines = [f"validation at step {step}: loss {result['loss']:.3f}  "
-                     f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}"]
-            for i in range(min(tc.examples, len(hyps))):
-                src = self.valid_pairs[self.valid_data.kept_index[i]][0]
-                lines += [f"  SOURCE     {src}", f"  REFERENCE  {refs[i]}",
-                          f"  PREDICTED  {hyps[i]}"]
-            tqdm.write("\n".join(lines))
+        lines = [f"validation at step {step}: loss {result['loss']:.3f}  "
+                 f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  "
+                 f"length ratio {result['length_ratio']:.2f}"]
+        for i in range(min(tc.examples, len(hyps))):
+            src = self.valid_pairs[self.valid_data.kept_index[i]][0]
+            lines += [f"  SOURCE     {src}", f"  REFERENCE  {refs[i]}",
+                      f"  PREDICTED  {hyps[i]}"]
+        _say("\n".join(lines))
         self.model.train()
         return result
 
@@ -508,10 +631,9 @@ class Trainer:
                 else:
                     st.bad_validations += 1
                     stop = bool(tc.patience) and st.bad_validations >= tc.patience
-                    if stop and not self.quiet:
-                        tqdm.write(f"early stopping: validation {tc.best_metric} has not "
-                                   f"improved for {st.bad_validations} validations "
-                                   f"(best {st.best_score:.2f})")
+                    if stop:
+                        _say(f"early stopping: validation {tc.best_metric} has not improved "
+                             f"for {st.bad_validations} validations (best {st.best_score:.2f})")
             else:
                 is_best = True  # no validation data: the newest model is the one to use
             self.save(is_best=is_best)
@@ -532,10 +654,11 @@ class Trainer:
         signal comes; validate and checkpoint on the way."""
         tc, st = self.cfg.training, self.state
         n_params = count_parameters(self.model)
-        if not self.quiet:
+        if self.dist.main:
             log.info("run folder %s | device %s | %s | %d parameters | vocab %d/%d | "
-                     "%d train pairs%s", self.layout.root, self.device, self.precision, n_params,
-                     self.src_tok.vocab_size, self.tgt_tok.vocab_size, len(self.train_data),
+                     "%d train pairs (cleaning: %s)%s", self.layout.root, self.device,
+                     self.precision, n_params, self.src_tok.vocab_size, self.tgt_tok.vocab_size,
+                     len(self.train_data), self.cleaning,
                      f" | {self.dist.world} processes" if self.dist.enabled else "")
         start = time.perf_counter()
         self.model.train()
@@ -543,32 +666,59 @@ class Trainer:
         tokens_seen = 0
         stop_reason = ""
         window_tokens, window_start = 0, time.perf_counter()
+        # Loss means: over the epoch so far for the bar (moves every step), over the last
+        # log_every steps for log lines and TensorBoard (one step's loss is noisy).
+        window_loss, window_steps, logged_step = 0.0, 0, -1
+        first_step, tps = st.step, 0.0
+        # A redrawn bar on a terminal; plain progress lines in a file or pipe; neither quiet.
+        bar_mode = not self.quiet and _stderr_is_terminal()
+        lines_mode = not self.quiet and not bar_mode
         with _stop_signals() as signal_flag:
             while st.epoch < tc.epochs and not stop_reason:
                 self.sampler.set_epoch(st.epoch)
                 batches = self._epoch_batches()
                 if st.batch_in_epoch == 0 and self.writer is not None:
                     self.writer.add_scalar("train/padding_fraction",
-                                           padding_fraction(self.train_data, batches), st.epoch)
+                                           padding_fraction(self.train_data, batches), st.step)
                 groups = [batches[i:i + tc.accum_steps]
                           for i in range(0, len(batches), tc.accum_steps)]
                 done = st.batch_in_epoch // tc.accum_steps
-                bar = tqdm(total=len(groups), initial=done, disable=self.quiet,
-                           desc=f"epoch {st.epoch + 1}/{tc.epochs}", dynamic_ncols=True)
+                bar = tqdm(total=len(groups), initial=done, disable=not bar_mode,
+                           desc=f"epoch {st.epoch + 1}/{tc.epochs}", dynamic_ncols=True,
+                           file=sys.stderr)
+                epoch_loss, epoch_steps = 0.0, 0
                 for group in groups[done:]:
                     loss, tokens, grad_norm = self._step(group)
                     st.batch_in_epoch += len(group)
                     window_tokens += tokens
                     tokens_seen += tokens * self.dist.world
-                    bar.update(1)
                     lr = self.scheduler.get_last_lr()[0]
-                    if st.step % tc.log_every == 0 or st.step == 1:
+                    if math.isfinite(loss):  # a skipped step's NaN would poison the means
+                        epoch_loss, epoch_steps = epoch_loss + loss, epoch_steps + 1
+                        window_loss, window_steps = window_loss + loss, window_steps + 1
+                    if bar_mode:
+                        bar.set_postfix(loss=f"{epoch_loss / max(epoch_steps, 1):.3f}",
+                                        lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
+                    bar.update(1)
+                    if (st.step % tc.log_every == 0 or st.step == 1) and st.step != logged_step:
+                        logged_step = st.step
                         now = time.perf_counter()
                         tps = window_tokens * self.dist.world / max(now - window_start, 1e-9)
+                        mean_loss = window_loss / window_steps if window_steps else loss
                         window_tokens, window_start = 0, now
-                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                        window_loss, window_steps = 0.0, 0
+                        if lines_mode:
+                            elapsed = now - start
+                            left = (self.planned_steps - st.step) * elapsed / max(
+                                st.step - first_step, 1)
+                            if tc.max_minutes:
+                                left = min(left, 60 * tc.max_minutes - elapsed)
+                            _say(f"step {st.step}/{self.planned_steps} | epoch {st.epoch + 1}/"
+                                 f"{tc.epochs} | loss {mean_loss:.3f} | lr {lr:.2e} | "
+                                 f"{tps:,.0f} tok/s | elapsed {_clock(elapsed)} | "
+                                 f"ETA {_clock(left)}")
                         if self.writer is not None:
-                            self.writer.add_scalar("train/loss", loss, st.step)
+                            self.writer.add_scalar("train/loss", mean_loss, st.step)
                             self.writer.add_scalar("train/lr", lr, st.step)
                             self.writer.add_scalar("train/tokens_per_s", tps, st.step)
                             if grad_norm is not None:
@@ -590,8 +740,11 @@ class Trainer:
                 bar.close()
                 if stop_reason == "signal":
                     path = self.save()
+                    sig = signal_flag["signal"]  # None: another process got the signal
+                    how = ("Ctrl-C" if sig == signal.SIGINT else
+                           signal.Signals(sig).name if sig else "a stop signal")
                     raise TrainingInterrupted(
-                        f"training stopped at step {st.step} (epoch {st.epoch + 1}, batch "
+                        f"stopped by {how} at step {st.step} (epoch {st.epoch + 1}, batch "
                         f"{st.batch_in_epoch}); checkpoint {path}; continue with: translator "
                         f"train --run {shlex.quote(str(self.layout.root))} --resume")
                 if stop_reason == "early_stopping":
@@ -674,8 +827,27 @@ class Trainer:
         return loss_value, tokens, grad_norm
 
 
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, data: BilingualDataset, device: torch.device,
+                    max_tokens: int, batch_size: int) -> float:
+    """Mean cross-entropy per target token (no label smoothing) of `model` on `data`, in
+    length-bucketed batches; the model is left in eval mode."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for idx in BucketBatchSampler(data, max_tokens, batch_size, shuffle=False):
+        batch = collate([data[i] for i in idx]).to(device)
+        logits = model(batch.src, batch.tgt_in, batch.src_mask)
+        total += float(F.cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(),
+                                       ignore_index=PAD_ID, reduction="sum"))
+        tokens += batch.n_tokens
+    return total / max(tokens, 1)
+
+
 def train(cfg: Config, resume: bool = False, overwrite: bool = False,
-          device: str | None = None, quiet: bool = False) -> TrainResult:
-    """Train the model a config describes; returns where the run went and how it ended."""
-    return Trainer(cfg, resume=resume, overwrite=overwrite, device=device, quiet=quiet).run()
+          device: str | None = None, quiet: bool = False,
+          init_from: Path | None = None) -> TrainResult:
+    """Train the model a config describes (from the weights of another run with
+    `init_from`); returns where the run went and how it ended."""
+    return Trainer(cfg, resume=resume, overwrite=overwrite, device=device, quiet=quiet,
+                   init_from=init_from).run()
 

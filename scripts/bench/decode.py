@@ -48,6 +48,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--decode-batch-size", type=int, default=64,
                        help="Sentences per batch of the batched rows.")
     group.add_argument("--decode-beam", type=int, default=4, help="Beam size of the beam row.")
+    group.add_argument("--decode-device", default="cpu",
+                       help="cpu or cuda: where all rows decode (CTranslate2's too).")
     group.add_argument("--decode-dtype", choices=DECODING_DTYPES, default="fp32",
                        help="Number format of the model's weights, for all four rows "
                        "(default fp32).")
@@ -76,7 +78,8 @@ def _model(args: argparse.Namespace, sources: list[str]) -> tuple[object, bool, 
     from translator.inference import Translator
 
     if args.decode_run is not None:
-        tr = Translator.from_run(args.decode_run, device="cpu", dtype=args.decode_dtype)
+        tr = Translator.from_run(args.decode_run, device=args.decode_device,
+                                 dtype=args.decode_dtype)
         m = tr.cfg.model
         desc = (f"run {args.decode_run} ({tr.checkpoint.name}): d_model {m.d_model}, "
                 f"{m.layers}+{m.decoder_layers or m.layers} layers, vocab "
@@ -101,7 +104,7 @@ def _model(args: argparse.Namespace, sources: list[str]) -> tuple[object, bool, 
     cfg.data.max_len = 128
     cfg.model.d_model, cfg.model.layers, cfg.model.heads, cfg.model.d_ff = 256, 3, 4, 1024
     tr = Translator(cfg, src_tok, tgt_tok, model.to(DTYPES[args.decode_dtype]),
-                    torch.device("cpu"))
+                    torch.device(args.decode_device))
     desc = (f"untrained d_model 256, 3+3 layers, vocab {src_tok.vocab_size}/"
             f"{tgt_tok.vocab_size}, {args.decode_dtype} (outputs run to their length cap; pass "
             "--decode-run for a trained model)")
@@ -125,23 +128,23 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     translator, trained, desc = _model(args, sources)
     model = translator.model
     ids = [x or [0] for x in translator.encode(sources)]  # an empty line decodes as [UNK]
-    cpu = torch.device("cpu")
+    device = torch.device(args.decode_device)
     K, bs = args.decode_beam, args.decode_batch_size
 
     def one_by_one(use_cache: bool, fast: bool = False) -> list[list[int]]:
-        return [greedy_decode(model, pack_sources([x], cpu), use_cache=use_cache, fast=fast)[0]
+        return [greedy_decode(model, pack_sources([x], device), use_cache=use_cache, fast=fast)[0]
                 for x in ids]
 
     for x in ids[:50]:  # warm-up: allocator, kernels, positional table
-        greedy_decode(model, pack_sources([x], cpu))
+        greedy_decode(model, pack_sources([x], device))
         if args.decode_fast_step:
-            greedy_decode(model, pack_sources([x], cpu), fast=True)
+            greedy_decode(model, pack_sources([x], device), fast=True)
     kinds = {
         "cached_b1": ("batch 1, KV cache", lambda fast: one_by_one(True, fast)),
         "cached_batched": (f"batch {bs}, KV cache",
-                           lambda fast: translate_ids(model, ids, cpu, bs, fast=fast)),
+                           lambda fast: translate_ids(model, ids, device, bs, fast=fast)),
         f"beam{K}": (f"beam {K}, batch {bs}, KV cache",
-                     lambda fast: translate_ids(model, ids, cpu, bs, beam_size=K, alpha=0.6,
+                     lambda fast: translate_ids(model, ids, device, bs, beam_size=K, alpha=0.6,
                                                 fast=fast)),
     }
     rows = {"tutorial": ("batch 1, recompute prefix", lambda: one_by_one(False))}
@@ -211,7 +214,8 @@ def _ct2_rows(args: argparse.Namespace, translator: object, trained: bool,
         return save_ctranslate2(translator, out, q)
 
     with tempfile.TemporaryDirectory() as tmp:
-        engines = {q: CT2Translator.from_dir(export(q, Path(tmp) / q), threads=threads)
+        engines = {q: CT2Translator.from_dir(export(q, Path(tmp) / q), args.decode_device,
+                                             threads=threads)
                    for q in ("float32", "int8")}
         greedy = translator.decoding(beam_size=1)
         beam = translator.decoding(beam_size=K, length_penalty=0.6)
