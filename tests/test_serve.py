@@ -630,7 +630,8 @@ def test_page_translates_and_draws_the_heatmap_in_a_browser(
         wait.until(lambda b: b.find_element(By.ID, "translation").text == expected)
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR,
                                                  "canvas.heatmap[data-drawn='true']")) == 1)
-        target = browser.find_elements(By.CSS_SELECTOR, ".tok.target")[2]
+        targets = browser.find_elements(By.CSS_SELECTOR, ".tok.target")
+        target = targets[min(2, len(targets) - 1)]  # however short the tiny model's output
         ActionChains(browser).move_to_element(target).perform()
         wait.until(lambda b: "active" in target.get_attribute("class"))
         shot = tmp_path / "serve-page.png"
