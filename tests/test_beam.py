@@ -244,13 +244,13 @@ def test_cached_beam_equals_uncached(alpha: float) -> None:
     model = _random_model(seed=3)
     src = _src_batch([4, 7, 1, 3], seed=3)
     kwargs = {"beam_size": 3, "alpha": alpha, "max_len_a": 1.5, "max_len_b": 3, "n_best": 3}
-    cached = beam_search(model, src, **kwargs)
+    cached = beam_search(model, src, fast=False, **kwargs)  # the textbook modules' cache
     uncached = beam_search(model, src, use_cache=False, **kwargs)
     assert _tokens(cached) == _tokens(uncached)
     for c_hyps, u_hyps in zip(cached, uncached, strict=True):
         for c, u in zip(c_hyps, u_hyps, strict=True):
             assert c.score == pytest.approx(u.score, abs=1e-9)
-    fast = beam_search(model, src, fast=True, **kwargs)  # fast_decode.FastStep
+    fast = beam_search(model, src, **kwargs)  # the default: fast_decode.FastStep
     assert _tokens(fast) == _tokens(cached)
     for f_hyps, c_hyps in zip(fast, cached, strict=True):
         for f, c in zip(f_hyps, c_hyps, strict=True):

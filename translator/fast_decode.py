@@ -11,11 +11,12 @@ position's [H*K] and [H, 1, K] share their memory layout). It reads and writes t
 own cache layout (`Transformer.new_cache`, `reorder_cache`), and tests check it against the
 model.
 
-It is opt-in (`greedy_decode(..., fast=True)`, `beam_search(..., fast=True)`) until an A/B
-shows it earns its place (>= 10%); the fast path for deployment is the CTranslate2 export
-(`translator.ct2`).
-
-measured gain: see docs/benchmarks.md (decode suite, `--decode-fast-step` rows).
+It is the searches' default (`greedy_decode(..., fast=False)` and `beam_search(...,
+fast=False)` run the textbook modules instead) because it earned its place in an A/B: on the
+Multi30k model (d_model 256, 3+3 layers, 300 test_2016_flickr sentences, 2 threads, one
+process, the same tokens) it gave 1.22x the sentences/s at batch 1 (14.58 against 11.95),
+1.12x batched (121.4 against 108.4) and 1.17x in beam 4 (48.6 against 41.5); the issue's
+bar was 1.10x. The fast path for deployment is still the CTranslate2 export (`translator.ct2`).
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def translate_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: 
                   batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
                   beam_size: int = 1, alpha: float = 0.6,
                   progress: Callable[[int], None] | None = None,
-                  fast: bool = False) -> list[list[int]]:
+                  fast: bool = True) -> list[list[int]]:
     """Translate id sequences (no specials) in length-sorted batches; input order kept.
 
     `beam_size` 1 is greedy decoding (no length penalty); larger runs beam search and keeps
@@ -120,7 +120,7 @@ def nbest_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torc
               batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
               beam_size: int = 4, alpha: float = 0.6, n_best: int = 1,
               progress: Callable[[int], None] | None = None,
-              fast: bool = False) -> list[list[Hypothesis]]:
+              fast: bool = True) -> list[list[Hypothesis]]:
     """Beam search over id sequences in length-sorted batches: per sentence its `n_best`
     hypotheses with scores, best first; input order kept."""
     return _in_batches(src_ids, batch_size, device, lambda src: beam_search(
