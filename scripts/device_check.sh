@@ -66,8 +66,9 @@ if [ -f "$DATA/test_2016_flickr.de" ]; then
 else
   echo "device_check: no Multi30k at $DATA: training and decoding use the built-in corpus"
 fi
-if [ "$QUICK" = 1 ]; then STEPS=6; MINUTES=0.5; SENT=100; BASE_TOKENS=2000
-else STEPS=20; MINUTES=5; SENT=1000; BASE_TOKENS=25000; fi
+# --quick (for a CPU): a few steps and one round, small base batches, a half-minute training.
+if [ "$QUICK" = 1 ]; then STEPS=3; ROUNDS=1; MINUTES=0.5; SENT=60; BASE_TOKENS=1000
+else STEPS=20; ROUNDS=3; MINUTES=5; SENT=1000; BASE_TOKENS=25000; fi
 FAILED=()
 
 step() {  # step NAME SECONDS COMMAND...: run one part, record its exit status, go on
@@ -82,10 +83,10 @@ step() {  # step NAME SECONDS COMMAND...: run one part, record its exit status, 
 
 step "cuda tests" 300 "$PY" -m pytest -q -m cuda tests/test_cuda.py -rs
 step "train d256" 240 "$PY" scripts/benchmark.py --suite train --train-device "$DEVICE" \
-  --precision bf16 --no-tutorial --train-steps "$STEPS" --train-rounds 3 "${DATA_ARGS[@]}" \
+  --precision bf16 --no-tutorial --train-steps "$STEPS" --train-rounds "$ROUNDS" "${DATA_ARGS[@]}" \
   --json "$OUT/train_d256.json"
 step "train base" 300 "$PY" scripts/benchmark.py --suite train --train-device "$DEVICE" \
-  --precision bf16 --no-tutorial --train-steps "$STEPS" --train-rounds 3 "${DATA_ARGS[@]}" \
+  --precision bf16 --no-tutorial --train-steps "$STEPS" --train-rounds "$ROUNDS" "${DATA_ARGS[@]}" \
   --train-set model.d_model=512 --train-set model.layers=6 --train-set model.heads=8 \
   --train-set model.d_ff=2048 --train-set "training.max_tokens=$BASE_TOKENS" \
   --json "$OUT/train_base.json"
