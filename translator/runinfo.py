@@ -62,7 +62,11 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
                                 "vocab_size": tok.vocab_size}
     try:
         latest = _checkpoint_summary(layout.latest, layout)
-        best = _checkpoint_summary(layout.best, layout)
+        # best.pt is usually the same file as latest.pt (hard links): read it once.
+        same = (latest is not None and layout.best.is_file()
+                and layout.best.stat().st_ino == layout.latest.stat().st_ino)
+        best = ({**latest, "file": _same_file(layout.best, layout)} if same
+                else _checkpoint_summary(layout.best, layout))
     except CheckpointError as exc:
         raise CheckpointError(f"{layout.root}: {exc}") from None
     files = []
