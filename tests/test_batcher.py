@@ -177,3 +177,57 @@ def test_a_lone_request_waits_only_the_gathering_window() -> None:
         assert time.monotonic() - start < 2.0
     finally:
         batcher.close()
+
+
+def test_clients_answered_by_a_batch_rejoin_one_batch_instead_of_taking_turns() -> None:
+    """Closed-loop clients (each sends again as soon as it is answered) must not split into
+    groups that alternate: the answered clients' next requests join the batch of those that
+    queued meanwhile."""
+    decode = Recorder(delay=0.15)
+    batcher = Batcher(decode, max_batch=64, wait_ms=40)
+    try:
+        first = [batcher.submit([f"a{i}"]) for i in range(4)]  # batch 1 starts with these
+        assert decode.started.wait(5)
+        queued = [batcher.submit([f"b{i}"]) for i in range(4)]  # wait through batch 1
+        for f in first:
+            f.result(5)
+        # The answered clients send again, a few ms apart (well inside wait_ms).
+        again = []
+        for i in range(4):
+            again.append(batcher.submit([f"c{i}"]))
+            time.sleep(0.005)
+        for f in queued + again:
+            f.result(5)
+    finally:
+        batcher.close()
+    sizes = [len(items) for _, items in decode.calls]
+    assert sizes == [4, 8], sizes
+
+
+def test_lingering_after_a_batch_is_bounded() -> None:
+    """A steady trickle of jobs cannot hold the worker back for more than LINGER_WAITS
+    gathering windows after a batch."""
+    from translator.serve.batcher import LINGER_WAITS
+
+    decode = Recorder(delay=0.05)
+    wait_ms = 20
+    batcher = Batcher(decode, max_batch=1000, wait_ms=wait_ms)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.is_set():
+            batcher.submit(["t"])
+            time.sleep(0.002)
+
+    feeder = threading.Thread(target=trickle)
+    try:
+        feeder.start()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        feeder.join()
+        batcher.close()
+    # Each cycle is at most the decode (0.05 s) plus the cap; without the cap the worker would
+    # gather forever and decode once.
+    cycle = 0.05 + LINGER_WAITS * wait_ms / 1000
+    assert len(decode.calls) >= int(0.5 / cycle), len(decode.calls)

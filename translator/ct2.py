@@ -268,30 +268,42 @@ class CT2Translator(Translator):
              n_best: int) -> list[list[tuple[list[int], float]]]:
         """Per sentence, its n_best (ids, score) pairs. Each sentence keeps our output cap
         floor(a * (len + 2) + b) tokens: a batch decodes to its longest cap and the rest are
-        cut, which leaves greedy output exactly as ours."""
+        cut, which leaves greedy output exactly as ours.
+
+        A beam's output cut at a cap is not what a search stopped there gives, but only a
+        sentence whose best hypothesis reaches its cap can tell: those few are decoded again,
+        grouped by cap, with the cap as the search's own limit. Deciding per cap for the whole
+        batch instead would split a batch of mixed lengths into one call per length, a
+        fraction of the batched speed (the server's batches are such mixes)."""
         order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+        caps = [max(1, math.floor(dec.max_len_a * (len(ids) + 2) + dec.max_len_b))
+                for ids in src_ids]
         results: list[list[tuple[list[int], float]]] = [[] for _ in src_ids]
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            caps = {i: max(1, math.floor(dec.max_len_a * (len(src_ids[i]) + 2) + dec.max_len_b))
-                    for i in rows}
-            # Greedy output cut at a cap is what a search stopped there gives; a beam's is
-            # not, so beam search decodes each cap's sentences as their own call.
-            groups = [rows] if dec.beam_size == 1 else [
-                [i for i in rows if caps[i] == cap] for cap in sorted(set(caps.values()))]
-            for group in groups:
-                tokens = [[SOS, *(self._src_vocab[t] for t in src_ids[i]), EOS] for i in group]
-                outs = self.engine.translate_batch(
-                    tokens, max_batch_size=batch_size, beam_size=dec.beam_size,
-                    num_hypotheses=n_best,
-                    length_penalty=dec.length_penalty if dec.beam_size > 1 else 0.0,
-                    max_decoding_length=max(caps[i] for i in group), min_decoding_length=0,
-                    return_scores=True, max_input_length=0)
-                for i, out in zip(group, outs, strict=True):
-                    results[i] = [([self._tgt_index[t] for t in hyp[:caps[i]]], float(score))
-                                  for hyp, score in zip(out.hypotheses, out.scores,
-                                                        strict=True)]
+            self._decode_rows(rows, src_ids, caps, batch_size, dec, n_best, results)
+            if dec.beam_size > 1:
+                at_cap = [i for i in rows if len(results[i][0][0]) >= caps[i]]
+                for cap in sorted({caps[i] for i in at_cap}):
+                    group = [i for i in at_cap if caps[i] == cap]
+                    self._decode_rows(group, src_ids, caps, batch_size, dec, n_best, results)
         return results
+
+    def _decode_rows(self, rows: list[int], src_ids: Sequence[Sequence[int]], caps: list[int],
+                     batch_size: int, dec: DecodingConfig, n_best: int,
+                     results: list[list[tuple[list[int], float]]]) -> None:
+        """Decode sentences `rows` in one call to their longest cap; store each one's n-best,
+        cut at its own cap, in `results`."""
+        tokens = [[SOS, *(self._src_vocab[t] for t in src_ids[i]), EOS] for i in rows]
+        outs = self.engine.translate_batch(
+            tokens, max_batch_size=batch_size, beam_size=dec.beam_size,
+            num_hypotheses=n_best,
+            length_penalty=dec.length_penalty if dec.beam_size > 1 else 0.0,
+            max_decoding_length=max(caps[i] for i in rows), min_decoding_length=0,
+            return_scores=True, max_input_length=0)
+        for i, out in zip(rows, outs, strict=True):
+            results[i] = [([self._tgt_index[t] for t in hyp[:caps[i]]], float(score))
+                          for hyp, score in zip(out.hypotheses, out.scores, strict=True)]
 
     def _search(self, src_ids: Sequence[Sequence[int]], batch_size: int,
                 dec: DecodingConfig) -> list[list[int]]:

@@ -42,6 +42,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--serve-seconds", type=float, default=20.0,
                        help="Seconds of load per concurrency level (default 20).")
     group.add_argument("--serve-engine", choices=("native", "ctranslate2"), default="native")
+    group.add_argument("--serve-beam", type=int, default=None,
+                       help="Beam size each request asks for (default: none, so the run's "
+                       "decoding.beam_size).")
     group.add_argument("--serve-max-batch", type=int, default=64,
                        help="The server's --max-batch.")
     group.add_argument("--serve-batch-wait-ms", type=float, default=5.0,
@@ -116,7 +119,8 @@ class Load:
 
 
 def _drive(url: str, sentences: list[str], clients: int, seconds: float, load: Load,
-           until_total: int | None = None) -> tuple[list[float], int, float]:
+           until_total: int | None = None, beam: int | None = None,
+           ) -> tuple[list[float], int, float]:
     """`clients` threads sending one sentence per request for `seconds` (or until the
     shared total reaches `until_total`). Returns successful latencies (s), failures, time."""
     import httpx
@@ -142,7 +146,8 @@ def _drive(url: str, sentences: list[str], clients: int, seconds: float, load: L
             text = sentences[next(cursor) % len(sentences)]
             t0 = time.perf_counter()
             try:
-                ok = http.post(f"{url}/translate", json={"q": text}).status_code == 200
+                body: dict[str, object] = {"q": text} if beam is None else {"q": text, "beam": beam}
+                ok = http.post(f"{url}/translate", json=body).status_code == 200
             except httpx.HTTPError:
                 ok = False
             took = time.perf_counter() - t0
@@ -208,11 +213,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                     time.sleep(0.3)
             load = Load(proc.pid)
             warm = Load(proc.pid)  # warm-up requests count towards nothing
-            _drive(url, sentences, 4, 0.0, warm, until_total=40)
+            _drive(url, sentences, 4, 0.0, warm, until_total=40, beam=args.serve_beam)
             rows, results = [], {}
             for clients in LEVELS:
                 before = httpx.get(f"{url}/health").json()
-                lat, failed, secs = _drive(url, sentences, clients, args.serve_seconds, load)
+                lat, failed, secs = _drive(url, sentences, clients, args.serve_seconds, load,
+                                             beam=args.serve_beam)
                 after = httpx.get(f"{url}/health").json()
                 batches = after["batches"] - before["batches"]
                 decoded = after["sentences_translated"] - before["sentences_translated"]
@@ -225,7 +231,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                 if clients == 32:
                     results["serve.p99_ms_c32"] = round(p99, 2)
             if load.total < RSS_MARKS[-1]:
-                _drive(url, sentences, 32, 0.0, load, until_total=RSS_MARKS[-1])
+                _drive(url, sentences, 32, 0.0, load, until_total=RSS_MARKS[-1],
+                       beam=args.serve_beam)
             final_health = httpx.get(f"{url}/health").json()
         finally:
             proc.terminate()
@@ -240,7 +247,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                                            2) if results["serve.rps_c1"] else float("nan")
     results["serve.rss_mb_1k"] = round(hwm_1k, 1)
     results["serve.rss_mb"] = round(hwm_10k, 1)
-    print(f"## serve: {health['engine']} engine on {health['device']}, run {run_dir}; "
+    beam = "the run's beam" if args.serve_beam is None else f"beam {args.serve_beam}"
+    print(f"## serve: {health['engine']} engine on {health['device']}, run {run_dir}, {beam}; "
           f"{len(sentences)} test sentences, one per request, {args.serve_seconds:g} s per "
           f"level; server --max-batch {args.serve_max_batch} --batch-wait-ms "
           f"{args.serve_batch_wait_ms:g}\n")
