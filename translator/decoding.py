@@ -19,7 +19,9 @@ live one can still beat, or at its length cap.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -27,6 +29,8 @@ from torch import Tensor
 from translator.fast_decode import FastStep
 from translator.model import Transformer, padding_mask, reorder_cache
 from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -255,3 +259,64 @@ def _finish(finished: list[list[Hypothesis]], kth_best: Tensor, K: int, alpha: f
         hyps = finished[sent]
         if len(hyps) >= K:
             kth_best[sent] = sorted((h.score for h in hyps), reverse=True)[K - 1]
+
+
+# -- running a search over many sentences: length-sorted batches, input order kept ---------
+
+
+def pack_sources(rows: Sequence[Sequence[int]], device: torch.device) -> Tensor:
+    """Encoder inputs `[SOS] x [EOS]`, right-padded: [len(rows), longest + 2]."""
+    width = max(len(ids) for ids in rows) + 2
+    src = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    for r, ids in enumerate(rows):
+        src[r, 0] = SOS_ID
+        src[r, 1:len(ids) + 1] = torch.tensor(list(ids), dtype=torch.long)
+        src[r, len(ids) + 1] = EOS_ID
+    return src.to(device)
+
+
+def _in_batches(src_ids: Sequence[Sequence[int]], batch_size: int, device: torch.device,
+                search: Callable[[Tensor], list[T]],
+                progress: Callable[[int], None] | None = None) -> list[T]:
+    """Run `search` over length-sorted batches of `src_ids` (so that a batch pads little) and
+    return its per-sentence results in input order. `progress(n)` is told after each batch."""
+    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+    results: list[T | None] = [None] * len(src_ids)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        outs = search(pack_sources([src_ids[i] for i in rows], device))
+        for i, out in zip(rows, outs, strict=True):
+            results[i] = out
+        if progress is not None:
+            progress(len(rows))
+    return results  # type: ignore[return-value]  # every slot was filled
+
+
+def translate_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torch.device,
+                  batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
+                  beam_size: int = 1, alpha: float = 0.6,
+                  progress: Callable[[int], None] | None = None,
+                  fast: bool = True) -> list[list[int]]:
+    """Translate id sequences (no specials) in length-sorted batches; input order kept.
+
+    `beam_size` 1 is greedy decoding (no length penalty); larger runs beam search and keeps
+    each sentence's best hypothesis. `fast` picks the searches' `fast_decode` step.
+    """
+    if beam_size == 1:
+        return _in_batches(src_ids, batch_size, device, lambda src: greedy_decode(
+            model, src, max_len_a=max_len_a, max_len_b=max_len_b, fast=fast), progress)
+    return [h[0].tokens for h in nbest_ids(model, src_ids, device, batch_size, max_len_a,
+                                           max_len_b, beam_size=beam_size, alpha=alpha,
+                                           progress=progress, fast=fast)]
+
+
+def nbest_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torch.device,
+              batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
+              beam_size: int = 4, alpha: float = 0.6, n_best: int = 1,
+              progress: Callable[[int], None] | None = None,
+              fast: bool = True) -> list[list[Hypothesis]]:
+    """Beam search over id sequences in length-sorted batches: per sentence its `n_best`
+    hypotheses with scores, best first; input order kept."""
+    return _in_batches(src_ids, batch_size, device, lambda src: beam_search(
+        model, src, beam_size=beam_size, alpha=alpha, max_len_a=max_len_a,
+        max_len_b=max_len_b, n_best=n_best, fast=fast), progress)

@@ -68,7 +68,7 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
         best = ({**latest, "file": _same_file(layout.best, layout)} if same
                 else _checkpoint_summary(layout.best, layout))
     except CheckpointError as exc:
-        raise CheckpointError(f"{layout.root}: {exc}") from None
+        raise CheckpointError(f"{layout.root}: {exc}") from exc
     files = []
     for path in sorted(p for p in layout.root.rglob("*") if p.is_file()):
         files.append({"path": str(path.relative_to(layout.root)),
