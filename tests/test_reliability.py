@@ -27,9 +27,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from tests.helpers import save_config
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save, load_checkpoint
 from translator.cli import app
-from translator.config import ConfigError, config_from_dict, load_config, save_config
+from translator.config import ConfigError, config_from_dict, load_config
 from translator.corpus import check_data_files
 from translator.decoding import translate_ids
 from translator.errors import TranslatorError

@@ -11,9 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.helpers import save_config
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save
 from translator.cli import app
-from translator.config import config_from_dict, save_config
+from translator.config import config_from_dict
 from translator.inference import Translator
 from translator.modeling import build_model
 from translator.text import split_into_sentences, split_lines

@@ -613,11 +613,6 @@ def _yaml_problem(exc: Exception) -> str:
     return text
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (what the run actually used)."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-
-
 RUN_CONFIG_HEADER = (
     "# The config this run was trained with. output.dir is left empty: the run is the folder\n"
     "# holding this file, wherever it is moved or copied. Continue it with\n"

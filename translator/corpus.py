@@ -22,7 +22,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,7 +150,7 @@ def _load_file(builder: str, path: Path, cache_dir: str | None,
             fields = _PANDAS_FIELDS.search(cause)
             reason = (f"{path} line {fields[2]} has {fields[3]} fields, expected {fields[1]}"
                       if fields else f"cannot read {path}: {cause}")
-        raise DataError(f"data error: {reason}") from exc
+        raise DataError(f"{reason}") from exc
 
 
 # ---------------------------------------------------------------- one split per source
@@ -165,7 +165,7 @@ def _read_text(cfg: DataConfig, stem: str) -> datasets.Dataset:
     src, tgt = (_load_file("text", path, cfg.cache_dir) if path.stat().st_size
                 else _empty("text") for path in (src_path, tgt_path))
     if len(src) != len(tgt):
-        raise DataError(f"data error: {src_path} has {len(src)} lines but {tgt_path} has "
+        raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has "
                         f"{len(tgt)}; the files must be line-aligned")
     return datasets.concatenate_datasets(
         [src.rename_column("text", "src"), tgt.rename_column("text", "tgt")], axis=1)
@@ -180,9 +180,9 @@ def _header_fields(path: Path, sep: str, quoting: int) -> list[str]:
                 if row or n >= 1000:
                     return row
     except UnicodeDecodeError as exc:
-        raise DataError(f"data error: {_bad_utf8(path)}") from exc
+        raise DataError(f"{_bad_utf8(path)}") from exc
     except csv.Error as exc:
-        raise DataError(f"data error: cannot read {path}: {exc}") from exc
+        raise DataError(f"cannot read {path}: {exc}") from exc
     return []
 
 
@@ -217,7 +217,7 @@ def _read_hub(cfg: DataConfig, split: str) -> datasets.Dataset:
             extra = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
             return datasets.load_dataset(cfg.name, cfg.subset, split=split, **extra)
     except Exception as exc:  # network, missing dataset, unknown split: all user-facing here
-        raise DataError(f"data error: cannot load dataset '{cfg.name}' ({cfg.subset}) split "
+        raise DataError(f"cannot load dataset '{cfg.name}' ({cfg.subset}) split "
                         f"'{split}': {first_line(exc, 300)}") from exc
 
 
@@ -401,7 +401,7 @@ def _translation_sides(col: pa.ChunkedArray, indices: list[int], langs: tuple[st
             k = int(pc.index(missing, True).as_py())
             row = rows[k] if rows is not None else col[k].as_py()
             present = ", ".join(key for key, v in (row or {}).items() if v is not None)
-            raise DataError(f"data error: row {indices[k]} (0-based) of {what} has no '{lang}' "
+            raise DataError(f"row {indices[k]} (0-based) of {what} has no '{lang}' "
                             f"in its translation (languages: {present or 'none'})")
     return sides
 
@@ -451,7 +451,7 @@ def _clean(ds: datasets.Dataset, cfg: DataConfig, name: str,
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         # Readers that do not check UTF-8 (JSON) leave it to the first string operation.
         reasons = [r for r in map(_bad_utf8, _text_files_of(cfg, name)) if r]
-        raise DataError(f"data error: {reasons[0] if reasons else first_line(exc, 300)}") from exc
+        raise DataError(f"{reasons[0] if reasons else first_line(exc, 300)}") from exc
     dropped = len(ds) - len(clean)
     if dropped:
         log.warning("%s: dropped %d of %d pairs with an empty side (%s)", split, dropped,
@@ -649,7 +649,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     before = len(splits["train"])
     splits["train"], filtered = _filter_train(splits["train"], cfg)
     if len(splits["train"]) == 0:
-        raise DataError("data error: the train split is empty" + (
+        raise DataError("the train split is empty" + (
             f" after cleaning (of {before} pairs: {cleaning_summary(filtered)}; see "
             "data.clean_text, drop_copies, dedup)" if before else ""))
     corpus = Corpus(splits, dropped, carved, cfg.split_seed, filtered)
@@ -671,7 +671,7 @@ def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise DataError(f"data error: cannot read {path}: {first_line(exc, 300)}") from exc
+            raise DataError(f"cannot read {path}: {first_line(exc, 300)}") from exc
         saved_filters = saved.get("train_filters") or {}
         compared = {"split_seed": (saved.get("split_seed"), record["split_seed"]),
                     "sizes": (saved.get("sizes"), record["sizes"]),
@@ -681,7 +681,7 @@ def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
                                        if k in saved_filters})}
         for key, (old, new) in compared.items():
             if old != new:
-                raise DataError(f"data error: --resume: the corpus now gives {key} "
+                raise DataError(f"--resume: the corpus now gives {key} "
                                 f"{new} but {path} recorded {old}; resume "
                                 "with the same data or start a new run")
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -726,10 +726,3 @@ class _LazySplits(Mapping[str, list[Pair]]):
 def load_splits(cfg: DataConfig) -> Splits:
     """The splits of `load_corpus(cfg)` as lists of (source, target) pairs, by split name."""
     return _LazySplits(load_corpus(cfg))
-
-
-def clean_pairs(pairs: Sequence[Pair]) -> tuple[list[Pair], int]:
-    """Strip whitespace and drop pairs with an empty side; returns (kept, dropped count)."""
-    kept = [(s.strip(), t.strip()) for s, t in pairs]
-    kept = [(s, t) for s, t in kept if s and t]
-    return kept, len(pairs) - len(kept)
