@@ -114,6 +114,27 @@ def test_the_counter_counts_what_it_should() -> None:
     assert branches(fn) == 5  # if, 2 boolean operands, for, ternary; g's if is g's
 
 
+
+def test_training_imports_no_inference_module() -> None:
+    """Training needs the searches and the model builder, not the Translator (issue 13.3)."""
+    import subprocess
+    import sys
+
+    code = "import sys, translator.train; print('translator.inference' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=PACKAGE.parent)
+    assert out.stdout.strip() == "False"
+
+
+def test_every_data_source_has_an_entry_in_the_source_table() -> None:
+    import typing
+
+    from translator.config import DataConfig
+    from translator.corpus import SOURCES
+
+    choices = typing.get_args(typing.get_type_hints(DataConfig)["source"])
+    assert set(SOURCES) == set(choices)
+
 if __name__ == "__main__":
     bad, ok, allowed = shape_report()
     print("offenders:", *bad, sep="\n  ")
