@@ -150,7 +150,7 @@ def _load_file(builder: str, path: Path, cache_dir: str | None,
             fields = _PANDAS_FIELDS.search(cause)
             reason = (f"{path} line {fields[2]} has {fields[3]} fields, expected {fields[1]}"
                       if fields else f"cannot read {path}: {cause}")
-        raise DataError(f"{reason}") from exc
+        raise DataError(reason) from exc
 
 
 # ---------------------------------------------------------------- one split per source
@@ -180,7 +180,7 @@ def _header_fields(path: Path, sep: str, quoting: int) -> list[str]:
                 if row or n >= 1000:
                     return row
     except UnicodeDecodeError as exc:
-        raise DataError(f"{_bad_utf8(path)}") from exc
+        raise DataError(str(_bad_utf8(path))) from exc
     except csv.Error as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
     return []
@@ -193,7 +193,7 @@ def _read_delimited(cfg: DataConfig, name: str) -> datasets.Dataset | None:
     import datasets
 
     path = Path(cfg.dir or ".") / name
-    sep, quoting = SOURCES[cfg.source].delimiter or (",", csv.QUOTE_MINIMAL)
+    sep, quoting = SOURCES[cfg.source].delimiter or ("\t", csv.QUOTE_NONE)  # tsv or csv
     header = isinstance(cfg.src_column, str) or isinstance(cfg.tgt_column, str)
     fields = _header_fields(path, sep, quoting)
     if not fields:
