@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import save_config
 from translator.config import (
     Config,
     ConfigError,
     config_from_dict,
     load_config,
     parse_override,
-    save_config,
 )
 from translator.corpus import check_data_files
 

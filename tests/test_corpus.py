@@ -18,7 +18,6 @@ from translator.config import ConfigError, DataConfig
 from translator.corpus import (
     DataError,
     check_split_record,
-    clean_pairs,
     iter_texts,
     load_corpus,
     load_splits,
@@ -99,13 +98,6 @@ def test_empty_train_is_an_error(tmp_path: Path, cache: str) -> None:
     _write_text(tmp_path, "train", ["", " "], ["x", "y"])
     with pytest.raises(DataError, match="train split is empty"):
         load_splits(_cfg("text", tmp_path, cache))
-
-
-def test_clean_pairs() -> None:
-    assert clean_pairs([(" a ", "b\n"), ("", "c"), ("d", " ")]) == ([("a", "b")], 2)
-
-
-# ---------------------------------------------------------------- tsv
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

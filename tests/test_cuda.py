@@ -11,9 +11,9 @@ import torch
 
 from translator.checkpoint import RunLayout, load_checkpoint
 from translator.config import Config, config_from_dict
-from translator.decoding import greedy_decode
+from translator.decoding import greedy_decode, pack_sources
 from translator.evaluate import load_split
-from translator.inference import Translator, pack_sources
+from translator.inference import Translator
 from translator.model import build_transformer
 from translator.train import Trainer, train
 

@@ -27,13 +27,16 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from tests.helpers import save_config
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save, load_checkpoint
 from translator.cli import app
-from translator.config import ConfigError, config_from_dict, load_config, save_config
+from translator.config import ConfigError, config_from_dict, load_config
 from translator.corpus import check_data_files
+from translator.decoding import translate_ids
 from translator.errors import TranslatorError
-from translator.inference import Translator, build_model, translate_ids
+from translator.inference import Translator
 from translator.model import Transformer
+from translator.modeling import build_model
 from translator.tokenizer import UNK_ID, build_tokenizer
 from translator.train import train
 

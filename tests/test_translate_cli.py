@@ -11,10 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.helpers import save_config
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save
 from translator.cli import app
-from translator.config import config_from_dict, save_config
-from translator.inference import Translator, build_model, split_into_sentences, split_lines
+from translator.config import config_from_dict
+from translator.inference import Translator
+from translator.modeling import build_model
+from translator.text import split_into_sentences, split_lines
 from translator.tokenizer import EOS_ID, build_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -614,34 +614,38 @@ def _de_np(np: NP, case: str) -> list[str]:
         return [{"nom": p.de_nom, "acc": p.de_acc, "dat": p.de_dat}[case]]
     noun = _NOUNS[np.head]
     gi = 3 if np.plural else _G_INDEX[noun.gender]
-    det = np.det
-    toks: list[str] = []
-    if det == "the":
-        toks.append(_DEF_ART[case][gi])
-        ending = _WEAK[case][gi]
-    elif det == "a" or det in _POSSESSIVES:
-        end = _EIN_END[case][gi]
-        toks.append(("ein" if det == "a" else _POSSESSIVES[det]) + end)
-        # Mixed declension: the adjective shows the gender where the article cannot.
-        ending = _STRONG[case][gi] if end == "" else _WEAK[case][gi]
-    else:
-        if det:
-            toks.append(_NUMBERS[det])
-        ending = _STRONG[case][gi]
+    toks, ending = _de_determiner(np.det, case, gi)
     toks.extend(_ADJS[a].stem + ending for a in np.adjs)
-    if np.plural:
-        toks.append(noun.de_dat_pl if case == "dat" else noun.de_pl)
-    elif noun.gender == "w" and case != "nom":
-        toks.append(noun.de_gen)
-    elif case == "gen" and noun.gender in "mn":
-        toks.append(noun.de_gen)
-    else:
-        toks.append(noun.de)
+    toks.append(_de_noun(noun, case, np.plural))
     if np.of is not None:
         toks += _de_np(np.of, "gen")
     if np.with_ is not None:
         toks += ["mit", *_de_np(np.with_, "dat")]
     return toks
+
+
+def _de_determiner(det: str, case: str, gi: int) -> tuple[list[str], str]:
+    """The German article (or number) of English determiner `det` for gender/number index
+    `gi` in `case`, and the ending that adjectives after it take."""
+    if det == "the":
+        return [_DEF_ART[case][gi]], _WEAK[case][gi]
+    if det == "a" or det in _POSSESSIVES:
+        end = _EIN_END[case][gi]
+        # Mixed declension: the adjective shows the gender where the article cannot.
+        return ([("ein" if det == "a" else _POSSESSIVES[det]) + end],
+                _STRONG[case][gi] if end == "" else _WEAK[case][gi])
+    return ([_NUMBERS[det]] if det else []), _STRONG[case][gi]
+
+
+def _de_noun(noun: _Noun, case: str, plural: bool) -> str:
+    """The German form of a noun in `case` (weak feminine-style forms are the genitive's)."""
+    if plural:
+        return noun.de_dat_pl if case == "dat" else noun.de_pl
+    if noun.gender == "w" and case != "nom":
+        return noun.de_gen
+    if case == "gen" and noun.gender in "mn":
+        return noun.de_gen
+    return noun.de
 
 
 def _de_rel(head: NP, rel: Rel) -> list[str]:
@@ -710,17 +714,19 @@ def _en_verb_group(c: Clause, inverted: bool) -> tuple[list[str], list[str]]:
 
 
 def _en_clause(c: Clause, inverted: bool = False) -> list[str]:
-    v = _VERBS[c.verb]
     first, rest = _en_verb_group(c, inverted)
     subj = _en_np(c.subj, "nom") if c.subj is not None else []
-    toks: list[str] = []
-    if c.adv and c.front:
-        toks.append(c.adv)
+    toks: list[str] = [c.adv] if c.adv and c.front else []
     toks += first + subj + rest if inverted else subj + first + rest
+    return toks + _en_objects(c) + _en_tail(c)
+
+
+def _en_objects(c: Clause) -> list[str]:
+    """The verb's particle and objects in English order."""
+    v = _VERBS[c.verb]
     # "picks up the child" but "picks him up"; "looks for him" keeps its particle in place.
     late_particle = v.particle == "up" and c.obj is not None and _is_pron(c.obj)
-    if v.particle and not late_particle:
-        toks.append(v.particle)
+    toks = [v.particle] if v.particle and not late_particle else []
     if c.iobj is not None and c.obj is not None:
         if c.to_dative:
             toks += [*_en_np(c.obj), "to", *_en_np(c.iobj)]
@@ -730,7 +736,14 @@ def _en_clause(c: Clause, inverted: bool = False) -> list[str]:
         toks += _en_np(c.obj)
     if late_particle:
         toks.append(v.particle)
+    return toks
+
+
+def _en_tail(c: Clause) -> list[str]:
+    """What follows the objects: a manner adverb, the predicate, the prepositional phrases,
+    a time adverb that is not fronted."""
     kind = _ADVERBS[c.adv][1] if c.adv else ""
+    toks: list[str] = []
     if kind == "manner":
         toks.append(c.adv)
     if c.pred:
@@ -747,17 +760,47 @@ def _de_clause(c: Clause, order: str, prefield: list[str] | None = None) -> list
     verb), "v1" (finite verb first: questions, a main clause after a subordinate one; pass
     a wh-word as `prefield`) or "final" (subordinate clause, finite verb last)."""
     v = _VERBS[c.verb]
+    finite, nonfinite = _de_verb_forms(c, v)
+    adv_de = _ADVERBS[c.adv][0] if c.adv else ""
+    subj = _de_subject(c.subj) if c.subj is not None else []
+    subject_first = order == "v2" and not c.front
+    middle = _de_middle_field(c, [] if subject_first else subj, adv_de)
+    if order == "final":
+        out = middle + ([v.prefix + finite] if c.tense == "pres" else nonfinite + [finite])
+    else:
+        right = [v.prefix] if c.tense == "pres" and v.prefix else nonfinite
+        out = _de_front(c, order, subj, adv_de, prefield) + [finite] + middle + right
+    # An object's relative clause moves behind the verb: "hat den Hund gesehen, der schläft".
+    if c.obj is not None and c.obj.rel is not None:
+        out += _de_rel(c.obj, c.obj.rel)
+    return out
+
+
+def _de_front(c: Clause, order: str, subj: list[str], adv_de: str,
+              prefield: list[str] | None) -> list[str]:
+    """What comes before the finite verb of a "v2" clause (its subject or fronted adverb) or
+    a "v1" one (the wh-word, if any)."""
+    if order == "v2":
+        return [adv_de] if c.front else subj
+    return prefield or []
+
+
+def _de_verb_forms(c: Clause, v: _Verb) -> tuple[str, list[str]]:
+    """The finite verb of a clause (an auxiliary or modal outside the present) and the
+    non-finite forms that go to the end (participle or infinitive)."""
     person = _person(c.subj)
     if c.tense == "pres":
-        finite, nonfinite = _de_finite(v, person), []
-    elif c.tense == "perf":
-        finite, nonfinite = _AUX_DE[v.aux][person], [v.de_pp]
-    else:
-        finite, nonfinite = _MODALS[c.tense][person], [v.prefix + v.de_inf]
-    kind = _ADVERBS[c.adv][1] if c.adv else ""
-    adv_de = _ADVERBS[c.adv][0] if c.adv else ""
+        return _de_finite(v, person), []
+    if c.tense == "perf":
+        return _AUX_DE[v.aux][person], [v.de_pp]
+    return _MODALS[c.tense][person], [v.prefix + v.de_inf]
 
-    subj = _de_subject(c.subj) if c.subj is not None else []
+
+def _de_middle_field(c: Clause, lead: list[str], adv_de: str) -> list[str]:
+    """The words between the finite verb and the clause's end: `lead` (the subject when it
+    does not come first), pronoun objects, a time or frequency adverb, noun objects, a
+    manner adverb, prepositional phrases and the predicate."""
+    v = _VERBS[c.verb]
     objs = []  # (np, case) in German order: indirect (dative) before direct
     if c.iobj is not None:
         objs.append((c.iobj, "dat"))
@@ -766,11 +809,8 @@ def _de_clause(c: Clause, order: str, prefield: list[str] | None = None) -> list
     # Pronouns come first in the middle field, accusative before dative.
     pron_objs = sorted((o for o in objs if _is_pron(o[0])), key=lambda o: o[1] != "acc")
     noun_objs = [o for o in objs if not _is_pron(o[0])]
-
-    middle: list[str] = []
-    subject_first = order == "v2" and not c.front
-    if not subject_first:
-        middle += subj
+    kind = _ADVERBS[c.adv][1] if c.adv else ""
+    middle = list(lead)
     for np, case in pron_objs:
         middle += _de_np(np, case)
     if kind in ("time", "freq") and not c.front:
@@ -783,23 +823,7 @@ def _de_clause(c: Clause, order: str, prefield: list[str] | None = None) -> list
         middle += _de_pp(pp)
     if c.pred:
         middle.append(_ADJS[c.pred].pred)
-
-    if order == "final":
-        if c.tense == "pres":
-            out = middle + [v.prefix + finite]
-        else:
-            out = middle + nonfinite + [finite]
-    else:
-        right = [v.prefix] if c.tense == "pres" and v.prefix else nonfinite
-        if order == "v2":
-            front = [adv_de] if c.front else subj
-            out = front + [finite] + middle + right
-        else:
-            out = (prefield or []) + [finite] + middle + right
-    # An object's relative clause moves behind the verb: "hat den Hund gesehen, der schläft".
-    if c.obj is not None and c.obj.rel is not None:
-        out += _de_rel(c.obj, c.obj.rel)
-    return out
+    return middle
 
 
 def _join(tokens: list[str]) -> str:
@@ -868,10 +892,7 @@ def noun_phrase(text: str) -> NP:
     words = text.split()
     if len(words) == 1 and words[0] in _PRON_BY_FORM:
         return NP(_PRON_BY_FORM[words[0]])
-    det = ""
-    if words[0] in ("the", "a", "an") or words[0] in _POSSESSIVES or words[0] in _NUMBERS:
-        det = "a" if words[0] == "an" else words[0]
-        words = words[1:]
+    det, words = _split_determiner(words)
     if not words:
         raise ValueError(f"no noun in {text!r}")
     *adjs, last = words
@@ -883,6 +904,14 @@ def noun_phrase(text: str) -> NP:
     if last in _NOUN_BY_PLURAL:
         return NP(_NOUN_BY_PLURAL[last].en, det, True, tuple(adjs))
     raise ValueError(f"unknown noun {last!r} in {text!r}")
+
+
+def _split_determiner(words: list[str]) -> tuple[str, list[str]]:
+    """A phrase's determiner ("" for none; "an" read as "a") and the words after it."""
+    first = words[0]
+    if first in ("the", "a", "an") or first in _POSSESSIVES or first in _NUMBERS:
+        return ("a" if first == "an" else first), words[1:]
+    return "", words
 
 
 # ---------------------------------------------------------------------------------------------
@@ -944,32 +973,40 @@ def _sample_np(rng: random.Random, cats: str, *, pron: tuple[str, ...] = (),
     adjs = _sample_adjs(rng, noun)
     r = rng.random()
     if noun.mass:
-        if r < 0.5 or (subject and r < 0.8):
-            det = "the"
-        elif r < 0.8 and not genitive:
-            det = ""
-        else:
-            det = rng.choice(_POSS_WORDS)
-        return NP(noun.en, det, False, adjs)
+        return NP(noun.en, _mass_det(rng, r, genitive, subject), False, adjs)
     if rng.random() < 0.35:
-        if genitive:  # bare and numbered plurals have no visible German genitive
-            det = "the" if r < 0.75 else rng.choice(_POSS_WORDS)
-        elif r < 0.55:
-            det = "the"
-        elif r < 0.7:
-            det = rng.choice(_POSS_WORDS)
-        elif r < 0.9 or subject:
-            det = rng.choice(_NUMBER_WORDS)
-        else:
-            det = ""
-        return NP(noun.en, det, True, adjs)
+        return NP(noun.en, _plural_det(rng, r, genitive, subject), True, adjs)
+    return NP(noun.en, _singular_det(rng, r), False, adjs)
+
+
+# The determiners of a sampled noun phrase, drawn from `r` (one uniform draw) and `rng`.
+
+def _mass_det(rng: random.Random, r: float, genitive: bool, subject: bool) -> str:
+    if r < 0.5 or (subject and r < 0.8):
+        return "the"
+    if r < 0.8 and not genitive:
+        return ""
+    return rng.choice(_POSS_WORDS)
+
+
+def _plural_det(rng: random.Random, r: float, genitive: bool, subject: bool) -> str:
+    if genitive:  # bare and numbered plurals have no visible German genitive
+        return "the" if r < 0.75 else rng.choice(_POSS_WORDS)
     if r < 0.55:
-        det = "the"
-    elif r < 0.85:
-        det = "a"
-    else:
-        det = rng.choice(_POSS_WORDS)
-    return NP(noun.en, det, False, adjs)
+        return "the"
+    if r < 0.7:
+        return rng.choice(_POSS_WORDS)
+    if r < 0.9 or subject:
+        return rng.choice(_NUMBER_WORDS)
+    return ""
+
+
+def _singular_det(rng: random.Random, r: float) -> str:
+    if r < 0.55:
+        return "the"
+    if r < 0.85:
+        return "a"
+    return rng.choice(_POSS_WORDS)
 
 
 def _pronouns_for(cats: str, subject: bool) -> tuple[str, ...]:
@@ -1065,79 +1102,109 @@ def _sample_tense(rng: random.Random) -> str:
 
 def _sample_clause(rng: random.Random, *, front_ok: bool = False, rel_ok: bool = False,
                    wh: str | None = None, comp: bool = False, question: bool = False) -> Clause:
-    if comp:
-        v = rng.choice(_COMP_VERBS)
-    elif wh in _WH_VERBS:
-        v = rng.choice(_WH_VERBS[wh])
-    else:
-        v = rng.choices(_MAIN_VERBS, _MAIN_WEIGHTS)[0]
+    # The parts are drawn in this order; reordering the draws would change every corpus.
+    v = _sample_verb(rng, wh, comp)
     tense = _sample_tense(rng)
-    subj: NP | None = None
-    if wh != "who":
-        prons = _pronouns_for(v.subj, subject=True)
-        if question:  # "Do I ...?" is odd, and "Sehe ich" would be a rare capitalised verb
-            prons = tuple(p for p in prons if p != "I")
-        subj = _sample_np(rng, v.subj, pron=prons, subject=True)
-        subj = _add_modifier(rng, subj, allow_with=True)
-    obj = iobj = None
-    pred = None
-    to_dative = False
-    if v.frame in ("acc", "dat"):
-        if wh not in ("whom", "what") and not (v.opt_obj and rng.random() < 0.25):
-            obj = _sample_np(rng, v.obj, pron=_pronouns_for(v.obj, subject=False))
-            obj = _add_modifier(rng, obj, allow_with=False)
-    elif v.frame == "ditr":
-        iobj = _sample_np(rng, v.iobj, pron=_pronouns_for(v.iobj, subject=False))
-        obj = _sample_np(rng, v.obj)
-        to_dative = rng.random() < 0.4
+    subj = None if wh == "who" else _sample_subject(rng, v, question)
+    obj, iobj, to_dative = _sample_objects(rng, v, wh)
     # "I see me" is not English; "we ... us" neither.
     if subj is not None and obj is not None and _is_pron(subj) and _is_pron(obj):
         if _PRONOUNS[subj.head].person == _PRONOUNS[obj.head].person != "3sg":
             obj = NP("they")
+    pred, pps = _sample_complements(rng, v, subj, wh)
+    adv, front = _sample_adverb(rng, v, tense, wh, front_ok)
+    if rel_ok and rng.random() < 0.15:
+        subj, obj = _sample_relative(rng, subj, obj, iobj, pps, adv, front)
+    return Clause(subj, v.key, obj, iobj, pred, pps, adv, front, tense, to_dative)
 
-    pps: tuple[PP, ...] = ()
+
+def _sample_verb(rng: random.Random, wh: str | None, comp: bool) -> _Verb:
+    if comp:
+        return rng.choice(_COMP_VERBS)
+    if wh in _WH_VERBS:
+        return rng.choice(_WH_VERBS[wh])
+    return rng.choices(_MAIN_VERBS, _MAIN_WEIGHTS)[0]
+
+
+def _sample_subject(rng: random.Random, v: _Verb, question: bool) -> NP:
+    prons = _pronouns_for(v.subj, subject=True)
+    if question:  # "Do I ...?" is odd, and "Sehe ich" would be a rare capitalised verb
+        prons = tuple(p for p in prons if p != "I")
+    subj = _sample_np(rng, v.subj, pron=prons, subject=True)
+    return _add_modifier(rng, subj, allow_with=True)
+
+
+def _sample_objects(rng: random.Random, v: _Verb,
+                    wh: str | None) -> tuple[NP | None, NP | None, bool]:
+    """(direct object, indirect object, whether the indirect one takes "to") of verb `v`; a
+    wh-question about the object leaves it out."""
+    if v.frame in ("acc", "dat"):
+        if wh not in ("whom", "what") and not (v.opt_obj and rng.random() < 0.25):
+            obj = _sample_np(rng, v.obj, pron=_pronouns_for(v.obj, subject=False))
+            return _add_modifier(rng, obj, allow_with=False), None, False
+    elif v.frame == "ditr":
+        iobj = _sample_np(rng, v.iobj, pron=_pronouns_for(v.iobj, subject=False))
+        obj = _sample_np(rng, v.obj)
+        return obj, iobj, rng.random() < 0.4
+    return None, None, False
+
+
+def _sample_complements(rng: random.Random, v: _Verb, subj: NP | None,
+                        wh: str | None) -> tuple[str | None, tuple[PP, ...]]:
+    """(predicate adjective, prepositional phrases): a copula takes an adjective that fits
+    its subject, or a place; other verbs their prepositional phrases, sometimes."""
     if v.frame == "cop":
         if wh != "where" and rng.random() < 0.75:
             noun_classes = _NOUNS[subj.head].tags if subj and not _is_pron(subj) else "pa"
             adjs = [a.en for a in _ADJS.values() if any(c in a.cats for c in noun_classes
                                                           if c in _CLASS_LETTERS)]
             pred = rng.choice(adjs)
-            if rng.random() < 0.2:
-                pps = (_sample_pp(rng, v.pp_groups),)
-        elif wh != "where":
-            pps = (_sample_pp(rng, "L"),)
-    elif v.pp_groups and wh != "where":
+            return pred, ((_sample_pp(rng, v.pp_groups),) if rng.random() < 0.2 else ())
+        return None, ((_sample_pp(rng, "L"),) if wh != "where" else ())
+    if v.pp_groups and wh != "where":
         p_pp = 0.45 if v.frame == "motion" else 0.25
         if v.needs_pp or rng.random() < p_pp:
-            pps = (_sample_pp(rng, v.pp_groups),)
+            return None, (_sample_pp(rng, v.pp_groups),)
+    return None, ()
 
-    adv = None
-    front = False
-    if rng.random() < 0.3:
-        r = rng.random()
-        if r < 0.45 and wh != "when":
-            adv = rng.choice(_TIME_ADVS)
-            if adv == "tomorrow" and tense == "perf":
-                adv = "today"
-            front = front_ok and rng.random() < 0.5
-        elif r < 0.8 or not v.manner:
-            adv = rng.choice(_FREQ_ADVS)
-            front = front_ok and adv in _FRONTABLE_FREQ and rng.random() < 0.3
-        else:
-            adv = rng.choice(_MANNER_ADVS)
 
-    # Relative clauses: on the subject anywhere, on the object only when nothing follows it
-    # in English (so "... the dog that sleeps in the garden" never has two readings).
-    if rel_ok and rng.random() < 0.15:
-        obj_free = (obj is not None and iobj is None and not pps and not _is_pron(obj)
-                    and obj.of is None and (adv is None or front
-                                            or _ADVERBS[adv][1] == "freq"))
-        if obj_free and rng.random() < 0.5:
-            assert obj is not None
-            obj = replace(obj, rel=_sample_rel(rng, obj))
-        elif subj is not None and not _is_pron(subj) and subj.of is None and subj.with_ is None:
-            subj = replace(subj, rel=_sample_rel(rng, subj))
-    return Clause(subj, v.key, obj, iobj, pred, pps, adv, front, tense, to_dative)
+def _sample_adverb(rng: random.Random, v: _Verb, tense: str, wh: str | None,
+                   front_ok: bool) -> tuple[str | None, bool]:
+    """(adverb or None, whether it comes first in the sentence)."""
+    if rng.random() >= 0.3:
+        return None, False
+    r = rng.random()
+    if r < 0.45 and wh != "when":
+        adv = rng.choice(_TIME_ADVS)
+        if adv == "tomorrow" and tense == "perf":
+            adv = "today"
+        return adv, front_ok and rng.random() < 0.5
+    if r < 0.8 or not v.manner:
+        adv = rng.choice(_FREQ_ADVS)
+        return adv, front_ok and adv in _FRONTABLE_FREQ and rng.random() < 0.3
+    return rng.choice(_MANNER_ADVS), False
+
+
+def _ends_clause(obj: NP | None, iobj: NP | None, pps: tuple[PP, ...], adv: str | None,
+                 front: bool) -> bool:
+    """Whether a noun object is the last thing in the English clause (no modifier of its own,
+    nothing after it but a fronted or frequency adverb)."""
+    return (obj is not None and iobj is None and not pps and not _is_pron(obj)
+            and obj.of is None and (adv is None or front or _ADVERBS[adv][1] == "freq"))
+
+
+def _sample_relative(rng: random.Random, subj: NP | None, obj: NP | None, iobj: NP | None,
+                     pps: tuple[PP, ...], adv: str | None,
+                     front: bool) -> tuple[NP | None, NP | None]:
+    """(subject, object) with a relative clause on one of them: on the subject anywhere, on
+    the object only when nothing follows it in English (so "... the dog that sleeps in the
+    garden" never has two readings)."""
+    if _ends_clause(obj, iobj, pps, adv, front) and rng.random() < 0.5:
+        assert obj is not None
+        return subj, replace(obj, rel=_sample_rel(rng, obj))
+    if subj is not None and not _is_pron(subj) and subj.of is None and subj.with_ is None:
+        return replace(subj, rel=_sample_rel(rng, subj)), obj
+    return subj, obj
 
 
 def _sample_sentence(rng: random.Random) -> Sentence:

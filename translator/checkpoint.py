@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from translator.config import Config, load_config
-from translator.errors import TranslatorError
+from translator.errors import TranslatorError, first_line
 
 FORMAT_VERSION = 1
 
@@ -175,18 +175,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         text = str(exc)
         if "Unsupported operand" in text:
             raise CheckpointError(f"cannot read checkpoint {path}: corrupt or not a "
-                                  "checkpoint") from None
+                                  "checkpoint") from exc
         found = re.search(r"Unsupported (?:global: GLOBAL|class) ([\w.]+)", text)
         what = f" ({found[1]})" if found else ""
         raise CheckpointError(f"refusing to load {path}: it holds objects other than plain "
-                              f"data{what}, which could run code") from None
+                              f"data{what}, which could run code") from exc
     except PermissionError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror}") from exc
     except Exception as exc:  # noqa: BLE001 - a damaged zip or pickle fails in many ways
         # (RuntimeError, EOFError, BadZipFile, KeyError, IndexError, ...): all mean corrupt.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise CheckpointError(f"cannot read checkpoint {path}: corrupt or truncated "
-                              f"({first.split('. ')[0][:200]})") from None
+                              f"({first.split('. ')[0][:200]})") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a translator checkpoint")
     version = ckpt.get("format_version")
@@ -232,3 +232,14 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     out["model"] = avg
     out["averaged_from"] = [str(p) for p in paths]
     return out
+
+
+def latest_run(runs_root: str | Path = "runs") -> Path | None:
+    """The run folder under `runs_root` whose latest checkpoint is newest, if any."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        return None
+    candidates = [p for p in root.iterdir() if RunLayout(p).latest.is_file()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: os.path.getmtime(RunLayout(p).latest))

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -154,9 +154,8 @@ def _find_run(run: Path | None, config: Path | None, overrides: list[str] | None
     """The run folder a model-reading verb uses (--run; the run of --config; the run that
     --checkpoint lies in; else the newest under runs/) and the --set overrides for loading it
     (with --config, those that only located the run are dropped)."""
-    from translator.checkpoint import RunLayout
+    from translator.checkpoint import RunLayout, latest_run
     from translator.config import load_config, parse_override
-    from translator.inference import latest_run
 
     overrides = list(overrides or [])
     if run is not None:
@@ -305,15 +304,8 @@ DtypeOpt = Annotated[str | None, typer.Option(
     "with AMX and on recent GPUs) or fp16 (GPUs) (default: the run's decoding.dtype).")]
 
 
-def _read_stdin() -> list[str]:
-    from translator.inference import split_lines
-
-    data = sys.stdin.buffer.read()
-    try:
-        return split_lines(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise TranslatorError(f"stdin is not valid UTF-8 (line {line})") from None
+def _bad_stdin_line(line: int) -> str:
+    return f"stdin is not valid UTF-8 (line {line})"
 
 
 def _stdin_batches(chunk: int) -> Iterator[list[str]]:
@@ -327,10 +319,20 @@ def _stdin_batches(chunk: int) -> Iterator[list[str]]:
         select.select([fd], [], [], 0)
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
         # No selectable descriptor (an in-memory stream; a pipe on Windows): read it whole.
-        lines = _read_stdin()
+        from translator.text import decode_lines
+
+        lines = decode_lines(sys.stdin.buffer.read(), _bad_stdin_line)
         for start in range(0, len(lines), chunk):
             yield lines[start:start + chunk]
         return
+    yield from _descriptor_batches(fd, chunk)
+
+
+def _descriptor_batches(fd: int, chunk: int) -> Iterator[list[str]]:
+    """`_stdin_batches` over a selectable file descriptor: a batch is yielded whenever no more
+    input is waiting (or `chunk` lines are), at the end of input, and not before."""
+    import select
+
     pending: list[str] = []
     rest, line_no, eof = b"", 0, False
     while not eof or pending:
@@ -347,25 +349,9 @@ def _stdin_batches(chunk: int) -> Iterator[list[str]]:
             line_no += 1
             try:
                 text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise TranslatorError(f"stdin is not valid UTF-8 (line {line_no})") from None
+            except UnicodeDecodeError as exc:
+                raise TranslatorError(_bad_stdin_line(line_no)) from exc
             pending.append(text[:-1] if text.endswith("\r") else text)
-
-
-def _read_file(path: Path) -> list[str]:
-    from translator.inference import split_lines
-
-    if not path.is_file():
-        raise TranslatorError(f"input file not found: {path}")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TranslatorError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        return split_lines(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise TranslatorError(f"{path} line {line} is not valid UTF-8") from None
 
 
 @contextmanager
@@ -384,7 +370,7 @@ def _output(path: Path | None) -> Iterator[Any]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
                                    dir=path.parent if str(path.parent) else ".")
     except OSError as exc:
-        raise TranslatorError(f"cannot write {path}: {exc.strerror}") from None
+        raise TranslatorError(f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             yield f
@@ -434,8 +420,6 @@ def translate(
     run. A line holding several sentences is split, translated sentence by sentence and
     joined again."""
     with _user_errors():
-        from tqdm import tqdm
-
         if n_best > 1 and beam is not None and beam < n_best:
             # A beam of k holds k hypotheses: widening it silently would change the search.
             raise TranslatorError(f"--n-best {n_best} needs --beam {n_best} or more, got "
@@ -445,56 +429,82 @@ def translate(
                        and output is None)
         # Chunks keep the progress bar moving and the output streaming on long inputs while
         # each chunk is still sorted by length into well-filled batches.
-        chunk = max(16 * batch_size, 256)
-        total = None
-        if input_ is not None:
-            if sentence is not None:
-                raise TranslatorError("give either a sentence or --input FILE, not both")
-            lines = _read_file(input_)
-            total = len(lines)
-            parts: Iterator[list[str]] = (lines[i:i + chunk] for i in range(0, total, chunk))
-        elif sentence is None or sentence == "-":
-            parts = iter([]) if interactive else _stdin_batches(chunk)
-        else:
-            if not sentence.strip():
-                raise TranslatorError("nothing to translate: the sentence is empty")
-            parts = iter([[sentence]])
+        parts, total = _translate_inputs(sentence, input_, max(16 * batch_size, 256),
+                                         interactive)
         translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
                                       model, quantization)
         dec = translator.decoding(beam_size=beam, length_penalty=length_penalty,
                                   max_len_a=max_len_a, max_len_b=max_len_b)
-        settings = {"beam_size": dec.beam_size, "length_penalty": dec.length_penalty,
-                    "max_len_a": dec.max_len_a, "max_len_b": dec.max_len_b}
-
-        def emit(out: Any, part: list[str], first_line: int) -> None:
-            if n_best > 1:
-                # beam: the user's, else the run's widened to n_best (translate_nbest).
-                nbest = translator.translate_nbest(part, n_best, batch_size,
-                                                   **{**settings, "beam_size": beam},
-                                                   split_sentences=not no_split)
-                for n, hyps in enumerate(nbest, start=first_line):
-                    out.writelines(f"{n}\t{s:.4f}\t{text}\n" for text, s in hyps)
-            else:
-                texts = translator.translate(part, batch_size, split_sentences=not no_split,
-                                             **settings)
-                out.writelines(text + "\n" for text in texts)
-            out.flush()
-
+        emit = _emitter(translator, batch_size, dec, n_best, beam, split=not no_split)
         if interactive:
             typer.echo("type a sentence and press Enter; Ctrl-D ends", err=True)
             for n, line in enumerate(sys.stdin, start=1):
                 emit(sys.stdout, [line.rstrip("\r\n")], n)
             return
-        # disable=None: tqdm shows the bar only when stderr is a terminal.
-        bar = tqdm(total=total, unit="line", disable=True if quiet or input_ is None
-                   else None, dynamic_ncols=True, file=sys.stderr)
-        done = 0
-        with _output(output) as out:
-            for part in parts:
-                emit(out, part, done + 1)
-                done += len(part)
-                bar.update(len(part))
-        bar.close()
+        _translate_parts(parts, total, emit, output, quiet=quiet or input_ is None)
+
+
+def _translate_inputs(sentence: str | None, input_: Path | None, chunk: int,
+                      interactive: bool) -> tuple[Iterator[list[str]], int | None]:
+    """What `translate` reads, in chunks of at most `chunk` lines, and how many lines that
+    is when known in advance (a file)."""
+    if input_ is not None:
+        if sentence is not None:
+            raise TranslatorError("give either a sentence or --input FILE, not both")
+        from translator.text import read_lines
+
+        lines = read_lines(input_, "input file")
+        return (lines[i:i + chunk] for i in range(0, len(lines), chunk)), len(lines)
+    if sentence is None or sentence == "-":
+        return (iter([]) if interactive else _stdin_batches(chunk)), None
+    if not sentence.strip():
+        raise TranslatorError("nothing to translate: the sentence is empty")
+    return iter([[sentence]]), None
+
+
+Emit = Callable[[Any, list[str], int], None]
+"""Translate a part of the input and write it out: (stream, lines, number of the first)."""
+
+
+def _emitter(translator: Any, batch_size: int, dec: Any, n_best: int, beam: int | None,
+             split: bool) -> Emit:
+    """How `translate` writes the translations of a part of its input: a line each, or with
+    `n_best` > 1, `line number, score, text` for each of a line's best translations."""
+    settings = {"beam_size": dec.beam_size, "length_penalty": dec.length_penalty,
+                "max_len_a": dec.max_len_a, "max_len_b": dec.max_len_b}
+
+    def emit(out: Any, part: list[str], first_line: int) -> None:
+        if n_best > 1:
+            # beam: the user's, else the run's widened to n_best (translate_nbest).
+            nbest = translator.translate_nbest(part, n_best, batch_size,
+                                               **{**settings, "beam_size": beam},
+                                               split_sentences=split)
+            for n, hyps in enumerate(nbest, start=first_line):
+                out.writelines(f"{n}\t{s:.4f}\t{text}\n" for text, s in hyps)
+        else:
+            texts = translator.translate(part, batch_size, split_sentences=split, **settings)
+            out.writelines(text + "\n" for text in texts)
+        out.flush()
+
+    return emit
+
+
+def _translate_parts(parts: Iterator[list[str]], total: int | None, emit: Emit,
+                     output: Path | None, quiet: bool) -> None:
+    """Translate the parts into `output` (stdout when None), with a progress bar unless
+    `quiet` (or stderr is no terminal)."""
+    from tqdm import tqdm
+
+    # disable=None: tqdm shows the bar only when stderr is a terminal.
+    bar = tqdm(total=total, unit="line", disable=True if quiet else None, dynamic_ncols=True,
+               file=sys.stderr)
+    done = 0
+    with _output(output) as out:
+        for part in parts:
+            emit(out, part, done + 1)
+            done += len(part)
+            bar.update(len(part))
+    bar.close()
 
 
 @app.command(cls=_Verb, epilog="Example: translator evaluate --run runs/toy --split test --beam 4")
@@ -529,12 +539,7 @@ def evaluate(
     signatures). The report and the translations are also written to <run>/eval/, named by
     split and settings, e.g. test.beam4.lp0.6.json and test.beam4.lp0.6.hyp.txt."""
     with _user_errors():
-        from translator.evaluate import (
-            evaluate_pairs,
-            load_split,
-            read_parallel_files,
-            report_name,
-        )
+        from translator.evaluate import evaluate_pairs, report_name
 
         if (src is None) != (ref is None):
             raise TranslatorError("--src and --ref go together")
@@ -545,12 +550,7 @@ def evaluate(
                                   "--src/--ref, or use --run with --engine ctranslate2")
         translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
                                       model, quantization)
-        if src is not None and ref is not None:
-            pairs, name = read_parallel_files(src, ref), src.name
-            where = {"src": str(src), "ref": str(ref)}
-        else:
-            name = split or "test"
-            pairs, where = load_split(translator.cfg.data, name), {"split": name}
+        pairs, name, where = _evaluation_pairs(translator, split, src, ref)
         report, hyps = evaluate_pairs(translator, pairs, batch_size, beam_size=beam,
                                       length_penalty=length_penalty, max_len_a=max_len_a,
                                       max_len_b=max_len_b)
@@ -565,24 +565,38 @@ def evaluate(
         (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
         (out_dir / f"{stem}.hyp.txt").write_text("".join(h + "\n" for h in hyps),
                                                  encoding="utf-8")
-        if as_json:
-            typer.echo(json.dumps(report))
-        else:
-            search = ("greedy" if report["beam_size"] == 1 else
-                      f"beam {report['beam_size']}, length penalty {report['length_penalty']}")
-            from translator.evaluate import TOK_LC_LABEL
+        typer.echo(json.dumps(report) if as_json else _report_text(report, name))
 
-            tok_lc = report.get("bleu_tok_lc")
-            tok_line = (f"{TOK_LC_LABEL}: {tok_lc:.2f} (sacreBLEU above: {report['bleu']:.2f})"
-                        if tok_lc is not None else
-                        "(pip install sacremoses for the papers' tokenized lowercased BLEU)")
-            typer.echo(f"{report['bleu_detail']}\n{report['bleu_signature']}\n"
-                       f"chrF2 = {report['chrf']:.2f}\n{report['chrf_signature']}\n"
-                       f"{tok_line}\nlength ratio (hypotheses / references) "
-                       f"{report['length_ratio']:.3f}\n"
-                       f"{report['sentences']} sentences ({name}), {search}, "
-                       f"{report['sentences_per_second']} sentences/s, "
-                       f"checkpoint {report['checkpoint']}")
+
+def _evaluation_pairs(translator: Any, split: str | None, src: Path | None,
+                      ref: Path | None) -> tuple[list[tuple[str, str]], str, dict[str, str]]:
+    """What `evaluate` scores: the pairs, their name in the report's file name, and where
+    they came from (for the report)."""
+    from translator.evaluate import load_split, read_parallel_files
+
+    if src is not None and ref is not None:
+        return read_parallel_files(src, ref), src.name, {"src": str(src), "ref": str(ref)}
+    name = split or "test"
+    return load_split(translator.cfg.data, name), name, {"split": name}
+
+
+def _report_text(report: dict[str, Any], name: str) -> str:
+    """The lines `evaluate` prints without --json."""
+    from translator.evaluate import TOK_LC_LABEL
+
+    search = ("greedy" if report["beam_size"] == 1 else
+              f"beam {report['beam_size']}, length penalty {report['length_penalty']}")
+    tok_lc = report.get("bleu_tok_lc")
+    tok_line = (f"{TOK_LC_LABEL}: {tok_lc:.2f} (sacreBLEU above: {report['bleu']:.2f})"
+                if tok_lc is not None else
+                "(pip install sacremoses for the papers' tokenized lowercased BLEU)")
+    return (f"{report['bleu_detail']}\n{report['bleu_signature']}\n"
+            f"chrF2 = {report['chrf']:.2f}\n{report['chrf_signature']}\n"
+            f"{tok_line}\nlength ratio (hypotheses / references) "
+            f"{report['length_ratio']:.3f}\n"
+            f"{report['sentences']} sentences ({name}), {search}, "
+            f"{report['sentences_per_second']} sentences/s, "
+            f"checkpoint {report['checkpoint']}")
 
 
 @app.command(cls=_Verb, epilog="Example: translator attention --run runs/toy \"The dog sees "
@@ -647,6 +661,7 @@ def export(
         typer.echo(f"wrote a CTranslate2 model ({quantization}) to {path}", err=True)
 
 
+# shape: a Typer command; its signature lists its options, the body is a few lines.
 @app.command(cls=_Verb, epilog="Example: translator serve --run runs/toy --port 5000")
 def serve(
     run: RunOpt = None,

@@ -2,8 +2,11 @@
 
 Every key a user can write lives in one of the dataclasses below, with its type, default and
 meaning (the README's config reference is written from them). Loading is strict: an unknown
-key, a wrong type, an impossible value or a missing data file raises `ConfigError` with a
-one-line message that names the key, so nothing is silently ignored.
+key, a wrong type or an impossible value raises `ConfigError` with a one-line message that
+names the key, so nothing is silently ignored. Loading parses and validates values only:
+files and folders are checked where they are used (`corpus.check_data_files` for the data).
+Every section is validated the same way, by `check_section`: a table of rules per key
+(`RULES`), then the relations between a section's keys (`RELATIONS`).
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from typing import Any, Literal
 
 import yaml
 
-from translator.errors import TranslatorError
+from translator.errors import TranslatorError, first_line
 
 
 class ConfigError(TranslatorError):
     """A config file or override that cannot be used."""
+
+    prefix = "config error: "
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -53,8 +58,8 @@ def yaml_load(text: str) -> Any:
         return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError:
         raise
-    except Exception as exc:  # noqa: BLE001 - see above; plain data only, nothing to keep
-        raise yaml.YAMLError(f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - see above; the cause stays for --debug
+        raise yaml.YAMLError(f"{type(exc).__name__}: {exc}") from exc
 
 
 @dataclass
@@ -251,7 +256,8 @@ class OutputConfig:
     """Run folder; empty: runs/<config file name without .yaml>."""
 
 
-DECODING_DTYPES = ("fp32", "bf16", "fp16")
+# Each `decoding.dtype` name and the torch dtype it stands for (translator.device.DTYPES).
+DECODING_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass
@@ -274,22 +280,9 @@ class DecodingConfig:
     recent GPUs; outputs may differ slightly) or fp16 (GPUs)."""
 
     def __post_init__(self) -> None:
-        if self.dtype not in DECODING_DTYPES:
-            raise ConfigError(f"config error: decoding.dtype: must be one of "
-                              f"{', '.join(DECODING_DTYPES)}, got {self.dtype!r}")
-        checks = {
-            "beam_size": (self.beam_size >= 1, ">= 1"),
-            "length_penalty": (0.0 <= self.length_penalty < math.inf, "finite and >= 0"),
-            "max_len_a": (0.0 <= self.max_len_a < math.inf, "finite and >= 0"),
-            "max_len_b": (self.max_len_b >= 0, ">= 0"),
-        }
-        for key, (ok, rule) in checks.items():
-            if not ok:  # NaN fails every comparison, so it lands here too
-                raise ConfigError(f"config error: decoding.{key}: must be {rule}, "
-                                  f"got {getattr(self, key)}")
-        if self.max_len_a == 0 and self.max_len_b == 0:
-            raise ConfigError("config error: decoding.max_len_b: max_len_a and max_len_b "
-                              "cannot both be 0")
+        # Here and not only at load: Translator.decoding changes settings with
+        # dataclasses.replace, which must reject what a config file may not hold.
+        check_section("decoding", self)
 
 
 @dataclass
@@ -348,6 +341,36 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+_NO = object()  # what a scalar check returns for a value of another type
+
+
+def _as_int(key: str, value: Any) -> Any:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return _NO
+    if -2**63 <= value < 2**63:  # what torch (seeds, sizes) can hold
+        return value
+    raise ConfigError(f"{key}: {_short.repr(value)} is out of range")
+
+
+def _as_float(key: str, value: Any) -> Any:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return _NO
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        return _NO
+
+
+# Each scalar annotation's check: the accepted value, or _NO.
+_SCALARS: dict[Any, typing.Callable[[str, Any], Any]] = {
+    type(None): lambda key, value: None if value is None else _NO,
+    bool: lambda key, value: value if isinstance(value, bool) else _NO,
+    int: _as_int,
+    float: _as_float,
+    str: lambda key, value: value if isinstance(value, str) else _NO,
+}
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
     origin = typing.get_origin(tp)
@@ -360,35 +383,18 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif origin is Literal:
         if value in typing.get_args(tp):
             return value
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if -2**63 <= value < 2**63:  # what torch (seeds, sizes) can hold
-                return value
-            raise ConfigError(f"config error: {key}: {_short.repr(value)} is out of range")
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except OverflowError:  # an int beyond the float range
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"config error: {key}: expected {_type_name(tp)}, "
-                      f"got {_short.repr(value)}")
+    elif tp in _SCALARS:
+        accepted = _SCALARS[tp](key, value)
+        if accepted is not _NO:
+            return accepted
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {_short.repr(value)}")
 
 
 def _build_section(name: str, cls: type, raw: Any) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config error: {name}: expected a mapping of keys, "
+        raise ConfigError(f"{name}: expected a mapping of keys, "
                           f"got {_short.repr(raw)}")
     hints = typing.get_type_hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
@@ -396,116 +402,140 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     for key, value in raw.items():
         if key not in fields:
             raise ConfigError(
-                f"config error: unknown key '{name}.{key}'{_suggest(str(key), fields)}"
+                f"unknown key '{name}.{key}'{_suggest(str(key), fields)}"
             )
         values[key] = _coerce(f"{name}.{key}", value, hints[key])
     return cls(**values)
 
 
-def _validate(cfg: Config) -> None:
-    """Cross-field checks that the types alone cannot express."""
+# -- validation: one rule table per section, then the relations between keys ----------------
 
-    def fail(key: str, msg: str) -> None:
-        raise ConfigError(f"config error: {key}: {msg}")
+Rule = tuple[typing.Callable[[Any], bool], str]
+"""A test a key's value must pass, and how the error message says what it must be."""
 
-    positive = {
-        "data.max_len": cfg.data.max_len,
-        "data.builtin_size": cfg.data.builtin_size,
-        "model.d_model": cfg.model.d_model,
-        "model.layers": cfg.model.layers,
-        "model.heads": cfg.model.heads,
-        "model.d_ff": cfg.model.d_ff,
-        "training.epochs": cfg.training.epochs,
-        "training.batch_size": cfg.training.batch_size,
-        "training.lr": cfg.training.lr,
-        "training.decode_batch_size": cfg.training.decode_batch_size,
-        "training.log_every": cfg.training.log_every,
-        "training.accum_steps": cfg.training.accum_steps,
-        "training.dist_timeout": cfg.training.dist_timeout,
-        "training.max_bad_steps": cfg.training.max_bad_steps,
-    }
-    for key, value in positive.items():
-        if not (math.isfinite(value) and value > 0):
-            fail(key, f"must be > 0, got {value}")
-    non_negative = {
-        "model.decoder_layers": cfg.model.decoder_layers,
-        "tokenizer.vocab_size": cfg.tokenizer.vocab_size,
-        "training.max_steps": cfg.training.max_steps,
-        "training.max_minutes": cfg.training.max_minutes,
-        "training.max_tokens": cfg.training.max_tokens,
-        "training.warmup_steps": cfg.training.warmup_steps,
-        "training.weight_decay": cfg.training.weight_decay,
-        "training.clip_grad_norm": cfg.training.clip_grad_norm,
-        "training.threads": cfg.training.threads,
-        "training.valid_every": cfg.training.valid_every,
-        "training.valid_max_sentences": cfg.training.valid_max_sentences,
-        "training.examples": cfg.training.examples,
-        "training.keep_last": cfg.training.keep_last,
-        "training.save_every": cfg.training.save_every,
-        "training.patience": cfg.training.patience,
-    }
-    for key, value in non_negative.items():
-        if not (math.isfinite(value) and value >= 0):
-            fail(key, f"must be >= 0, got {value}")
-    if cfg.tokenizer.min_frequency < 1:
-        fail("tokenizer.min_frequency", f"must be >= 1, got {cfg.tokenizer.min_frequency}")
-    if cfg.model.d_model % cfg.model.heads:
-        fail("model.heads", f"d_model ({cfg.model.d_model}) must be divisible by heads "
-             f"({cfg.model.heads})")
-    if (cfg.model.d_model // cfg.model.heads) % 2:
-        fail("model.heads", "d_model / heads must be even")
-    for key, value in (("model.dropout", cfg.model.dropout),
-                       ("model.attention_dropout", cfg.model.attention_dropout),
-                       ("training.label_smoothing", cfg.training.label_smoothing)):
-        if not 0.0 <= value < 1.0:  # False for NaN too
-            fail(key, f"must be in [0, 1), got {value}")
-    for key, value in (("data.valid_ratio", cfg.data.valid_ratio),
-                       ("data.test_ratio", cfg.data.test_ratio)):
-        if not 0.0 <= value < 1.0:
-            fail(key, f"must be in [0, 1), got {value}")
-    if not (cfg.data.max_ratio == 0 or 1.0 <= cfg.data.max_ratio < math.inf):
-        fail("data.max_ratio", f"must be 0 (off) or >= 1, got {cfg.data.max_ratio}")
-    if cfg.data.valid_ratio + cfg.data.test_ratio >= 1.0:
-        fail("data.valid_ratio", "valid_ratio + test_ratio must be < 1")
-    if not 0.0 < cfg.training.adam_beta1 < 1.0:
-        fail("training.adam_beta1", f"must be in (0, 1), got {cfg.training.adam_beta1}")
-    if not 0.0 < cfg.training.adam_beta2 < 1.0:
-        fail("training.adam_beta2", f"must be in (0, 1), got {cfg.training.adam_beta2}")
-    if cfg.data.src_lang == cfg.data.tgt_lang:
-        fail("data.tgt_lang", f"must differ from data.src_lang ('{cfg.data.src_lang}')")
-    if cfg.training.max_tokens and cfg.training.max_tokens < cfg.data.max_len:
-        fail("training.max_tokens", f"must be 0 or >= data.max_len ({cfg.data.max_len}) so "
-             "that the longest sentence fits in a batch")
-    d = cfg.data
-    if d.source == "hub" and not d.name:
-        fail("data.name", "required when data.source is 'hub' (e.g. Helsinki-NLP/opus_books)")
-    if d.source in ("text", "tsv", "csv", "jsonl", "parquet"):
-        if not d.dir:
-            fail("data.dir", f"required when data.source is '{d.source}'")
+# NaN fails every comparison, so it fails every rule below.
+_POSITIVE: Rule = (lambda v: math.isfinite(v) and v > 0, "> 0")
+_NON_NEGATIVE: Rule = (lambda v: math.isfinite(v) and v >= 0, ">= 0")
+_FINITE_NON_NEGATIVE: Rule = (lambda v: 0.0 <= v < math.inf, "finite and >= 0")
+_AT_LEAST_1: Rule = (lambda v: v >= 1, ">= 1")
+_HALF_OPEN_UNIT: Rule = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+_OPEN_UNIT: Rule = (lambda v: 0.0 < v < 1.0, "in (0, 1)")
+
+RULES: dict[str, dict[str, Rule]] = {
+    "data": {
+        "max_len": _POSITIVE, "builtin_size": _POSITIVE,
+        "valid_ratio": _HALF_OPEN_UNIT, "test_ratio": _HALF_OPEN_UNIT,
+        "max_ratio": (lambda v: v == 0 or 1.0 <= v < math.inf, "0 (off) or >= 1"),
+    },
+    "tokenizer": {"vocab_size": _NON_NEGATIVE, "min_frequency": _AT_LEAST_1},
+    "model": {
+        "d_model": _POSITIVE, "layers": _POSITIVE, "heads": _POSITIVE, "d_ff": _POSITIVE,
+        "decoder_layers": _NON_NEGATIVE,
+        "dropout": _HALF_OPEN_UNIT, "attention_dropout": _HALF_OPEN_UNIT,
+    },
+    "training": {
+        **dict.fromkeys(("epochs", "batch_size", "lr", "decode_batch_size", "log_every",
+                         "accum_steps", "dist_timeout", "max_bad_steps"), _POSITIVE),
+        **dict.fromkeys(("max_steps", "max_minutes", "max_tokens", "warmup_steps",
+                         "weight_decay", "clip_grad_norm", "threads", "valid_every",
+                         "valid_max_sentences", "examples", "keep_last", "save_every",
+                         "patience"), _NON_NEGATIVE),
+        "label_smoothing": _HALF_OPEN_UNIT,
+        "adam_beta1": _OPEN_UNIT, "adam_beta2": _OPEN_UNIT,
+    },
+    "decoding": {
+        "dtype": (lambda v: v in DECODING_DTYPES, f"one of {', '.join(DECODING_DTYPES)}"),
+        "beam_size": _AT_LEAST_1,
+        "length_penalty": _FINITE_NON_NEGATIVE, "max_len_a": _FINITE_NON_NEGATIVE,
+        "max_len_b": (lambda v: v >= 0, ">= 0"),
+    },
+}
+
+Problem = tuple[str, str]
+"""A key (within its section) and what is wrong with it."""
+
+
+def _data_relations(d: DataConfig) -> typing.Iterator[Problem]:
+    from translator.corpus import SOURCES  # the data sources' table lives with their readers
+
+    if d.valid_ratio + d.test_ratio >= 1.0:
+        yield "valid_ratio", "valid_ratio + test_ratio must be < 1"
+    if d.src_lang == d.tgt_lang:
+        yield "tgt_lang", f"must differ from data.src_lang ('{d.src_lang}')"
+    source = SOURCES[d.source]
+    needed, example = source.needs
+    if needed and not getattr(d, needed):
+        yield needed, f"required when data.source is '{d.source}'{example}"
+    yield from _column_relations(d, source.columns, source.delimiter is not None)
+
+
+def _column_relations(d: DataConfig, takes_columns: bool,
+                      delimited: bool) -> typing.Iterator[Problem]:
     for key in ("src_column", "tgt_column"):
         value = getattr(d, key)
         if isinstance(value, int) and value < 0:
-            fail(f"data.{key}", f"a column index must be >= 0, got {value}")
-        if value is not None and d.source in ("builtin", "text"):
-            fail(f"data.{key}", f"not used by data.source '{d.source}'; leave it empty")
+            yield key, f"a column index must be >= 0, got {value}"
+        if value is not None and not takes_columns:
+            yield key, f"not used by data.source '{d.source}'; leave it empty"
     if d.src_column is not None and d.src_column == d.tgt_column:
-        fail("data.tgt_column", f"must differ from data.src_column ({d.src_column!r})")
-    if (d.source in ("tsv", "csv") and None not in (d.src_column, d.tgt_column)
+        yield "tgt_column", f"must differ from data.src_column ({d.src_column!r})"
+    if (delimited and None not in (d.src_column, d.tgt_column)
             and isinstance(d.src_column, str) != isinstance(d.tgt_column, str)):
         # A name says "the first line is a header", an index says "no header": both or neither.
-        fail("data.tgt_column", "give both columns as names (the file has a header line) or "
-             f"both as 0-based indices (it has none), got {d.src_column!r} and "
-             f"{d.tgt_column!r}")
+        yield "tgt_column", ("give both columns as names (the file has a header line) or "
+                             "both as 0-based indices (it has none), got "
+                             f"{d.src_column!r} and {d.tgt_column!r}")
+
+
+def _model_relations(m: ModelConfig) -> typing.Iterator[Problem]:
+    if m.d_model % m.heads:
+        yield "heads", f"d_model ({m.d_model}) must be divisible by heads ({m.heads})"
+    elif (m.d_model // m.heads) % 2:
+        yield "heads", "d_model / heads must be even"
+
+
+def _decoding_relations(dec: DecodingConfig) -> typing.Iterator[Problem]:
+    if dec.max_len_a == 0 and dec.max_len_b == 0:
+        yield "max_len_b", "max_len_a and max_len_b cannot both be 0"
+
+
+RELATIONS: dict[str, typing.Callable[[Any], typing.Iterator[Problem]]] = {
+    "data": _data_relations,
+    "model": _model_relations,
+    "decoding": _decoding_relations,
+}
+
+
+def check_section(name: str, section: Any) -> None:
+    """Raise a one-line ConfigError naming the key for the first value of config section
+    `name` that breaks its rule (`RULES`) or a relation between its keys (`RELATIONS`)."""
+    for key, (ok, rule) in RULES.get(name, {}).items():
+        value = getattr(section, key)
+        if not ok(value):
+            raise ConfigError(f"{name}.{key}: must be {rule}, got {value!r}")
+    relations = RELATIONS.get(name)
+    problem = next(relations(section), None) if relations else None
+    if problem is not None:
+        raise ConfigError(f"{name}.{problem[0]}: {problem[1]}")
+
+
+def _validate(cfg: Config) -> None:
+    """Every section's checks, then those across sections."""
+    for name in SECTIONS:
+        check_section(name, getattr(cfg, name))
+    if cfg.training.max_tokens and cfg.training.max_tokens < cfg.data.max_len:
+        raise ConfigError(f"training.max_tokens: must be 0 or >= data.max_len "
+                          f"({cfg.data.max_len}) so that the longest sentence fits in a batch")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Split `section.key=value` into its parts; the value is read as YAML (`3`, `true`, `null`)."""
     if "=" not in text:
-        raise ConfigError(f"config error: --set '{text}': expected section.key=value")
+        raise ConfigError(f"--set '{text}': expected section.key=value")
     dotted, _, raw_value = text.partition("=")
     parts = dotted.strip().split(".")
     if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"config error: --set '{text}': expected section.key=value")
+        raise ConfigError(f"--set '{text}': expected section.key=value")
     try:
         value = yaml_load(raw_value) if raw_value.strip() else None
     except yaml.YAMLError:
@@ -518,23 +548,23 @@ def config_from_dict(raw: Any, name: str = "run", overrides: typing.Sequence[str
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("config error: the file must hold a mapping of sections "
+        raise ConfigError("the file must hold a mapping of sections "
                           f"({', '.join(SECTIONS)}), got {type(raw).__name__}")
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for text in overrides:
         section, key, value = parse_override(text)
         if section not in SECTIONS:
-            raise ConfigError(f"config error: unknown section '{section}' in --set "
+            raise ConfigError(f"unknown section '{section}' in --set "
                               f"'{text}'{_suggest(section, SECTIONS)}")
         current = raw.get(section)
         if current is None:
             current = raw[section] = {}
         if not isinstance(current, dict):
-            raise ConfigError(f"config error: {section}: expected a mapping of keys")
+            raise ConfigError(f"{section}: expected a mapping of keys")
         current[key] = value
     for section in raw:
         if section not in SECTIONS:
-            raise ConfigError(f"config error: unknown section '{section}'"
+            raise ConfigError(f"unknown section '{section}'"
                               f"{_suggest(str(section), SECTIONS)}")
     sections = {s: _build_section(s, cls, raw.get(s)) for s, cls in SECTIONS.items()}
     cfg = Config(name=name, **sections)
@@ -549,18 +579,18 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     """Read a YAML config (safe loader only), apply overrides and validate it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config error: file not found: {path}")
+        raise ConfigError(f"file not found: {path}")
     try:
         raw = yaml_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"config error: cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config error: {path} is not valid YAML{_yaml_problem(exc)}")\
-            from None
+        raise ConfigError(f"{path} is not valid YAML{_yaml_problem(exc)}")\
+            from exc
     if raw is None and not overrides:
         # Nothing but blank lines or comments: every default together is the paper's base
         # model on the built-in corpus, hours of training nobody asked for.
-        raise ConfigError(f"config error: {path} is empty; with no settings it would train "
+        raise ConfigError(f"{path} is empty; with no settings it would train "
                           "the default base Transformer (d_model 512, 6+6 layers, about 45M "
                           "parameters) on the built-in corpus; give at least one section "
                           "(configs/toy.yaml is a small start)")
@@ -572,8 +602,7 @@ def _yaml_problem(exc: Exception) -> str:
     the construct it was inside when that started elsewhere; else the error's first line."""
     mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
     if mark is None or not problem:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f": {first}"
+        return f": {first_line(exc)}"
     text = f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
     context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
     if context:
@@ -582,11 +611,6 @@ def _yaml_problem(exc: Exception) -> str:
                  else "")
         text += f" ({context}{where})"
     return text
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (what the run actually used)."""
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
 
 
 RUN_CONFIG_HEADER = (

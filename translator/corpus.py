@@ -22,7 +22,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from translator.config import ConfigError, DataConfig
-from translator.errors import TranslatorError
+from translator.errors import TranslatorError, first_line
 
 if TYPE_CHECKING:
     import datasets
@@ -47,6 +47,8 @@ log = logging.getLogger("translator")
 
 class DataError(TranslatorError):
     """Corpus files or datasets that cannot be read as parallel text."""
+
+    prefix = "data error: "
 
 
 @dataclass
@@ -100,11 +102,6 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 # ---------------------------------------------------------------- diagnosing bad files
 
 
@@ -149,11 +146,11 @@ def _load_file(builder: str, path: Path, cache_dir: str | None,
         if reason is None and builder == "json":
             reason = _bad_json_line(path)
         if reason is None:
-            cause = _first_line(exc.__cause__ or exc)
+            cause = first_line(exc.__cause__ or exc, 300)
             fields = _PANDAS_FIELDS.search(cause)
             reason = (f"{path} line {fields[2]} has {fields[3]} fields, expected {fields[1]}"
                       if fields else f"cannot read {path}: {cause}")
-        raise DataError(f"data error: {reason}") from None
+        raise DataError(reason) from exc
 
 
 # ---------------------------------------------------------------- one split per source
@@ -168,7 +165,7 @@ def _read_text(cfg: DataConfig, stem: str) -> datasets.Dataset:
     src, tgt = (_load_file("text", path, cfg.cache_dir) if path.stat().st_size
                 else _empty("text") for path in (src_path, tgt_path))
     if len(src) != len(tgt):
-        raise DataError(f"data error: {src_path} has {len(src)} lines but {tgt_path} has "
+        raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has "
                         f"{len(tgt)}; the files must be line-aligned")
     return datasets.concatenate_datasets(
         [src.rename_column("text", "src"), tgt.rename_column("text", "tgt")], axis=1)
@@ -182,10 +179,10 @@ def _header_fields(path: Path, sep: str, quoting: int) -> list[str]:
             for n, row in enumerate(reader):
                 if row or n >= 1000:
                     return row
-    except UnicodeDecodeError:
-        raise DataError(f"data error: {_bad_utf8(path)}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(str(_bad_utf8(path))) from exc
     except csv.Error as exc:
-        raise DataError(f"data error: cannot read {path}: {exc}") from None
+        raise DataError(f"cannot read {path}: {exc}") from exc
     return []
 
 
@@ -196,8 +193,7 @@ def _read_delimited(cfg: DataConfig, name: str) -> datasets.Dataset | None:
     import datasets
 
     path = Path(cfg.dir or ".") / name
-    tsv = cfg.source == "tsv"
-    sep, quoting = ("\t", csv.QUOTE_NONE) if tsv else (",", csv.QUOTE_MINIMAL)
+    sep, quoting = SOURCES[cfg.source].delimiter or ("\t", csv.QUOTE_NONE)  # tsv or csv
     header = isinstance(cfg.src_column, str) or isinstance(cfg.tgt_column, str)
     fields = _header_fields(path, sep, quoting)
     if not fields:
@@ -221,98 +217,169 @@ def _read_hub(cfg: DataConfig, split: str) -> datasets.Dataset:
             extra = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
             return datasets.load_dataset(cfg.name, cfg.subset, split=split, **extra)
     except Exception as exc:  # network, missing dataset, unknown split: all user-facing here
-        raise DataError(f"data error: cannot load dataset '{cfg.name}' ({cfg.subset}) split "
-                        f"'{split}': {_first_line(exc)}") from None
+        raise DataError(f"cannot load dataset '{cfg.name}' ({cfg.subset}) split "
+                        f"'{split}': {first_line(exc, 300)}") from exc
+
+
+def _read_single(builder: str) -> Callable[[DataConfig, str], datasets.Dataset | None]:
+    """The reader of a one-file-per-split source through the datasets builder `builder`."""
+
+    def read(cfg: DataConfig, name: str) -> datasets.Dataset | None:
+        path = Path(cfg.dir or ".") / name
+        return _load_file(builder, path, cfg.cache_dir) if path.stat().st_size else None
+
+    return read
+
+
+def _one_file(cfg: DataConfig, name: str) -> list[Path]:
+    return [Path(cfg.dir or ".") / name]
+
+
+def _text_files(cfg: DataConfig, name: str) -> list[Path]:
+    base = Path(cfg.dir or ".")
+    return [base / f"{name}.{cfg.src_lang}", base / f"{name}.{cfg.tgt_lang}"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """What one `data.source` is: how a split of it is read, which files hold one, and which
+    data keys apply to it (config validation, evaluate and training read this table)."""
+
+    read: Callable[[DataConfig, str], datasets.Dataset | None] | None
+    """The raw dataset of a split by name, None for an empty file; None for the built-in
+    corpus, which is generated whole (`_builtin`)."""
+    files: Callable[[DataConfig, str], list[Path]] | None = None
+    """The files holding a split, in `data.dir`; None: the source reads no files."""
+    needs: tuple[str, str] = ("dir", "")
+    """The data key this source cannot do without, and an example for the error message."""
+    columns: bool = True
+    """Whether data.src_column/tgt_column apply (text and builtin name their own)."""
+    delimiter: tuple[str, int] | None = None
+    """TSV/CSV: the field separator and the csv quoting; such files may have no header."""
+    text: bool = True
+    """Whether the files are text (a bad byte is then found and named by line)."""
+
+    def split_files(self, cfg: DataConfig, name: str) -> list[Path]:
+        """The files of split `name` (none for a source that reads no files)."""
+        return self.files(cfg, name) if self.files is not None else []
+
+
+SOURCES: dict[str, Source] = {
+    "builtin": Source(None, needs=("", ""), columns=False),
+    "hub": Source(_read_hub, needs=("name", " (e.g. Helsinki-NLP/opus_books)")),
+    "text": Source(_read_text, _text_files, columns=False),
+    "tsv": Source(_read_delimited, _one_file, delimiter=("\t", csv.QUOTE_NONE)),
+    "csv": Source(_read_delimited, _one_file, delimiter=(",", csv.QUOTE_MINIMAL)),
+    "jsonl": Source(_read_single("json"), _one_file),
+    "parquet": Source(_read_single("parquet"), _one_file, text=False),
+}
+"""Every `data.source` (the keys are DataConfig.source's choices)."""
+
+
+def source_of(cfg: DataConfig) -> Source:
+    """The `SOURCES` entry of `cfg.source` (validated when a config loads; a DataConfig built
+    in code may still name none)."""
+    if cfg.source not in SOURCES:
+        raise DataError(f"unknown data.source '{cfg.source}' (use builtin, hub, text, tsv, "
+                        "csv, jsonl or parquet)")
+    return SOURCES[cfg.source]
 
 
 def _read_split(cfg: DataConfig, name: str) -> datasets.Dataset | None:
     """The raw dataset of one split, with whatever columns the source has; None for an
     empty file."""
-    for path in _files(cfg, name) + ([Path(cfg.dir or ".") / name]
-                                     if cfg.source == "parquet" else []):
+    source = source_of(cfg)
+    for path in source.split_files(cfg, name):
         if not path.is_file():  # check_data_files checks this too, when there is one
-            raise DataError(f"data error: file not found: {path}")
-    if cfg.source in ("tsv", "csv", "jsonl", "parquet"):
-        if (Path(cfg.dir or ".") / name).stat().st_size == 0:
-            return None
-    if cfg.source == "text":
-        return _read_text(cfg, name)
-    if cfg.source in ("tsv", "csv"):
-        return _read_delimited(cfg, name)
-    if cfg.source in ("jsonl", "parquet"):
-        builder = "json" if cfg.source == "jsonl" else "parquet"
-        return _load_file(builder, Path(cfg.dir or ".") / name, cfg.cache_dir)
-    if cfg.source == "hub":
-        return _read_hub(cfg, name)
-    raise DataError(f"data error: unknown data.source '{cfg.source}' (use builtin, hub, text, "
-                    "tsv, csv, jsonl or parquet)")
+            raise DataError(f"file not found: {path}")
+    assert source.read is not None, "the built-in corpus is generated whole"
+    return source.read(cfg, name)
 
 
 # ---------------------------------------------------------------- columns and cleaning
 
 
 def _describe(cfg: DataConfig, name: str) -> str:
-    if cfg.source == "hub":
+    """How messages name split `name`: its file(s), its hub dataset, or the built-in corpus."""
+    source = source_of(cfg)
+    if source.read is None:
+        return "builtin corpus"
+    if source.files is None:
         return f"dataset '{cfg.name}' split '{name}'"
-    if cfg.source == "text":
+    if not source.columns:  # two files, one per language
         return f"{Path(cfg.dir or '.') / name}.{{{cfg.src_lang},{cfg.tgt_lang}}}"
-    return str(Path(cfg.dir or ".") / name) if cfg.source != "builtin" else "builtin corpus"
+    return str(Path(cfg.dir or ".") / name)
 
 
 def _pick_columns(ds: datasets.Dataset, cfg: DataConfig, what: str) -> tuple[str, str] | None:
     """The (source, target) column names, or None for a `translation` column of dicts."""
-    import datasets
-
-    columns = ds.column_names
-    listed = ", ".join(columns) or "none"
-    if cfg.source in ("text", "builtin"):
+    source = source_of(cfg)
+    if not source.columns:
         return "src", "tgt"
-
-    def resolve(spec: str | int, key: str) -> str:
-        if isinstance(spec, int):
-            if spec >= len(columns):
-                raise DataError(f"data error: {key}: {what} has no column {spec} (it has "
-                                f"{len(columns)}: {listed})")
-            return columns[spec]
-        if spec not in columns:
-            raise DataError(f"data error: {key}: {what} has no column '{spec}' "
-                            f"(columns: {listed})")
-        return spec
-
+    columns = ds.column_names
     if cfg.src_column is not None or cfg.tgt_column is not None:
-        # The side left empty defaults to its language's name, or in a headerless TSV/CSV
-        # (columns named "0", "1", ...) to column 0 or 1.
-        indexed = isinstance(cfg.src_column, int) or isinstance(cfg.tgt_column, int)
-        headerless = cfg.source in ("tsv", "csv") and indexed
-        defaults = (0, 1) if headerless else (cfg.src_lang, cfg.tgt_lang)
-        pair = (resolve(defaults[0] if cfg.src_column is None else cfg.src_column,
-                        "data.src_column"),
-                resolve(defaults[1] if cfg.tgt_column is None else cfg.tgt_column,
-                        "data.tgt_column"))
+        pair = _configured_columns(columns, cfg, what)
     elif "translation" in columns:
-        feature = ds.features["translation"]
-        # A struct lists its languages up front; JSON rows with differing keys (datasets'
-        # Json feature) are checked row by row in _clean_batch.
-        langs = list(getattr(feature, "languages", None) or
-                     (feature.keys() if isinstance(feature, dict) else []))
-        for lang in (cfg.src_lang, cfg.tgt_lang) if langs else ():
-            if lang not in langs:
-                raise DataError(f"data error: the translation column of {what} has no '{lang}' "
-                                f"(languages: {', '.join(langs)})")
+        _check_translation_languages(ds.features["translation"], cfg, what)
         return None
     elif cfg.src_lang in columns and cfg.tgt_lang in columns:
         pair = (cfg.src_lang, cfg.tgt_lang)
-    elif cfg.source in ("tsv", "csv") and len(columns) >= 2:
+    elif source.delimiter and len(columns) >= 2:
         pair = (columns[0], columns[1])
     else:
-        raise DataError(f"data error: {what} has neither a 'translation' column nor columns "
-                        f"'{cfg.src_lang}' and '{cfg.tgt_lang}' (columns: {listed}); set "
-                        "data.src_column and data.tgt_column")
+        raise DataError(f"{what} has neither a 'translation' column nor columns "
+                        f"'{cfg.src_lang}' and '{cfg.tgt_lang}' (columns: "
+                        f"{', '.join(columns) or 'none'}); set data.src_column and "
+                        "data.tgt_column")
+    _check_text_columns(ds, pair, what)
+    return pair
+
+
+def _configured_columns(columns: list[str], cfg: DataConfig, what: str) -> tuple[str, str]:
+    """The columns data.src_column/tgt_column name. The side left empty defaults to its
+    language's name, or in a headerless TSV/CSV (columns named "0", "1", ...) to column 0
+    or 1."""
+    indexed = isinstance(cfg.src_column, int) or isinstance(cfg.tgt_column, int)
+    headerless = source_of(cfg).delimiter is not None and indexed
+    defaults = (0, 1) if headerless else (cfg.src_lang, cfg.tgt_lang)
+    src = defaults[0] if cfg.src_column is None else cfg.src_column
+    tgt = defaults[1] if cfg.tgt_column is None else cfg.tgt_column
+    return (_column(columns, src, "data.src_column", what),
+            _column(columns, tgt, "data.tgt_column", what))
+
+
+def _column(columns: list[str], spec: str | int, key: str, what: str) -> str:
+    """The name of column `spec` (a name, or a 0-based index) of `columns`."""
+    listed = ", ".join(columns) or "none"
+    if isinstance(spec, int):
+        if spec >= len(columns):
+            raise DataError(f"{key}: {what} has no column {spec} (it has {len(columns)}: "
+                            f"{listed})")
+        return columns[spec]
+    if spec not in columns:
+        raise DataError(f"{key}: {what} has no column '{spec}' (columns: {listed})")
+    return spec
+
+
+def _check_translation_languages(feature: Any, cfg: DataConfig, what: str) -> None:
+    """A `translation` struct lists its languages up front: both of the run's must be there.
+    JSON rows with differing keys (datasets' Json feature) are checked row by row in
+    _clean_batch."""
+    langs = list(getattr(feature, "languages", None) or
+                 (feature.keys() if isinstance(feature, dict) else []))
+    for lang in (cfg.src_lang, cfg.tgt_lang) if langs else ():
+        if lang not in langs:
+            raise DataError(f"the translation column of {what} has no '{lang}' "
+                            f"(languages: {', '.join(langs)})")
+
+
+def _check_text_columns(ds: datasets.Dataset, pair: tuple[str, str], what: str) -> None:
+    import datasets
+
     for col in pair:
         feature = ds.features[col]
         if not (isinstance(feature, datasets.Value) and "string" in feature.dtype):
-            raise DataError(f"data error: column '{col}' of {what} holds {feature}, not text")
-    return pair
+            raise DataError(f"column '{col}' of {what} holds {feature}, not text")
 
 
 def _translation_sides(col: pa.ChunkedArray, indices: list[int], langs: tuple[str, str],
@@ -334,7 +401,7 @@ def _translation_sides(col: pa.ChunkedArray, indices: list[int], langs: tuple[st
             k = int(pc.index(missing, True).as_py())
             row = rows[k] if rows is not None else col[k].as_py()
             present = ", ".join(key for key, v in (row or {}).items() if v is not None)
-            raise DataError(f"data error: row {indices[k]} (0-based) of {what} has no '{lang}' "
+            raise DataError(f"row {indices[k]} (0-based) of {what} has no '{lang}' "
                             f"in its translation (languages: {present or 'none'})")
     return sides
 
@@ -354,11 +421,10 @@ def _clean_batch(table: pa.Table, indices: list[int], columns: tuple[str, str] |
     return pa.table({"src": src.filter(keep), "tgt": tgt.filter(keep)})
 
 
-def _files(cfg: DataConfig, name: str) -> list[Path]:
-    base = Path(cfg.dir or ".")
-    if cfg.source == "text":
-        return [base / f"{name}.{cfg.src_lang}", base / f"{name}.{cfg.tgt_lang}"]
-    return [base / name] if cfg.source in ("tsv", "csv", "jsonl") else []
+def _text_files_of(cfg: DataConfig, name: str) -> list[Path]:
+    """The text files of split `name` (where a bad UTF-8 byte can be looked for)."""
+    source = source_of(cfg)
+    return source.split_files(cfg, name) if source.text else []
 
 
 def _clean(ds: datasets.Dataset, cfg: DataConfig, name: str,
@@ -384,8 +450,8 @@ def _clean(ds: datasets.Dataset, cfg: DataConfig, name: str,
             ).with_format(None)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         # Readers that do not check UTF-8 (JSON) leave it to the first string operation.
-        reasons = [r for r in map(_bad_utf8, _files(cfg, name)) if r]
-        raise DataError(f"data error: {reasons[0] if reasons else _first_line(exc)}") from None
+        reasons = [r for r in map(_bad_utf8, _text_files_of(cfg, name)) if r]
+        raise DataError(f"{reasons[0] if reasons else first_line(exc, 300)}") from exc
     dropped = len(ds) - len(clean)
     if dropped:
         log.warning("%s: dropped %d of %d pairs with an empty side (%s)", split, dropped,
@@ -540,28 +606,21 @@ def _carve(train: datasets.Dataset, sizes: dict[str, float],
     return out
 
 
-FILE_SOURCES = ("text", "tsv", "csv", "jsonl", "parquet")
-
-
 def check_data_files(cfg: DataConfig) -> None:
     """Fail with one line naming the key if a configured data folder or split file is missing.
 
     Only what reads data calls this (training, evaluate --split): a trained run translates
     without its corpus, so loading its config must not look for it."""
-    if cfg.source not in FILE_SOURCES or not cfg.dir:
+    source = source_of(cfg)
+    if source.files is None or not cfg.dir:
         return
     if not os.path.isdir(cfg.dir):  # False, not an OSError, for an impossible path
-        raise ConfigError(f"config error: data.dir: folder not found: {cfg.dir}")
+        raise ConfigError(f"data.dir: folder not found: {cfg.dir}")
     for split in SPLITS:
         stem = getattr(cfg, split)
-        if not stem:
-            continue
-        base = Path(cfg.dir)
-        paths = ([base / stem] if cfg.source != "text"
-                 else [base / f"{stem}.{cfg.src_lang}", base / f"{stem}.{cfg.tgt_lang}"])
-        for path in paths:
+        for path in source.split_files(cfg, stem) if stem else []:
             if not os.path.isfile(path):
-                raise ConfigError(f"config error: data.{split}: file not found: {path}")
+                raise ConfigError(f"data.{split}: file not found: {path}")
 
 
 def load_corpus(cfg: DataConfig) -> Corpus:
@@ -570,7 +629,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     every split; then the train split alone goes through the filters `_filter_train` applies
     (carving comes first, so the carved valid/test are never filtered either)."""
     check_data_files(cfg)
-    if cfg.source == "builtin":
+    if source_of(cfg).read is None:
         raw = _builtin(cfg)
         names = {k: k for k in SPLITS}
     else:
@@ -590,7 +649,7 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     before = len(splits["train"])
     splits["train"], filtered = _filter_train(splits["train"], cfg)
     if len(splits["train"]) == 0:
-        raise DataError("data error: the train split is empty" + (
+        raise DataError("the train split is empty" + (
             f" after cleaning (of {before} pairs: {cleaning_summary(filtered)}; see "
             "data.clean_text, drop_copies, dedup)" if before else ""))
     corpus = Corpus(splits, dropped, carved, cfg.split_seed, filtered)
@@ -612,7 +671,7 @@ def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise DataError(f"data error: cannot read {path}: {_first_line(exc)}") from None
+            raise DataError(f"cannot read {path}: {first_line(exc, 300)}") from exc
         saved_filters = saved.get("train_filters") or {}
         compared = {"split_seed": (saved.get("split_seed"), record["split_seed"]),
                     "sizes": (saved.get("sizes"), record["sizes"]),
@@ -622,7 +681,7 @@ def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
                                        if k in saved_filters})}
         for key, (old, new) in compared.items():
             if old != new:
-                raise DataError(f"data error: --resume: the corpus now gives {key} "
+                raise DataError(f"--resume: the corpus now gives {key} "
                                 f"{new} but {path} recorded {old}; resume "
                                 "with the same data or start a new run")
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -667,10 +726,3 @@ class _LazySplits(Mapping[str, list[Pair]]):
 def load_splits(cfg: DataConfig) -> Splits:
     """The splits of `load_corpus(cfg)` as lists of (source, target) pairs, by split name."""
     return _LazySplits(load_corpus(cfg))
-
-
-def clean_pairs(pairs: Sequence[Pair]) -> tuple[list[Pair], int]:
-    """Strip whitespace and drop pairs with an empty side; returns (kept, dropped count)."""
-    kept = [(s.strip(), t.strip()) for s, t in pairs]
-    kept = [(s, t) for s, t in kept if s and t]
-    return kept, len(pairs) - len(kept)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from translator.config import Config, DecodingConfig
-from translator.errors import TranslatorError
+from translator.errors import TranslatorError, first_line
 from translator.inference import Translator
 from translator.tokenizer import SPECIAL_TOKENS, TextTokenizer
 
@@ -32,8 +32,8 @@ UNK, PAD, SOS, EOS = SPECIAL_TOKENS
 def _ct2() -> Any:
     try:
         import ctranslate2
-    except ImportError:
-        raise TranslatorError(INSTALL_HINT) from None
+    except ImportError as exc:
+        raise TranslatorError(INSTALL_HINT) from exc
     return ctranslate2
 
 
@@ -221,7 +221,7 @@ class CT2Translator(Translator):
             meta = json.loads(meta_path.read_text())
             src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
         except (ValueError, KeyError) as exc:
-            raise TranslatorError(f"{meta_path} is unreadable: {exc}") from None
+            raise TranslatorError(f"{meta_path} is unreadable: {exc}") from exc
         if device == "auto":
             device = "cuda" if ct2.get_cuda_device_count() > 0 else "cpu"
         index = 0
@@ -235,9 +235,9 @@ class CT2Translator(Translator):
             engine = ct2.Translator(str(path), device=device, device_index=index,
                                     compute_type=compute_type, intra_threads=threads)
         except (RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise TranslatorError(f"cannot load the CTranslate2 model in {path}: {first}")\
-                from None
+                from exc
         src_tok = TextTokenizer.load(path / f"tokenizer_{src_lang}.json")
         tgt_tok = TextTokenizer.load(path / f"tokenizer_{tgt_lang}.json")
         cfg = Config()

@@ -19,7 +19,9 @@ live one can still beat, or at its length cap.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -27,6 +29,8 @@ from torch import Tensor
 from translator.fast_decode import FastStep
 from translator.model import Transformer, padding_mask, reorder_cache
 from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,12 @@ def _eval(model: Transformer) -> None:
         model.eval()
 
 
+def _fast_step(model: Transformer, fast: bool, use_cache: bool) -> FastStep | None:
+    """The `fast_decode` step for cached decoding when asked for; only for our own
+    Transformer: a stand-in with the same methods (tests) runs its own."""
+    return FastStep(model) if fast and use_cache and isinstance(model, Transformer) else None
+
+
 def _next_logits(model: Transformer, memory: Tensor, src_mask: Tensor | None, ys: Tensor,
                  cache: list | None, t: int, step: FastStep | None = None) -> Tensor:
     """Logits [rows, V] of the token after position t: with a cache, `ys` is the newest token
@@ -110,23 +120,14 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
     # prefix ([B, t]).
     ys = torch.full((src.size(0), 1), SOS_ID, dtype=torch.long, device=src.device)
     cache = model.new_cache() if use_cache else None
-    # Only our own Transformer: a stand-in with the same methods (tests) runs its own.
-    step = FastStep(model) if fast and use_cache and isinstance(model, Transformer) else None
+    step = _fast_step(model, fast, use_cache)
     if cache is not None:
         ys = ys.view(-1)
     for t in range(max(limits)):
         logits = _next_logits(model, memory, src_mask, ys, cache, t, step)  # [rows, V]
         # max().indices: the first maximum, like argmax, and several times faster on CPU.
         next_tok = logits.max(dim=-1).indices  # [rows]
-        for i, (row, tok) in enumerate(zip(rows, next_tok.tolist(), strict=True)):
-            if not running[i]:
-                continue  # finished, waiting to leave the batch: its token means nothing
-            if tok == EOS_ID:
-                running[i] = False
-            else:
-                out[row].append(tok)
-                running[i] = len(out[row]) < limits[row]
-        n_running = sum(running)
+        n_running = _take_tokens(next_tok.tolist(), rows, running, out, limits)
         if n_running == 0:
             break
         ys = next_tok if cache is not None else torch.cat([ys, next_tok.unsqueeze(1)], dim=1)
@@ -143,6 +144,23 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
     return out
 
 
+def _take_tokens(tokens: list[int], rows: list[int], running: list[bool],
+                 out: list[list[int]], limits: list[int]) -> int:
+    """Append each running batch row's new token to its sentence's output, and stop the rows
+    that produced [EOS] or reached their cap; returns how many still run."""
+    for i, (row, tok) in enumerate(zip(rows, tokens, strict=True)):
+        if not running[i]:
+            continue  # finished, waiting to leave the batch: its token means nothing
+        if tok == EOS_ID:
+            running[i] = False
+        else:
+            out[row].append(tok)
+            running[i] = len(out[row]) < limits[row]
+    return sum(running)
+
+
+# shape: one search loop whose state (ys, scores, cache, memory, mask, active sentences)
+# changes together at every step; its parts that stand alone are _candidates and _finish.
 @torch.inference_mode()
 def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: float = 0.6,
                 max_len_a: float = 1.5, max_len_b: int = 10, n_best: int = 1,
@@ -153,10 +171,7 @@ def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: f
     With `beam_size=1` and `alpha=0` the result is exactly greedy decoding's. `fast` as in
     `greedy_decode`.
     """
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    if not 1 <= n_best <= beam_size:
-        raise ValueError(f"n_best must be in 1..beam_size ({beam_size}), got {n_best}")
+    _check_beam(beam_size, n_best)
     _eval(model)
     K, device = beam_size, src.device
     n = src.size(0)
@@ -178,25 +193,12 @@ def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: f
     scores = torch.full((n, K), -math.inf, dtype=torch.float64, device=device)
     scores[:, 0] = 0.0
     cache = model.new_cache() if use_cache else None
-    # Only our own Transformer: a stand-in with the same methods (tests) runs its own.
-    step = FastStep(model) if fast and use_cache and isinstance(model, Transformer) else None
+    step = _fast_step(model, fast, use_cache)
     offsets = torch.arange(K, device=device)
     for t in range(steps):
         newest = ys[:, -1] if cache is not None else ys
         logits = _next_logits(model, memory, src_mask, newest, cache, t, step)  # [n*K, V]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16 up
-        # The 2K best candidates of a sentence hold at most 2K of any one beam, so each beam's
-        # 2K best tokens are all that can compete: log-probabilities of those only, in
-        # float64 so that adding a beam's score cannot round two candidates into a tie
-        # (keeps beam 1 == greedy exact).
-        k2 = min(2 * K, logits.size(-1))
-        row_logits, row_tok = logits.topk(k2, dim=-1)  # [n*K, k2]
-        logp = row_logits.double() - logits.logsumexp(dim=-1, keepdim=True).double()
-        cand = (scores.view(-1, 1) + logp).view(-1, K * k2)  # [n, K*k2]
-        # 2K candidates always hold K that do not end in [EOS]: each beam has one [EOS].
-        top_scores, top_idx = cand.topk(2 * K, dim=1)  # [n, 2K], best first
-        top_beam = top_idx // k2
-        top_tok = row_tok.view(-1, K * k2).gather(1, top_idx)
+        top_scores, top_beam, top_tok = _candidates(logits, scores, K)  # [n, 2K] each
         is_eos = top_tok == EOS_ID
         at_cap = limits[active] == t + 1  # [n]: this step's token is their last
         # Only candidates among the K best may finish (fairseq's rule): an [EOS] ranked below
@@ -235,6 +237,33 @@ def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: f
     return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]
 
 
+def _check_beam(beam_size: int, n_best: int) -> None:
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be in 1..beam_size ({beam_size}), got {n_best}")
+
+
+def _candidates(logits: Tensor, scores: Tensor, K: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The 2K best continuations of each sentence's beams, best first: their summed
+    log-probabilities [n, 2K] (float64), the beam each extends and its new token.
+
+    `logits` [n*K, V] are the beams' next-token logits, `scores` [n, K] their summed
+    log-probabilities so far."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16 up
+    # The 2K best candidates of a sentence hold at most 2K of any one beam, so each beam's
+    # 2K best tokens are all that can compete: log-probabilities of those only, in float64
+    # so that adding a beam's score cannot round two candidates into a tie (keeps beam 1 ==
+    # greedy exact).
+    k2 = min(2 * K, logits.size(-1))
+    row_logits, row_tok = logits.topk(k2, dim=-1)  # [n*K, k2]
+    logp = row_logits.double() - logits.logsumexp(dim=-1, keepdim=True).double()
+    cand = (scores.view(-1, 1) + logp).view(-1, K * k2)  # [n, K*k2]
+    # 2K candidates always hold K that do not end in [EOS]: each beam has one [EOS].
+    top_scores, top_idx = cand.topk(2 * K, dim=1)  # [n, 2K], best first
+    return top_scores, top_idx // k2, row_tok.view(-1, K * k2).gather(1, top_idx)
+
+
 def _finish(finished: list[list[Hypothesis]], kth_best: Tensor, K: int, alpha: float,
             length: int, active: Tensor, ys: Tensor, final: Tensor, top_scores: Tensor,
             top_beam: Tensor, top_tok: Tensor) -> None:
@@ -255,3 +284,64 @@ def _finish(finished: list[list[Hypothesis]], kth_best: Tensor, K: int, alpha: f
         hyps = finished[sent]
         if len(hyps) >= K:
             kth_best[sent] = sorted((h.score for h in hyps), reverse=True)[K - 1]
+
+
+# -- running a search over many sentences: length-sorted batches, input order kept ---------
+
+
+def pack_sources(rows: Sequence[Sequence[int]], device: torch.device) -> Tensor:
+    """Encoder inputs `[SOS] x [EOS]`, right-padded: [len(rows), longest + 2]."""
+    width = max(len(ids) for ids in rows) + 2
+    src = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    for r, ids in enumerate(rows):
+        src[r, 0] = SOS_ID
+        src[r, 1:len(ids) + 1] = torch.tensor(list(ids), dtype=torch.long)
+        src[r, len(ids) + 1] = EOS_ID
+    return src.to(device)
+
+
+def _in_batches(src_ids: Sequence[Sequence[int]], batch_size: int, device: torch.device,
+                search: Callable[[Tensor], list[T]],
+                progress: Callable[[int], None] | None = None) -> list[T]:
+    """Run `search` over length-sorted batches of `src_ids` (so that a batch pads little) and
+    return its per-sentence results in input order. `progress(n)` is told after each batch."""
+    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+    results: list[T | None] = [None] * len(src_ids)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        outs = search(pack_sources([src_ids[i] for i in rows], device))
+        for i, out in zip(rows, outs, strict=True):
+            results[i] = out
+        if progress is not None:
+            progress(len(rows))
+    return results  # type: ignore[return-value]  # every slot was filled
+
+
+def translate_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torch.device,
+                  batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
+                  beam_size: int = 1, alpha: float = 0.6,
+                  progress: Callable[[int], None] | None = None,
+                  fast: bool = True) -> list[list[int]]:
+    """Translate id sequences (no specials) in length-sorted batches; input order kept.
+
+    `beam_size` 1 is greedy decoding (no length penalty); larger runs beam search and keeps
+    each sentence's best hypothesis. `fast` picks the searches' `fast_decode` step.
+    """
+    if beam_size == 1:
+        return _in_batches(src_ids, batch_size, device, lambda src: greedy_decode(
+            model, src, max_len_a=max_len_a, max_len_b=max_len_b, fast=fast), progress)
+    return [h[0].tokens for h in nbest_ids(model, src_ids, device, batch_size, max_len_a,
+                                           max_len_b, beam_size=beam_size, alpha=alpha,
+                                           progress=progress, fast=fast)]
+
+
+def nbest_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torch.device,
+              batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
+              beam_size: int = 4, alpha: float = 0.6, n_best: int = 1,
+              progress: Callable[[int], None] | None = None,
+              fast: bool = True) -> list[list[Hypothesis]]:
+    """Beam search over id sequences in length-sorted batches: per sentence its `n_best`
+    hypotheses with scores, best first; input order kept."""
+    return _in_batches(src_ids, batch_size, device, lambda src: beam_search(
+        model, src, beam_size=beam_size, alpha=alpha, max_len_a=max_len_a,
+        max_len_b=max_len_b, n_best=n_best, fast=fast), progress)

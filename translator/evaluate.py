@@ -6,13 +6,16 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sacrebleu
 
 from translator.config import DataConfig, DecodingConfig
 from translator.errors import TranslatorError
-from translator.inference import Translator, split_lines
+from translator.text import read_lines
+
+if TYPE_CHECKING:  # training scores with this module and imports no inference module
+    from translator.inference import Translator
 
 TOK_LC_LABEL = "tokenized lowercased BLEU (comparable to papers, not to sacreBLEU)"
 
@@ -128,7 +131,7 @@ def report_name(name: str, report: dict[str, Any]) -> str:
 def read_parallel_files(src: str | Path, ref: str | Path) -> list[tuple[str, str]]:
     """Line-aligned source and reference files as pairs; a pair with an empty source or
     reference is kept (an empty source translates to "", as it should score)."""
-    sources, refs = _read_lines(Path(src)), _read_lines(Path(ref))
+    sources, refs = read_lines(Path(src)), read_lines(Path(ref))
     if len(sources) != len(refs):
         raise TranslatorError(f"{src} has {len(sources)} lines but {ref} has {len(refs)}; "
                               "the files must be line-aligned")
@@ -137,38 +140,22 @@ def read_parallel_files(src: str | Path, ref: str | Path) -> list[tuple[str, str
     return list(zip(sources, refs, strict=True))
 
 
-def _read_lines(path: Path) -> list[str]:
-    """UTF-8 lines without their line ends (only \\n and \\r\\n end a line)."""
-    if not path.is_file():
-        raise TranslatorError(f"file not found: {path}")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[:exc.start].count(b"\n") + 1
-        raise TranslatorError(f"{path} line {line} is not valid UTF-8") from None
-    return split_lines(text)
-
-
 def load_split(data: DataConfig, name: str) -> list[tuple[str, str]]:
     """The pairs of split `name` of a run's corpus: train, valid or test as configured, or,
-    for text/tsv/hub corpora, any other split of the same corpus by its name (a file prefix,
-    a tsv file name or a hub split)."""
-    from translator.corpus import load_splits
+    for file and hub corpora, any other split of the same corpus by its name (a file prefix,
+    a file name or a hub split)."""
+    from translator.corpus import load_splits, source_of
 
     if name in ("train", "valid", "test"):
         pairs = load_splits(data)[name]
-    elif data.source == "builtin":
-        raise TranslatorError(f"unknown split '{name}': the built-in corpus has train, valid "
-                              "and test")
     else:
-        if data.source == "text":
-            for lang in (data.src_lang, data.tgt_lang):
-                path = Path(data.dir or ".") / f"{name}.{lang}"
-                if not path.is_file():
-                    raise TranslatorError(f"split '{name}' not found: no file {path}")
-        elif data.source == "tsv" and not (Path(data.dir or ".") / name).is_file():
-            raise TranslatorError(f"split '{name}' not found: no file "
-                                  f"{Path(data.dir or '.') / name}")
+        source = source_of(data)
+        if source.read is None:
+            raise TranslatorError(f"unknown split '{name}': the built-in corpus has train, "
+                                  "valid and test")
+        for path in source.split_files(data, name):
+            if not path.is_file():
+                raise TranslatorError(f"split '{name}' not found: no file {path}")
         # The named split takes the test slot; nothing is carved out of train for it.
         pairs = load_splits(dataclasses.replace(data, test=name, test_ratio=0.0))["test"]
     if not pairs:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from translator.checkpoint import CheckpointError, RunLayout, load_checkpoint
+from translator.config import Config
 from translator.tokenizer import TextTokenizer
 
 
@@ -53,26 +54,8 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
     """A JSON-ready description of a run folder (raises TranslatorError if it is not one)."""
     layout = RunLayout(Path(run_dir))
     cfg = layout.load_config()
-    tokenizers = {}
-    for side, lang in (("src", cfg.data.src_lang), ("tgt", cfg.data.tgt_lang)):
-        path = layout.tokenizer(lang)
-        if path.is_file():
-            tok = TextTokenizer.load(path)
-            tokenizers[side] = {"lang": lang, "file": path.name, "kind": tok.kind,
-                                "vocab_size": tok.vocab_size}
-    try:
-        latest = _checkpoint_summary(layout.latest, layout)
-        # best.pt is usually the same file as latest.pt (hard links): read it once.
-        same = (latest is not None and layout.best.is_file()
-                and layout.best.stat().st_ino == layout.latest.stat().st_ino)
-        best = ({**latest, "file": _same_file(layout.best, layout)} if same
-                else _checkpoint_summary(layout.best, layout))
-    except CheckpointError as exc:
-        raise CheckpointError(f"{layout.root}: {exc}") from None
-    files = []
-    for path in sorted(p for p in layout.root.rglob("*") if p.is_file()):
-        files.append({"path": str(path.relative_to(layout.root)),
-                      "bytes": path.stat().st_size})
+    tokenizers = _tokenizers(layout, cfg)
+    latest, best = _checkpoints(layout)
     m = cfg.model
     return {
         "run": str(layout.root),
@@ -85,6 +68,42 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
                   "d_ff": m.d_ff, "norm": m.norm, "tie_embeddings": m.tie_embeddings,
                   "parameters": (latest or best or {}).get("parameters")},
         "tokenizers": tokenizers,
+        **_training(latest, best),
+        "files": [{"path": str(path.relative_to(layout.root)), "bytes": path.stat().st_size}
+                  for path in sorted(p for p in layout.root.rglob("*") if p.is_file())],
+    }
+
+
+def _tokenizers(layout: RunLayout, cfg: Config) -> dict[str, dict[str, Any]]:
+    """The run's tokenizer files by side (src, tgt), those that exist."""
+    tokenizers = {}
+    for side, lang in (("src", cfg.data.src_lang), ("tgt", cfg.data.tgt_lang)):
+        path = layout.tokenizer(lang)
+        if path.is_file():
+            tok = TextTokenizer.load(path)
+            tokenizers[side] = {"lang": lang, "file": path.name, "kind": tok.kind,
+                                "vocab_size": tok.vocab_size}
+    return tokenizers
+
+
+def _checkpoints(layout: RunLayout) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The summaries of latest.pt and best.pt (None for one that does not exist)."""
+    try:
+        latest = _checkpoint_summary(layout.latest, layout)
+        # best.pt is usually the same file as latest.pt (hard links): read it once.
+        same = (latest is not None and layout.best.is_file()
+                and layout.best.stat().st_ino == layout.latest.stat().st_ino)
+        best = ({**latest, "file": _same_file(layout.best, layout)} if same
+                else _checkpoint_summary(layout.best, layout))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{layout.root}: {exc}") from exc
+    return latest, best
+
+
+def _training(latest: dict[str, Any] | None,
+              best: dict[str, Any] | None) -> dict[str, dict[str, Any] | None]:
+    """The report's trained, best and latest entries (None where there is no checkpoint)."""
+    return {
         "trained": {"steps": latest["step"], "epochs_done": latest["epoch"],
                     "validations": latest["validations"]} if latest else None,
         "best": {"checkpoint": best["file"], "step": best["step"],
@@ -92,7 +111,6 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
                  "validation": best["last_validation"]} if best else None,
         "latest": {"checkpoint": latest["file"], "validation": latest["last_validation"]}
         if latest else None,
-        "files": files,
     }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from translator.config import TokenizerConfig
-from translator.errors import TranslatorError
+from translator.errors import TranslatorError, first_line
 
 SPECIAL_TOKENS = ["[UNK]", "[PAD]", "[SOS]", "[EOS]"]
 UNK_ID, PAD_ID, SOS_ID, EOS_ID = range(len(SPECIAL_TOKENS))
@@ -143,7 +143,7 @@ class TextTokenizer:
         try:
             return cls(Tokenizer.from_file(str(path)))
         except Exception as exc:  # the library raises plain Exception subclasses from Rust
-            raise TranslatorError(f"cannot read tokenizer {path}: {exc}") from None
+            raise TranslatorError(f"cannot read tokenizer {path}: {exc}") from exc
 
 
 def _empty_tokenizer(cfg: TokenizerConfig) -> tuple[Tokenizer, Any]:
@@ -194,8 +194,8 @@ def build_tokenizer(texts: Iterable[str] | Iterable[list[str]],
     except TranslatorError:
         raise
     except Exception as exc:  # e.g. a Unigram vocab_size smaller than the alphabet
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TranslatorError(f"cannot train the {cfg.kind} tokenizer: {first}") from None
+        first = first_line(exc)
+        raise TranslatorError(f"cannot train the {cfg.kind} tokenizer: {first}") from exc
     return TextTokenizer(tok)
 
 

@@ -55,10 +55,12 @@ from translator.corpus import (
     to_pairs,
 )
 from translator.dataset import BilingualDataset, BucketBatchSampler, collate, padding_fraction
+from translator.decoding import translate_ids
+from translator.device import resolve_device
 from translator.errors import TranslatorError
 from translator.evaluate import score
-from translator.inference import build_model, resolve_device, translate_ids
 from translator.model import count_parameters
+from translator.modeling import build_model
 from translator.tokenizer import PAD_ID, TextTokenizer, build_tokenizers
 
 log = logging.getLogger("translator")

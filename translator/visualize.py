@@ -195,7 +195,7 @@ def save_attention_images(maps: AttentionMaps, out_dir: str | Path) -> list[Path
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TranslatorError(f"cannot create {out}: {exc.strerror}") from None
+        raise TranslatorError(f"cannot create {out}: {exc.strerror}") from exc
     paths = []
     for name, fig in figures(maps).items():
         path = out / f"{name}.png"

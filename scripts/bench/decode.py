@@ -62,7 +62,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 def _sentences(data_dir: Path | None) -> tuple[list[str], list[str], str]:
     """Source and reference sentences, and where they come from."""
     if data_dir is not None:
-        from translator.inference import split_lines
+        from translator.text import split_lines
 
         src = split_lines((data_dir / "test_2016_flickr.en").read_text(encoding="utf-8"))
         ref = split_lines((data_dir / "test_2016_flickr.de").read_text(encoding="utf-8"))
@@ -89,7 +89,7 @@ def _model(args: argparse.Namespace, sources: list[str]) -> tuple[object, bool, 
     import copy
 
     from translator.config import Config, TokenizerConfig
-    from translator.inference import DTYPES
+    from translator.device import DTYPES
     from translator.model import build_transformer
     from translator.tokenizer import build_tokenizer
 
@@ -120,8 +120,7 @@ def _timed(fn: Callable[[], list[list[int]]]) -> tuple[list[list[int]], float]:
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Time the four decoders on the same sentences; print a table; return `decode.*`."""
-    from translator.decoding import greedy_decode
-    from translator.inference import pack_sources, translate_ids
+    from translator.decoding import greedy_decode, pack_sources, translate_ids
 
     n = 200 if args.quick and args.decode_sentences == 1000 else args.decode_sentences
     sources, refs, where = _sentences(args.data_dir)

@@ -30,8 +30,8 @@ def check_installed() -> None:
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
-    except ImportError:
-        raise TranslatorError(INSTALL_HINT) from None
+    except ImportError as exc:
+        raise TranslatorError(INSTALL_HINT) from exc
 
 
 def check_address(host: str, port: int) -> None:
@@ -43,14 +43,14 @@ def check_address(host: str, port: int) -> None:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError) as exc:
-        raise TranslatorError(f"cannot listen on {host}: {exc}") from None
+        raise TranslatorError(f"cannot listen on {host}: {exc}") from exc
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
         try:
             sock.bind(address)
         except OSError as exc:
             raise TranslatorError(f"cannot listen on {host}:{port}: "
-                                  f"{exc.strerror or exc}") from None
+                                  f"{exc.strerror or exc}") from exc
 
 
 def run_server(translator: Translator, *, run_dir: str | Path | None = None,

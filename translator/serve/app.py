@@ -128,6 +128,14 @@ def create_app(service: TranslationService, *, api_key: str | None = None,
                   "with a model trained by translator. /translate follows LibreTranslate's "
                   "API.")
     app.add_middleware(_Guard, max_body_bytes=max_body_bytes, api_key=api_key or None)
+    _add_error_handlers(app)
+    _add_routes(app, service, api_key)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every failure answers `{"error": one line}` with its status."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -145,6 +153,10 @@ def create_app(service: TranslationService, *, api_key: str | None = None,
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error")
         return _error(500, f"internal error: {type(exc).__name__}")
+
+
+def _add_routes(app: FastAPI, service: TranslationService, api_key: str | None) -> None:
+    """The API's endpoints and the page."""
 
     @app.post("/translate", response_model=TranslateResponse, response_model_exclude_none=True,
               responses=ERRORS)
@@ -183,9 +195,6 @@ def create_app(service: TranslationService, *, api_key: str | None = None,
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 class SafeJSONResponse(JSONResponse):
@@ -241,33 +250,11 @@ class _Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        length = headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                await _send_error(send, 400, "invalid Content-Length header")
-                return
-            if int(length) > self.max_body:
-                await self._refuse_too_big(receive, send, 0)
-                return
-        # Read the body here (bounded) and replay it to the app: a chunked upload without a
-        # Content-Length is cut off as soon as it passes the limit.
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                if message.get("more_body", False):
-                    await self._refuse_too_big(receive, send, size)
-                else:
-                    await _send_error(send, 413, self._too_big())
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        if not await self._length_ok(headers.get("content-length"), receive, send):
+            return
+        body = await self._read_body(receive, send)
+        if body is None:
+            return
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/x-www-form-urlencoded" and scope.get("path") in PROTECTED:
             # LibreTranslate also takes HTML-form bodies (curl -d q=...&target=de): the
@@ -293,6 +280,39 @@ class _Guard:
             return await receive()  # after the body: wait for the disconnect
 
         await self.app(scope, replay, send)
+
+    async def _length_ok(self, length: str | None, receive: Receive, send: Send) -> bool:
+        """False, after answering 400 or 413, for a bad or too large Content-Length."""
+        if length is None:
+            return True
+        if not length.isdigit():
+            await _send_error(send, 400, "invalid Content-Length header")
+            return False
+        if int(length) > self.max_body:
+            await self._refuse_too_big(receive, send, 0)
+            return False
+        return True
+
+    async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
+        """The whole body, read here (bounded) to be replayed to the app: a chunked upload
+        without a Content-Length is cut off as soon as it passes the limit. None when the
+        client left or the body was refused (413)."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                if message.get("more_body", False):
+                    await self._refuse_too_big(receive, send, size)
+                else:
+                    await _send_error(send, 413, self._too_big())
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     def _too_big(self) -> str:
         return f"the request body is over the limit of {self.max_body:,} bytes"
