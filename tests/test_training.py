@@ -19,7 +19,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import translator.train as train_mod
+import translator.train_book as train_book
 from translator.checkpoint import RunLayout, load_checkpoint
 from translator.cli import app
 from translator.errors import TranslatorError
@@ -122,7 +122,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path: Path,
 
 def test_failed_checkpoint_write_keeps_previous(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    original = train_mod.atomic_save
+    original = train_book.atomic_save
     calls = {"n": 0}
 
     def full_disk(obj, path):
@@ -131,7 +131,7 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path: Path,
             raise OSError(28, "No space left on device")
         return original(obj, path)
 
-    monkeypatch.setattr(train_mod, "atomic_save", full_disk)
+    monkeypatch.setattr(train_book, "atomic_save", full_disk)
     with pytest.raises(TranslatorError, match="could not write checkpoint.*intact"):
         train(tiny_config(tmp_path / "r", epochs=50, save_every=2), quiet=True)
     ckpt = load_checkpoint(RunLayout(tmp_path / "r").latest)
