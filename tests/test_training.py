@@ -73,6 +73,37 @@ def test_accumulation_steps_scheduler_per_optimizer_step(tmp_path: Path) -> None
     assert accum.scheduler.last_epoch == result.state.step
 
 
+def test_exact_resume_with_dropout_through_the_prefetching_loader(tmp_path: Path) -> None:
+    """Dropout on, gradient accumulation, a stop in the middle of an epoch: the batches come
+    from the background-thread DataLoader, which must neither repeat nor skip a batch nor
+    touch the RNG the dropout masks come from, so stop + resume gives the same weights,
+    optimizer state and validation loss as one uninterrupted run."""
+    from translator.config import config_from_dict
+    from translator.train_data import epoch_groups
+
+    def config(run: str, max_steps: int):
+        raw = tiny_raw(tmp_path / run, epochs=3, accum_steps=2, log_every=2,
+                       max_steps=max_steps)
+        raw["model"]["dropout"] = 0.3
+        return config_from_dict(raw, name="tiny")
+
+    probe = Trainer(config("a", 9), quiet=True)
+    steps_per_epoch = len(epoch_groups(probe.sampler, probe.dist, 0, 2))
+    assert 2 < steps_per_epoch < 9  # the stop is mid-epoch and the resume crosses an epoch
+    straight = probe.run()
+    assert straight.state.step == 9 and 0.0 <= straight.data_wait_fraction < 1.0
+    assert train(config("b", steps_per_epoch - 1), quiet=True).state.batch_in_epoch > 0
+    resumed = train(config("b", 9), resume=True, quiet=True)
+    assert resumed.state.step == 9
+    a = load_checkpoint(RunLayout(tmp_path / "a").latest)
+    b = load_checkpoint(RunLayout(tmp_path / "b").latest)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for k, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][k]["exp_avg"])
+    assert resumed.last_valid["loss"] == straight.last_valid["loss"]
+
+
 def test_bf16_autocast_on_cpu_trains(tmp_path: Path) -> None:
     result = train(tiny_config(tmp_path / "r", precision="bf16", max_steps=3), quiet=True)
     assert result.state.step == 3
