@@ -104,6 +104,49 @@ def test_exact_resume_with_dropout_through_the_prefetching_loader(tmp_path: Path
     assert resumed.last_valid["loss"] == straight.last_valid["loss"]
 
 
+def test_step_batches_start_at_the_first_undone_step_and_count_tokens() -> None:
+    """A resumed epoch collates only its undone steps, the same batches an uninterrupted
+    epoch gets there, with each step's non-pad source + target token count."""
+    from translator.dataset import BilingualDataset, BucketBatchSampler, collate
+    from translator.distributed import Dist
+    from translator.tokenizer import PAD_ID
+    from translator.train_data import StepBatches, epoch_groups
+
+    rows = [[4 + (i % 7)] * (1 + i % 9) for i in range(60)]
+    data = BilingualDataset(rows, [r[::-1] + [5] for r in rows], max_len=20)
+    sampler = BucketBatchSampler(data, max_tokens=60, seed=3)
+    groups = epoch_groups(sampler, Dist(), epoch=1, accum_steps=2)
+    assert groups == epoch_groups(sampler, Dist(), epoch=1, accum_steps=2)  # (seed, epoch)
+    steps = list(StepBatches(data, groups, start=2, pin=False).prefetch(depth=2))
+    assert len(steps) == len(groups) - 2
+    for step, group in zip(steps, groups[2:], strict=True):
+        assert len(step.micro) == len(group)
+        for batch, idx in zip(step.micro, group, strict=True):
+            assert torch.equal(batch.src, collate([data[i] for i in idx]).src)
+        assert step.tokens == sum(int((b.src != PAD_ID).sum() + (b.tgt_out != PAD_ID).sum())
+                                  for b in step.micro)
+
+
+def test_prefetcher_hands_errors_to_the_loop_and_stops_early() -> None:
+    from translator.train_data import Prefetcher
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    it = Prefetcher(failing(), 2)
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="bad batch"):
+        next(it)
+    it.close()
+    endless = Prefetcher(iter(range(10**9)), 2)
+    assert next(endless) == 0
+    endless.close()  # a run that stops mid-epoch: the thread ends, nothing blocks
+    assert not endless._thread.is_alive()
+    done = Prefetcher(iter([7]), 2)
+    assert list(done) == [7] and next(done, None) is None
+
+
 def test_bf16_autocast_on_cpu_trains(tmp_path: Path) -> None:
     result = train(tiny_config(tmp_path / "r", precision="bf16", max_steps=3), quiet=True)
     assert result.state.step == 3
