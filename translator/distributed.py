@@ -25,6 +25,7 @@ class Dist:
 
     @property
     def enabled(self) -> bool:
+        """Whether this is one of several processes."""
         return self.world > 1
 
     @property
@@ -44,6 +45,7 @@ class Dist:
         return self.rank == 0
 
     def barrier(self) -> None:
+        """Wait for every rank (a no-op when not distributed)."""
         if self.enabled:
             dist.barrier()
 

@@ -75,6 +75,7 @@ class TrainResult:
 
     @property
     def tokens_per_s(self) -> float:
+        """Training tokens per second of this call, all processes together."""
         return self.tokens / self.seconds if self.seconds else 0.0
 
     @property

@@ -95,6 +95,7 @@ class TrainLogger:
         self.epoch_loss, self.epoch_steps, self.shown_at = 0.0, 0, 0.0
 
     def epoch_end(self) -> None:
+        """The epoch's bar is done."""
         if self.bar is not None:
             self.bar.close()
 
@@ -161,6 +162,7 @@ class TrainLogger:
         say("\n".join(lines))
 
     def flush(self) -> None:
+        """Write TensorBoard's events to disk now (after each checkpoint)."""
         if self.writer is not None:
             self.writer.flush()
 

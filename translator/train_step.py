@@ -72,6 +72,7 @@ class StepResult:
 
     @property
     def skipped(self) -> bool:
+        """Whether the step was skipped (not finite): it does not count."""
         return self.loss is None
 
 
