@@ -70,7 +70,7 @@ class StepBatches:
     """The collated steps of one epoch from step `start` on, iterated ahead of the loop."""
 
     def __init__(self, data: BilingualDataset, groups: list[list[list[int]]], start: int,
-                 pin: bool, workers: int = 0) -> None:
+                 pin: bool) -> None:
         todo = groups[start:]
         self.sizes = [len(g) for g in todo]
         # A private generator: creating a DataLoader iterator otherwise draws its base seed
@@ -78,7 +78,7 @@ class StepBatches:
         # which would change the dropout masks and break exact resume.
         self.loader = torch.utils.data.DataLoader(
             data, batch_sampler=[b for g in todo for b in g], collate_fn=_collate_counted,
-            num_workers=workers, generator=torch.Generator())
+            generator=torch.Generator())
         self.pin = pin
 
     def _steps(self) -> Iterator[StepBatch]:
