@@ -98,7 +98,6 @@ class Trainer:
         d = s.data
         self.src_tok, self.tgt_tok, self.sampler = d.src_tok, d.tgt_tok, d.sampler
         self.train_data, self.valid_data, self.valid_pairs = d.train, d.valid, d.valid_pairs
-        assert s.checkpointer is not None
         self.checkpoints, self.best = s.checkpointer, BestTracker(cfg.training)
         self.stepper = Stepper(s.train_model, s.model, s.optimizer, s.scheduler, s.precision,
                                cfg, s.device, s.dist, s.layout.latest)

@@ -14,6 +14,7 @@ import random
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -262,8 +263,12 @@ class TrainingSetup:
     planned_steps: int
     """Where training is expected to end, for the progress ETA: epochs or max_steps,
     whichever comes first."""
-    checkpointer: Checkpointer | None = None
     state: TrainState = field(default_factory=TrainState)
+
+    @cached_property
+    def checkpointer(self) -> Checkpointer:
+        """Writes and restores this run's checkpoints."""
+        return Checkpointer(self.layout, self.dist, self.cfg.training, self.checkpoint_parts)
 
     def checkpoint_parts(self) -> dict[str, Any]:
         """What `Checkpointer` saves: the stateful objects, the portable config (without the
@@ -386,7 +391,6 @@ def build_training(cfg: Config, resume: bool = False, overwrite: bool = False,
     dist_info, dev, layout = _start(cfg, resume, overwrite, device)
     data = _data(cfg, dist_info, layout, resume, init[1] if init else None)
     s = _setup(cfg, dist_info, dev, quiet, layout, data)
-    s.checkpointer = Checkpointer(layout, dist_info, cfg.training, s.checkpoint_parts)
     if resume:
         s.state = s.checkpointer.restore(layout.latest, dev)
     elif dist_info.main:
