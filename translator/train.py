@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from translator.config import Config
 from translator.dataset import padding_fraction
 from translator.distributed import Dist, init_distributed
@@ -125,9 +127,9 @@ class Trainer:
         from translator.visualize import log_attention  # matplotlib: imported when needed
 
         assert self.valid_data is not None
-        log_attention(writer, self.model, self.valid_data[0][0].tolist(), self.src_tok,
-                      self.tgt_tok, step, self.device)
-        self.model.train()
+        with torch.no_grad():
+            log_attention(writer, self.model, self.valid_data[0][0].tolist(), self.src_tok,
+                          self.tgt_tok, step, self.device)
 
     def save(self, is_best: bool = False) -> Path | None:
         """A checkpoint of the current state (main process only)."""
