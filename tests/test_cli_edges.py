@@ -105,29 +105,34 @@ def test_quiet_drops_only_progress(tmp_path: Path) -> None:
 
 def test_progress_bar_loss_is_a_running_mean_of_every_step(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a terminal the bar's loss is the epoch's mean so far, updated at every step (not
-    only every log_every steps)."""
-    monkeypatch.setattr(train_mod, "_stderr_is_terminal", lambda: True, raising=False)
+    """On a terminal the bar's loss is the epoch's mean so far over every step (not only
+    every log_every steps), read back from the device whenever the bar redraws."""
+    import tqdm
+
+    import translator.train_log as train_log
+
+    monkeypatch.setattr(train_log, "stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(train_log, "BAR_REFRESH_S", 0.0)  # redraw at every step
     losses: list[float] = []
-    shown: list[float] = []
+    shown: list[tuple[int, float]] = []
     real_step = train_mod.Trainer._step
-    real_postfix = train_mod.tqdm.set_postfix
+    real_postfix = tqdm.tqdm.set_postfix
 
     def step(self: Any, group: Any) -> Any:
         out = real_step(self, group)
-        losses.append(out[0])
+        losses.append(float(out.loss))
         return out
 
     def postfix(self: Any, *args: Any, **kwargs: Any) -> None:
-        shown.append(float(kwargs["loss"]))
+        shown.append((len(losses), float(kwargs["loss"])))
         real_postfix(self, *args, **kwargs)
 
     monkeypatch.setattr(train_mod.Trainer, "_step", step)
-    monkeypatch.setattr(train_mod.tqdm, "set_postfix", postfix)
+    monkeypatch.setattr(tqdm.tqdm, "set_postfix", postfix)
     cfg = config_from_dict(_raw(tmp_path / "r", log_every=1000, examples=0))
     train_mod.train(cfg)
     assert len(losses) >= 4 and len(shown) == len(losses)
-    for k, value in enumerate(shown, start=1):
+    for k, value in shown:
         assert value == pytest.approx(sum(losses[:k]) / k, abs=6e-4)
 
 

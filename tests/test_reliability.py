@@ -634,9 +634,9 @@ def test_failed_checkpoint_write_stops_the_cli_cleanly(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Disk full at the second checkpoint: one line naming the checkpoint, exit 2, and the
     first checkpoint is still latest.pt."""
-    import translator.train as train_mod
+    import translator.train_book as book
 
-    original: Callable[..., None] = train_mod.atomic_save
+    original: Callable[..., None] = book.atomic_save
     calls = {"n": 0}
 
     def full_disk(obj: dict[str, Any], path: Path) -> None:
@@ -645,7 +645,7 @@ def test_failed_checkpoint_write_stops_the_cli_cleanly(tmp_path: Path,
             raise OSError(28, "No space left on device")
         original(obj, path)
 
-    monkeypatch.setattr(train_mod, "atomic_save", full_disk)
+    monkeypatch.setattr(book, "atomic_save", full_disk)
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_raw(tmp_path / "run", save_every=1, max_steps=4)),
                       encoding="utf-8")

@@ -19,7 +19,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import translator.train as train_mod
+import translator.train_book as train_book
 from translator.checkpoint import RunLayout, load_checkpoint
 from translator.cli import app
 from translator.errors import TranslatorError
@@ -73,6 +73,80 @@ def test_accumulation_steps_scheduler_per_optimizer_step(tmp_path: Path) -> None
     assert accum.scheduler.last_epoch == result.state.step
 
 
+def test_exact_resume_with_dropout_through_the_prefetching_loader(tmp_path: Path) -> None:
+    """Dropout on, gradient accumulation, a stop in the middle of an epoch: the batches come
+    from the background-thread DataLoader, which must neither repeat nor skip a batch nor
+    touch the RNG the dropout masks come from, so stop + resume gives the same weights,
+    optimizer state and validation loss as one uninterrupted run."""
+    from translator.config import config_from_dict
+    from translator.train_data import epoch_groups
+
+    def config(run: str, max_steps: int):
+        raw = tiny_raw(tmp_path / run, epochs=3, accum_steps=2, log_every=2,
+                       max_steps=max_steps)
+        raw["model"]["dropout"] = 0.3
+        return config_from_dict(raw, name="tiny")
+
+    probe = Trainer(config("a", 9), quiet=True)
+    steps_per_epoch = len(epoch_groups(probe.sampler, probe.dist, 0, 2))
+    assert 2 < steps_per_epoch < 9  # the stop is mid-epoch and the resume crosses an epoch
+    straight = probe.run()
+    assert straight.state.step == 9 and 0.0 <= straight.data_wait_fraction < 1.0
+    assert train(config("b", steps_per_epoch - 1), quiet=True).state.batch_in_epoch > 0
+    resumed = train(config("b", 9), resume=True, quiet=True)
+    assert resumed.state.step == 9
+    a = load_checkpoint(RunLayout(tmp_path / "a").latest)
+    b = load_checkpoint(RunLayout(tmp_path / "b").latest)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for k, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][k]["exp_avg"])
+    assert resumed.last_valid["loss"] == straight.last_valid["loss"]
+
+
+def test_step_batches_start_at_the_first_undone_step_and_count_tokens() -> None:
+    """A resumed epoch collates only its undone steps, the same batches an uninterrupted
+    epoch gets there, with each step's non-pad source + target token count."""
+    from translator.dataset import BilingualDataset, BucketBatchSampler, collate
+    from translator.distributed import Dist
+    from translator.tokenizer import PAD_ID
+    from translator.train_data import StepBatches, epoch_groups
+
+    rows = [[4 + (i % 7)] * (1 + i % 9) for i in range(60)]
+    data = BilingualDataset(rows, [r[::-1] + [5] for r in rows], max_len=20)
+    sampler = BucketBatchSampler(data, max_tokens=60, seed=3)
+    groups = epoch_groups(sampler, Dist(), epoch=1, accum_steps=2)
+    assert groups == epoch_groups(sampler, Dist(), epoch=1, accum_steps=2)  # (seed, epoch)
+    steps = list(StepBatches(data, groups, start=2, pin=False).prefetch(depth=2))
+    assert len(steps) == len(groups) - 2
+    for step, group in zip(steps, groups[2:], strict=True):
+        assert len(step.micro) == len(group)
+        for batch, idx in zip(step.micro, group, strict=True):
+            assert torch.equal(batch.src, collate([data[i] for i in idx]).src)
+        assert step.tokens == sum(int((b.src != PAD_ID).sum() + (b.tgt_out != PAD_ID).sum())
+                                  for b in step.micro)
+
+
+def test_prefetcher_hands_errors_to_the_loop_and_stops_early() -> None:
+    from translator.train_data import Prefetcher
+
+    def failing():
+        yield 1
+        raise ValueError("bad batch")
+
+    it = Prefetcher(failing(), 2)
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="bad batch"):
+        next(it)
+    it.close()
+    endless = Prefetcher(iter(range(10**9)), 2)
+    assert next(endless) == 0
+    endless.close()  # a run that stops mid-epoch: the thread ends, nothing blocks
+    assert not endless._thread.is_alive()
+    done = Prefetcher(iter([7]), 2)
+    assert list(done) == [7] and next(done, None) is None
+
+
 def test_bf16_autocast_on_cpu_trains(tmp_path: Path) -> None:
     result = train(tiny_config(tmp_path / "r", precision="bf16", max_steps=3), quiet=True)
     assert result.state.step == 3
@@ -122,7 +196,7 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path: Path,
 
 def test_failed_checkpoint_write_keeps_previous(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    original = train_mod.atomic_save
+    original = train_book.atomic_save
     calls = {"n": 0}
 
     def full_disk(obj, path):
@@ -131,7 +205,7 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path: Path,
             raise OSError(28, "No space left on device")
         return original(obj, path)
 
-    monkeypatch.setattr(train_mod, "atomic_save", full_disk)
+    monkeypatch.setattr(train_book, "atomic_save", full_disk)
     with pytest.raises(TranslatorError, match="could not write checkpoint.*intact"):
         train(tiny_config(tmp_path / "r", epochs=50, save_every=2), quiet=True)
     ckpt = load_checkpoint(RunLayout(tmp_path / "r").latest)

@@ -7,6 +7,9 @@
   batches of a fixed number of sentences, attention written out with explicit softmax and
   materialised mask tensors, a hand-written LayerNorm, log-softmax projection.
 - stock: `torch.nn.Transformer` with the same embeddings, projection, batches and optimizer.
+- loop: the real training loop (`translator.train.train`, prefetching input pipeline) for
+  as many steps, on the same config: `train.data_wait_fraction`, the share of its step time
+  spent blocked waiting for the next batch (target: at most 0.02).
 
 Throughput is non-pad source + target tokens per second over a steady window after warm-up.
 MFU = model FLOPs per second / peak, counting useful (non-pad) work only:
@@ -279,6 +282,27 @@ def _time_steps(step, batches, warmup: int, steps: int,
     return time.perf_counter() - t, warmup
 
 
+def measure_data_wait(cfg, steps: int, device: torch.device, precision: str) -> float:
+    """Share of step time the real training loop (`translator.train.train`, with its
+    prefetching input pipeline) spends blocked waiting for the next batch, over `steps`
+    optimizer steps of `cfg`'s model and data in a throwaway run folder."""
+    import copy
+    import tempfile
+
+    from translator.train import train
+
+    cfg = copy.deepcopy(cfg)
+    tc = cfg.training
+    tc.max_steps, tc.epochs, tc.precision = steps, max(tc.epochs, 1000), precision
+    # One validation (at the stop), not one per epoch: a small corpus has short epochs.
+    tc.valid_every, tc.valid_max_sentences, tc.examples = 10**9, 16, 0
+    tc.log_every, tc.save_every = 10**9, 0
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as folder:
+        cfg.output.dir = folder
+        result = train(cfg, overwrite=True, device=str(device), quiet=True)
+    return result.data_wait_fraction
+
+
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Run the suite; print a table; return the `train.*` results."""
     from translator.dataset import BucketBatchSampler, collate
@@ -424,6 +448,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     print(f"\nours / stock over {rounds} alternating rounds: median {ratio:.3f}x (each round: "
           f"{', '.join(f'{r:.3f}' for r in ratios)}; spread {min(ratios):.3f}-"
           f"{max(ratios):.3f})")
+    wait = measure_data_wait(cfg, warmup + steps, device, args.precision)
+    print(f"training loop (translator.train, {warmup + steps} steps): waiting for data "
+          f"{100 * wait:.2f}% of step time")
     out = {
         "train.peak_gflops": peak,
         "train.ours_tps": by["ours"]["tps"],
@@ -434,6 +461,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         "train.ratio_vs_stock_max": max(ratios),
         "train.rounds": float(rounds),
         "train.peak_rss_mb": rss,
+        "train.data_wait_fraction": wait,
     }
     if "tutorial" in by:
         out["train.tutorial_tps"] = by["tutorial"]["tps"]
