@@ -249,17 +249,18 @@ class CorpusMix:
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def record(self) -> dict[str, dict[str, float]]:
-        """Per corpus: pairs, weight, pairs drawn per epoch and their share (splits.json)."""
+        """Per corpus: pairs kept (after the token-level filters), weight, pairs drawn per
+        epoch and their share of it (splits.json)."""
         counts = self.counts()
         total = max(int(counts.sum()), 1)
-        return {label: {"size": int(n), "weight": float(w), "pairs_per_epoch": int(c),
+        return {label: {"kept": int(n), "weight": float(w), "pairs_per_epoch": int(c),
                         "share": round(int(c) / total, 6)}
                 for label, n, w, c in zip(self.labels, self.sizes.tolist(), self.weights,
                                           counts.tolist(), strict=True)}
 
     def summary(self) -> str:
         """'a 9000 pairs x weight 1 -> 9000 a epoch (75.0%), ...' for the log."""
-        return ", ".join(f"{label} {r['size']} pairs x weight {r['weight']:g} -> "
+        return ", ".join(f"{label} {r['kept']} pairs x weight {r['weight']:g} -> "
                          f"{r['pairs_per_epoch']} an epoch ({r['share']:.1%})"
                          for label, r in self.record().items())
 

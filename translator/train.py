@@ -53,6 +53,7 @@ from translator.corpus import (
     iter_texts,
     load_corpus,
     to_pairs,
+    tokenizer_sample,
 )
 from translator.dataset import BilingualDataset, BucketBatchSampler, collate, padding_fraction
 from translator.errors import TranslatorError
@@ -358,6 +359,7 @@ def _tokenizers(cfg: Config, layout: RunLayout, train: Any, reuse: bool,
         for lang, path in ((cfg.data.src_lang, src_path), (cfg.data.tgt_lang, tgt_path)):
             shutil.copyfile(base.tokenizer(lang), path)
         return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
+    train = tokenizer_sample(train, cfg.tokenizer.train_sample, cfg.data.split_seed)
     src_tok, tgt_tok = build_tokenizers(iter_texts(train, "src"), iter_texts(train, "tgt"),
                                         cfg.tokenizer)
     src_tok.save(src_path)
@@ -408,7 +410,8 @@ class Trainer:
             self.src_tok, self.tgt_tok = _tokenizers(cfg, self.layout, corpus["train"], True)
         self.train_data = BilingualDataset.from_dataset(
             corpus["train"], self.src_tok, self.tgt_tok, cfg.data.max_len, "train",
-            cfg.data.max_ratio)
+            cfg.data.max_ratio, cfg.data.num_proc)
+        self.train_data.mix = corpus.mix(self.train_data)  # several corpora: each epoch's draw
         corpus.filtered.update(ratio=self.train_data.dropped_ratio,
                                too_long=self.train_data.dropped)
         self.cleaning = corpus.cleaning_summary()
