@@ -684,7 +684,8 @@ def tokenizer_sample(train: datasets.Dataset, limit: int, seed: int) -> datasets
     chosen = np.sort(rng.choice(n_blocks, -(-limit // block), replace=False))
     rows = (chosen[:, None] * block + np.arange(block)).ravel()
     rows = rows[rows < n][:limit]
-    log.info("tokenizer: training on a sample of %d of %d X, len(rows), n, limit, block)
+    log.info("tokenizer: training on a sample of %d of %d train pairs (tokenizer.train_sample"
+             " = %d; blocks of %d pairs, seeded by data.split_seed)", len(rows), n, limit, block)
     with _quiet_datasets():
         return train.select(rows, new_fingerprint=_fingerprint(
             train._fingerprint, "tokenizer-sample", limit, seed))
