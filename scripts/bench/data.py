@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -223,9 +224,23 @@ def _large_child(folder: str, max_tokens: int, vocab: int, train_sample: int,
     cfg = DataConfig(source="text", dir=folder, train="train", max_len=128,
                      cache_dir=str(Path(folder) / "cache"), num_proc=num_proc)
 
+    current = {"stage": "read"}
+    peak: dict[str, Any] = {"VmRSS": 0.0}
+
+    def watch() -> None:
+        # Where the peak happens and what it is made of (VmHWM alone says neither).
+        while True:
+            m = _memory()
+            if m.get("VmRSS", 0.0) > peak["VmRSS"]:
+                peak.update(m, stage=current["stage"])
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
     def stage(name: str, begin: float) -> None:
         times[name] = time.perf_counter() - begin
         memory[name] = _memory()
+        current["stage"] = {"read": "tokenizer", "tokenizer": "tokenize"}.get(name, "epoch")
 
     begin = time.perf_counter()
     corpus = load_corpus(cfg)
@@ -256,7 +271,7 @@ def _large_child(folder: str, max_tokens: int, vocab: int, train_sample: int,
                       "sample_pairs": min(n_train, train_sample or n_train),
                       "processes": map_processes(n_train, num_proc),
                       "peak_rss_mb": _memory()["VmHWM"], "worker_peak_rss_mb": workers,
-                      "memory": memory, **times}))
+                      "memory": memory, "peak": peak, **times}))
 
 
 def _large_run(folder: Path, max_tokens: int, vocab: int, train_sample: int,
@@ -312,6 +327,10 @@ def _scale_rows(args: argparse.Namespace, sizes: list[int]) -> dict[str, float]:
                          f"{big['train_pairs'] / big['tokenize']:,.0f} ({big['processes']})",
                          big["epoch"], f"{big['batches']:,}", prepare / 60,
                          big["peak_rss_mb"], big["worker_peak_rss_mb"]])
+            results[f"data.peak_rss_anon_mb_{key}"] = big["peak"].get("RssAnon", 0.0)
+            print(f"  peak VmRSS {big['peak']['VmRSS']:,.0f} MiB during {big['peak']['stage']}"
+                  f" (anonymous {big['peak'].get('RssAnon', 0):,.0f}, file-backed "
+                  f"{big['peak'].get('RssFile', 0):,.0f})", file=sys.stderr)
             stages.append([f"{n:,}"] + [
                 f"{big['memory'][s].get('RssAnon', 0):,.0f} / "
                 f"{big['memory'][s].get('RssFile', 0):,.0f}"
