@@ -140,7 +140,8 @@ class DataConfig:
 
 @dataclass
 class CorpusConfig:
-    """One entry of `data.corpora` (keys left empty take the `data` defaults)."""
+    """One entry of `data.corpora`: a corpus' own source keys (each with the default of the
+    `data` key of the same name) and its sampling weight."""
 
     label: str | None = None
     """Name of the corpus in logs, splits.json and `data.valid_corpus`; empty: corpus1,
@@ -199,9 +200,9 @@ class TokenizerConfig:
     """Unicode NFKC normalization (compatibility forms: ligatures, full-width letters, ...)
     instead of NFC; decoding then gives the normalized text."""
     train_sample: int = 2_000_000
-    """Train the tokenizer on at most this many train pairs: a seeded sample (blocks of 1000
-    consecutive pairs, seeded by data.split_seed), said in the log, when the train split is
-    larger; 0: always the whole split."""
+    """Train the tokenizer on at most this many train pairs: when the train split is larger, a
+    sample of blocks of consecutive pairs (up to 1000 each, at least 100 blocks) seeded by
+    data.split_seed, said in the log; 0: always the whole split."""
 
 
 @dataclass
