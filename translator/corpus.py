@@ -606,9 +606,13 @@ def load_corpus(cfg: DataConfig) -> Corpus:
         names = {k: getattr(cfg, k) for k in SPLITS if getattr(cfg, k)}
         raw = {k: _read_split(cfg, name) for k, name in names.items()}
     splits, dropped = {}, {}
-    for split, ds in raw.items():
+    for split in list(raw):
+        # Popped, so that each raw split is unmapped once cleaned: the pages the cleaning
+        # read would otherwise stay resident (and count in RSS) through the train filters.
+        ds = raw.pop(split)
         splits[split], dropped[split] = ((_empty(), 0) if ds is None
                                          else _clean(ds, cfg, names[split], split))
+        del ds
     carved = {k: r for k, r in (("valid", cfg.valid_ratio), ("test", cfg.test_ratio))
               if k not in splits and r > 0}
     if carved:
