@@ -46,6 +46,10 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="tokenizer.train_sample of the large-corpus rows (default 2M).")
     group.add_argument("--data-num-proc", type=int, default=0,
                        help="data.num_proc of the large-corpus rows (0: automatic).")
+    group.add_argument("--data-corpus", default=None,
+                       help="Folder for the generated train.en/train.de of the large rows, "
+                            "kept and reused by later runs (default: generated afresh in "
+                            "--data-tmp and deleted).")
     group.add_argument("--data-tmp", default=None,
                        help="Folder for the large corpora and their caches (about 6 GB at "
                             "10M pairs; default: the system's temporary folder).")
@@ -181,6 +185,14 @@ def _write_large_corpus(folder: Path, n: int) -> None:
             (folder / f"part{half}.{lang}").unlink()
 
 
+def _lines(path: Path) -> int:
+    """Lines in a file (0 if it does not exist)."""
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
+
+
 def _copy_prefix(src: Path, dst: Path, n: int) -> None:
     """The first `n` lines of the corpus in `src` as the corpus in `dst`."""
     for lang in ("en", "de"):
@@ -293,13 +305,16 @@ def _scale_rows(args: argparse.Namespace, sizes: list[int]) -> dict[str, float]:
     results: dict[str, float] = {}
     rows, stages = [], []
     with tempfile.TemporaryDirectory(prefix="bench-data-", dir=args.data_tmp) as tmp:
-        full = Path(tmp) / "full"
-        full.mkdir()
-        start = time.perf_counter()
-        _write_large_corpus(full, max(sizes))
-        generate = time.perf_counter() - start
-        print(f"\n(generated {max(sizes):,} pairs in {generate:.0f} s, 2 processes; not "
-              "part of the preparation times)", file=sys.stderr)
+        full = Path(args.data_corpus) if args.data_corpus else Path(tmp) / "full"
+        full.mkdir(parents=True, exist_ok=True)
+        if _lines(full / "train.en") >= max(sizes) and _lines(full / "train.de") >= max(sizes):
+            print(f"\n(reusing the corpus in {full})", file=sys.stderr)
+        else:
+            start = time.perf_counter()
+            _write_large_corpus(full, max(sizes))
+            generate = time.perf_counter() - start
+            print(f"\n(generated {max(sizes):,} pairs in {generate:.0f} s, 2 processes; not "
+                  "part of the preparation times)", file=sys.stderr)
         for n in sorted(sizes):
             folder = Path(tmp) / scale_key(n)
             folder.mkdir()
