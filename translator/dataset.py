@@ -196,9 +196,9 @@ class BilingualDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         if self._arrow is not None:
             r = int(self._keep[i])
+            src, tgt = self._arrow
             # A copy: Arrow's mapped buffers are read-only, and a batch is small.
-            return (torch.from_numpy(self._arrow[0].row(r).copy()),
-                    torch.from_numpy(self._arrow[1].row(r).copy()))
+            return (torch.from_numpy(src.row(r).copy()), torch.from_numpy(tgt.row(r).copy()))
         (src_flat, src_off), (tgt_flat, tgt_off) = self._src, self._tgt
         return (src_flat[src_off[i]:src_off[i + 1]], tgt_flat[tgt_off[i]:tgt_off[i + 1]])
 
