@@ -5,8 +5,13 @@ Keys: data.pairs_per_s (tokenizing train through the cached `datasets.map`, both
 a cold cache), data.padding_fraction_bucketed (the token-budget sampler), data.padding_fraction_
 fixed (every sentence padded to the corpus maximum, as the tutorials do), data.round_trip_<kind>
 and data.unk_rate_<kind> (validation lines with decode(encode(x)) == x, and [UNK] tokens),
-data.peak_rss_mb_1m (a child process that tokenizes the large corpus, iterates one epoch of
-batches and collates them) and data.seconds_1m.
+and, per size of `--data-scale` (default 1m; --quick 100k), a fresh child process that
+prepares that many built-in pairs from text files the way training does (read and clean,
+tokenizer on a bounded sample, tokenize with datasets.map, one epoch of batches collated):
+data.peak_rss_mb_<k> (its VmHWM), data.peak_rss_anon_mb_<k>, data.worker_peak_rss_mb_<k>,
+data.prepare_minutes_<k>, data.seconds_<k>, data.tokenize_pairs_per_s_<k> and the stage
+times data.read_s_<k>, data.tokenizer_train_s_<k>, data.tokenize_s_<k>, data.batching_s_<k>,
+with <k> = 1m, 3m, 10m, 100k, ...
 
 The corpus is Multi30k from --data-dir (train/val .en/.de) or, without it, the built-in one.
 """
