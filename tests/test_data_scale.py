@@ -284,3 +284,13 @@ def test_benchmark_data_scale_sizes_and_keys() -> None:
 
     with pytest.raises(argparse.ArgumentTypeError, match="'lots' is not a size"):
         parse_scale("1m,lots")
+
+
+def test_evaluate_finds_named_splits_in_the_valid_corpus(tmp_path: Path) -> None:
+    from translator.evaluate import load_split
+
+    raw = _two_corpora_raw(tmp_path, valid_corpus="numbers")
+    data = config_from_dict(raw).data
+    pairs = load_split(data, "train.tsv")  # a file of the numbers corpus, by its name
+    assert len(pairs) == 60 and pairs[0] == ("house number 0", "Haus Nummer 0")
+    assert len(load_split(data, "train")) == 160 + 60

@@ -153,8 +153,12 @@ def load_split(data: DataConfig, name: str) -> list[tuple[str, str]]:
     """The pairs of split `name` of a run's corpus: train, valid or test as configured, or,
     for text/tsv/hub corpora, any other split of the same corpus by its name (a file prefix,
     a tsv file name or a hub split)."""
+    from translator.config import corpus_data_config, valid_corpus_index
     from translator.corpus import load_splits
 
+    if data.corpora and name not in ("train", "valid", "test"):
+        # Other splits by name come from the corpus that gives valid and test.
+        data = corpus_data_config(data, valid_corpus_index(data))
     if name in ("train", "valid", "test"):
         pairs = load_splits(data)[name]
     elif data.source == "builtin":
