@@ -764,7 +764,7 @@ RESUME_SAFE_KEYS = frozenset({
     "training.valid_every", "training.valid_max_sentences", "training.decode_batch_size",
     "training.examples", "training.save_every", "training.keep_last", "training.log_every",
     "training.threads", "training.device", "training.dist_timeout", "training.max_bad_steps",
-    "training.compile",
+    "training.compile", "data.num_proc",
 })
 
 
