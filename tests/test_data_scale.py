@@ -294,3 +294,16 @@ def test_evaluate_finds_named_splits_in_the_valid_corpus(tmp_path: Path) -> None
     pairs = load_split(data, "train.tsv")  # a file of the numbers corpus, by its name
     assert len(pairs) == 60 and pairs[0] == ("house number 0", "Haus Nummer 0")
     assert len(load_split(data, "train")) == 160 + 60
+
+
+def test_padding_fraction_of_a_batch_list_equals_that_of_its_lists() -> None:
+    from translator.dataset import padding_fraction
+
+    rng = random.Random(2)
+    src = [[4] * rng.randint(1, 30) for _ in range(500)]
+    data = BilingualDataset(src, src[::-1], max_len=64)
+    batches = BucketBatchSampler(data, max_tokens=300, seed=3).batches()
+    assert isinstance(batches, BatchList)
+    assert padding_fraction(data, batches) == pytest.approx(padding_fraction(data, list(batches)))
+    assert padding_fraction(data, batches[::3]) == pytest.approx(
+        padding_fraction(data, list(batches)[::3]))

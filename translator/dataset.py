@@ -524,11 +524,16 @@ def _budget_starts(sorted_sizes: Sequence[int] | np.ndarray, max_tokens: int) ->
 
 def padding_fraction(dataset: BilingualDataset, batches: Sequence[Sequence[int]]) -> float:
     """Share of padding among all encoder+decoder input positions of `batches`."""
-    batches = [b for b in batches if len(b)]
-    if not batches:
+    if isinstance(batches, BatchList):  # straight from its arrays: no list per batch
+        parts = [batches.order[batches.starts[b]:batches.starts[b + 1]]
+                 for b in batches.pick.tolist()]
+    else:
+        parts = [np.asarray(b, dtype=np.int64) for b in batches]
+    parts = [p for p in parts if len(p)]
+    if not parts:
         return 0.0
-    idx = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches])
-    counts = np.array([len(b) for b in batches], dtype=np.int64)
+    idx = np.concatenate(parts)
+    counts = np.array([len(p) for p in parts], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     s = dataset._src_lens[idx] + 2
     t = dataset._tgt_lens[idx] + 1
