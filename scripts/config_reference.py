@@ -13,6 +13,7 @@ from pathlib import Path
 
 SECTION_CLASSES = {
     "DataConfig": "data",
+    "CorpusConfig": "data.corpora[]",
     "TokenizerConfig": "tokenizer",
     "ModelConfig": "model",
     "TrainingConfig": "training",

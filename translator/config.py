@@ -122,6 +122,64 @@ class DataConfig:
     cache_dir: str | None = None
     """Cache of the datasets library (files converted to Arrow, token ids), reused by later
     runs; empty: its default ($HF_DATASETS_CACHE or ~/.cache/huggingface/datasets)."""
+    num_proc: int = 0
+    """Processes that tokenize the train split (`datasets.map(num_proc=...)`); 0: 2 (or the
+    core count, if smaller) for a train split of 200,000 pairs or more, else 1."""
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    """Several corpora in one run: a list of mappings, each with its own source, files and
+    `weight` (keys in the `data.corpora[]` table below). The other data keys (languages,
+    max_len, cleaning, cache_dir, split_seed) apply to all of them; source, name, subset, dir,
+    train/valid/test, columns, ratios and builtin_* must then be given per corpus. Each epoch
+    draws from corpus i a number of pairs proportional to weight_i * size_i ** (1 /
+    sampling_temperature), the total being the sum of the sizes (a corpus drawn more often
+    than it has pairs repeats them); the log and splits.json show each one's size and share.
+    Empty: the single corpus the keys above describe."""
+    valid_corpus: str | None = None
+    """With `corpora`: the label of the corpus whose valid and test splits (given or carved)
+    are used; empty: the first corpus. Only that corpus may set valid, test and the ratios."""
+    sampling_temperature: float = 1.0
+    """With `corpora`: 1 draws in proportion to size x weight; larger values flatten the mix
+    towards weight alone (a small corpus is drawn more often than its size), smaller ones
+    sharpen it towards the largest."""
+
+
+@dataclass
+class CorpusConfig:
+    """One entry of `data.corpora`: a corpus' own source keys (each with the default of the
+    `data` key of the same name) and its sampling weight."""
+
+    label: str | None = None
+    """Name of the corpus in logs, splits.json and `data.valid_corpus`; empty: corpus1,
+    corpus2, ... by position."""
+    weight: float = 1.0
+    """Sampling weight (> 0): the corpus' share of an epoch is proportional to weight times
+    size (see `data.sampling_temperature`)."""
+    source: Literal["builtin", "hub", "text", "tsv", "csv", "jsonl", "parquet"] = "builtin"
+    """As `data.source`."""
+    name: str | None = None
+    """As `data.name` (hub)."""
+    subset: str | None = None
+    """As `data.subset` (hub)."""
+    dir: str | None = None
+    """As `data.dir`."""
+    train: str = "train"
+    """As `data.train`."""
+    valid: str | None = None
+    """As `data.valid`; the valid corpus only."""
+    test: str | None = None
+    """As `data.test`; the valid corpus only."""
+    src_column: str | int | None = None
+    """As `data.src_column`."""
+    tgt_column: str | int | None = None
+    """As `data.tgt_column`."""
+    valid_ratio: float = 0.0
+    """As `data.valid_ratio`; the valid corpus only."""
+    test_ratio: float = 0.0
+    """As `data.test_ratio`; the valid corpus only."""
+    builtin_size: int = 30000
+    """As `data.builtin_size`."""
+    builtin_seed: int = 1234
+    """As `data.builtin_seed`."""
 
 
 @dataclass
@@ -146,6 +204,10 @@ class TokenizerConfig:
     nfkc: bool = False
     """Unicode NFKC normalization (compatibility forms: ligatures, full-width letters, ...)
     instead of NFC; decoding then gives the normalized text."""
+    train_sample: int = 2_000_000
+    """Train the tokenizer on at most this many train pairs: when the train split is larger, a
+    sample of blocks of consecutive pairs (up to 1000 each, at least 100 blocks) seeded by
+    data.split_seed, said in the log; 0: always the whole split."""
 
 
 @dataclass
@@ -404,8 +466,88 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
             raise ConfigError(
                 f"unknown key '{name}.{key}'{_suggest(str(key), fields)}"
             )
+        if (name, key) in _NESTED:  # lists of sub-sections, checked key by key
+            values[key] = _NESTED[name, key](f"{name}.{key}", value)
+            continue
         values[key] = _coerce(f"{name}.{key}", value, hints[key])
     return cls(**values)
+
+
+def _build_corpora(key: str, value: Any) -> list[CorpusConfig]:
+    """`data.corpora`: a list of mappings, each built as a section of its own, so that an
+    unknown key or a wrong type is reported as `data.corpora[i].key`."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of corpora (mappings of "
+                          f"keys), got {_short.repr(value)}")
+    return [entry if isinstance(entry, CorpusConfig) else
+            _build_section(f"{key}[{i}]", CorpusConfig, entry) for i, entry in enumerate(value)]
+
+
+_NESTED = {("data", "corpora"): _build_corpora}
+# DataConfig keys that describe one corpus; with data.corpora they are given per corpus.
+CORPUS_KEYS = tuple(f.name for f in dataclasses.fields(CorpusConfig)
+                    if f.name not in ("label", "weight"))
+_VALID_ONLY_KEYS = ("valid", "test", "valid_ratio", "test_ratio")
+
+
+def corpus_labels(data: DataConfig) -> list[str]:
+    """The labels of `data.corpora`, `corpus<i>` (1-based) where none is given."""
+    return [c.label or f"corpus{i + 1}" for i, c in enumerate(data.corpora)]
+
+
+def valid_corpus_index(data: DataConfig) -> int:
+    """Position in `data.corpora` of the corpus that gives valid and test (the first one
+    unless `data.valid_corpus` names another)."""
+    labels = corpus_labels(data)
+    return labels.index(data.valid_corpus) if data.valid_corpus in labels else 0
+
+
+def corpus_data_config(data: DataConfig, i: int) -> DataConfig:
+    """Corpus i of `data.corpora` as a single-corpus DataConfig: its own source keys, the
+    shared ones (languages, lengths, cleaning, cache) of `data`."""
+    entry = data.corpora[i]
+    return dataclasses.replace(data, corpora=[], valid_corpus=None,
+                               **{k: getattr(entry, k) for k in CORPUS_KEYS})
+
+
+def _check_corpora(cfg: Config) -> None:
+    """Checks of `data.corpora`: each corpus passes the single-corpus checks, its messages
+    naming `data.corpora[i].key`."""
+
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(f"{key}: {msg}")
+
+    d = cfg.data
+    if not d.corpora:
+        if d.valid_corpus is not None:
+            fail("data.valid_corpus", "only used with data.corpora")
+        return
+    defaults = DataConfig()
+    for key in CORPUS_KEYS:
+        if getattr(d, key) != getattr(defaults, key):
+            fail(f"data.{key}", "not used with data.corpora; give it in each corpus")
+    labels = corpus_labels(d)
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            fail(f"data.corpora[{i}].label", f"'{label}' is used by two corpora")
+    if d.valid_corpus is not None and d.valid_corpus not in labels:
+        fail("data.valid_corpus", f"'{d.valid_corpus}' names no corpus (labels: "
+             f"{', '.join(labels)})")
+    valid_at = valid_corpus_index(d)
+    for i, entry in enumerate(d.corpora):
+        key = f"data.corpora[{i}]"
+        if not (math.isfinite(entry.weight) and entry.weight > 0):
+            fail(f"{key}.weight", f"must be > 0, got {entry.weight}")
+        for name in _VALID_ONLY_KEYS if i != valid_at else ():
+            if getattr(entry, name) != getattr(defaults, name):
+                fail(f"{key}.{name}", f"only the valid corpus ('{labels[valid_at]}', see "
+                     "data.valid_corpus) gives valid and test splits")
+        try:
+            _validate(dataclasses.replace(cfg, data=corpus_data_config(d, i)))
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("config error: data.", f"{key}.", 1)) from exc
 
 
 # -- validation: one rule table per section, then the relations between keys ----------------
@@ -426,8 +568,10 @@ RULES: dict[str, dict[str, Rule]] = {
         "max_len": _POSITIVE, "builtin_size": _POSITIVE,
         "valid_ratio": _HALF_OPEN_UNIT, "test_ratio": _HALF_OPEN_UNIT,
         "max_ratio": (lambda v: v == 0 or 1.0 <= v < math.inf, "0 (off) or >= 1"),
+        "num_proc": _NON_NEGATIVE, "sampling_temperature": _POSITIVE,
     },
-    "tokenizer": {"vocab_size": _NON_NEGATIVE, "min_frequency": _AT_LEAST_1},
+    "tokenizer": {"vocab_size": _NON_NEGATIVE, "min_frequency": _AT_LEAST_1,
+                  "train_sample": _NON_NEGATIVE},
     "model": {
         "d_model": _POSITIVE, "layers": _POSITIVE, "heads": _POSITIVE, "d_ff": _POSITIVE,
         "decoder_layers": _NON_NEGATIVE,
@@ -569,9 +713,13 @@ def config_from_dict(raw: Any, name: str = "run", overrides: typing.Sequence[str
     sections = {s: _build_section(s, cls, raw.get(s)) for s, cls in SECTIONS.items()}
     cfg = Config(name=name, **sections)
     _validate(cfg)
+    _check_corpora(cfg)
     if cfg.data.dir:
         # Absolute, so that a run's saved config still finds its data from any folder.
         cfg.data.dir = str(Path(cfg.data.dir).expanduser().resolve())
+    for entry in cfg.data.corpora:
+        if entry.dir:
+            entry.dir = str(Path(entry.dir).expanduser().resolve())
     return cfg
 
 
@@ -635,7 +783,7 @@ RESUME_SAFE_KEYS = frozenset({
     "training.valid_every", "training.valid_max_sentences", "training.decode_batch_size",
     "training.examples", "training.save_every", "training.keep_last", "training.log_every",
     "training.threads", "training.device", "training.dist_timeout", "training.max_bad_steps",
-    "training.compile",
+    "training.compile", "data.num_proc",
 })
 
 

@@ -63,16 +63,42 @@ class Corpus:
     carved: dict[str, float] = field(default_factory=dict)
     split_seed: int = 0
     filtered: dict[str, int] = field(default_factory=dict)
+    # Several corpora (data.corpora): per corpus, in train order, its label, weight and
+    # cleaned train size; `corpora` is what splits.json shows of them (sizes, shares).
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    temperature: float = 1.0
+    corpora: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> datasets.Dataset:
         return self.splits[name]
 
     def record(self) -> dict[str, Any]:
         """What the run folder's splits.json holds: the seed, the carved ratios and the split
-        sizes, so that a resume can check it sees the same split."""
-        return {"split_seed": self.split_seed, "carved_ratios": dict(self.carved),
-                "sizes": {k: len(v) for k, v in self.splits.items()},
-                "dropped_empty": dict(self.dropped), "train_filters": dict(self.filtered)}
+        sizes, so that a resume can check it sees the same split; with several corpora, each
+        one's size and share of an epoch too."""
+        record = {"split_seed": self.split_seed, "carved_ratios": dict(self.carved),
+                  "sizes": {k: len(v) for k, v in self.splits.items()},
+                  "dropped_empty": dict(self.dropped), "train_filters": dict(self.filtered)}
+        if self.parts:
+            record["corpora"] = self.corpora or {
+                p["label"]: {"size": p["size"], "weight": p["weight"]} for p in self.parts}
+        return record
+
+    def mix(self, data: Any) -> Any:
+        """The `CorpusMix` of a dataset tokenized from this corpus' train split (None for a
+        single corpus): each corpus' pairs that survived the token-level filters, with its
+        weight; logs and records each corpus' size and share of an epoch."""
+        if not self.parts:
+            return None
+        from translator.dataset import CorpusMix
+
+        rows = np.cumsum([0] + [p["size"] for p in self.parts])
+        mix = CorpusMix([p["label"] for p in self.parts], [p["weight"] for p in self.parts],
+                        np.searchsorted(data._keep, rows), self.temperature)
+        self.corpora = {p["label"]: {"size": p["size"], **r}
+                        for p, r in zip(self.parts, mix.record().values(), strict=True)}
+        log.info("corpora, per epoch: %s", mix.summary())
+        return mix
 
     def cleaning_summary(self) -> str:
         """The non-zero train filter counts, for log lines."""
@@ -627,7 +653,10 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     """All splits of the configured corpus: explicit ones read, missing ones carved from
     train by ratio with `split_seed` (or left empty). Empty sides are dropped and counted in
     every split; then the train split alone goes through the filters `_filter_train` applies
-    (carving comes first, so the carved valid/test are never filtered either)."""
+    (carving comes first, so the carved valid/test are never filtered either). With
+    `data.corpora`, see `load_corpora`."""
+    if cfg.corpora:
+        return load_corpora(cfg)
     check_data_files(cfg)
     if source_of(cfg).read is None:
         raw = _builtin(cfg)
@@ -636,9 +665,13 @@ def load_corpus(cfg: DataConfig) -> Corpus:
         names = {k: getattr(cfg, k) for k in SPLITS if getattr(cfg, k)}
         raw = {k: _read_split(cfg, name) for k, name in names.items()}
     splits, dropped = {}, {}
-    for split, ds in raw.items():
+    for split in list(raw):
+        # Popped, so that each raw split is unmapped once cleaned: the pages the cleaning
+        # read would otherwise stay resident (and count in RSS) through the train filters.
+        ds = raw.pop(split)
         splits[split], dropped[split] = ((_empty(), 0) if ds is None
                                          else _clean(ds, cfg, names[split], split))
+        del ds
     carved = {k: r for k, r in (("valid", cfg.valid_ratio), ("test", cfg.test_ratio))
               if k not in splits and r > 0}
     if carved:
@@ -659,6 +692,68 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     return corpus
 
 
+def load_corpora(cfg: DataConfig) -> Corpus:
+    """Several corpora (`data.corpora`) as one: each read and cleaned as a corpus of its own
+    (duplicates are dropped within a corpus, not across), their train splits concatenated in
+    list order (memory-mapped, nothing copied), valid and test taken from the valid corpus
+    (`data.valid_corpus`, else the first). `Corpus.parts` keeps each one's label, weight and
+    train size, from which `Corpus.mix` makes the per-epoch draw."""
+    import datasets
+
+    from translator.config import corpus_data_config, corpus_labels, valid_corpus_index
+
+    labels = corpus_labels(cfg)
+    valid_at = valid_corpus_index(cfg)
+    for i in range(len(cfg.corpora)):
+        try:
+            check_data_files(corpus_data_config(cfg, i))
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("config error: data.",
+                                               f"config error: data.corpora[{i}].", 1)) from None
+    loaded = []
+    for i, label in enumerate(labels):
+        log.info("corpus %s (data.corpora[%d]):", label, i)
+        loaded.append(load_corpus(corpus_data_config(cfg, i)))
+    own = loaded[valid_at]
+    splits = {"train": datasets.concatenate_datasets([c["train"] for c in loaded]),
+              "valid": own["valid"], "test": own["test"]}
+    filtered: dict[str, int] = {}
+    for c in loaded:
+        for key, n in c.filtered.items():
+            filtered[key] = filtered.get(key, 0) + n
+    dropped = {"train": sum(c.dropped.get("train", 0) for c in loaded),
+               "valid": own.dropped.get("valid", 0), "test": own.dropped.get("test", 0)}
+    parts = [{"label": label, "weight": entry.weight, "size": len(c["train"])}
+             for label, entry, c in zip(labels, cfg.corpora, loaded, strict=True)]
+    log.info("corpora: %s; valid and test from %s", ", ".join(
+        f"{p['label']} train {p['size']} (weight {p['weight']:g})" for p in parts),
+        labels[valid_at])
+    return Corpus(splits, dropped, own.carved, cfg.split_seed, filtered, parts,
+                  cfg.sampling_temperature)
+
+
+def tokenizer_sample(train: datasets.Dataset, limit: int, seed: int) -> datasets.Dataset:
+    """The train pairs a tokenizer learns from: all of them up to `limit` (0: no limit),
+    else `limit` pairs in random blocks of consecutive ones, seeded by `seed` (blocks, not
+    scattered pairs, so that a corpus on disk is read in long runs, not page by page; blocks
+    of up to 1000 pairs, at least 100 of them, still see every part of it). Says so in the
+    log."""
+    n = len(train)
+    if limit <= 0 or n <= limit:
+        return train
+    block = max(1, min(1000, limit // 100))
+    n_blocks = -(-n // block)
+    rng = np.random.default_rng(random.Random(f"tokenizer-sample:{seed}").getrandbits(64))
+    chosen = np.sort(rng.choice(n_blocks, -(-limit // block), replace=False))
+    rows = (chosen[:, None] * block + np.arange(block)).ravel()
+    rows = rows[rows < n][:limit]
+    log.info("tokenizer: training on a sample of %d of %d train pairs (tokenizer.train_sample"
+             " = %d; blocks of %d pairs, seeded by data.split_seed)", len(rows), n, limit, block)
+    with _quiet_datasets():
+        return train.select(rows, new_fingerprint=_fingerprint(
+            train._fingerprint, "tokenizer-sample", limit, seed))
+
+
 def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
     """Write the corpus' split record to `path`; when resuming, first check that it matches
     the one the run started with, so training goes on over the same split. Training calls
@@ -675,6 +770,11 @@ def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
         saved_filters = saved.get("train_filters") or {}
         compared = {"split_seed": (saved.get("split_seed"), record["split_seed"]),
                     "sizes": (saved.get("sizes"), record["sizes"]),
+                    # per-corpus train sizes (the shares follow from them and the config)
+                    "corpora": ({k: v.get("size") for k, v in (saved.get("corpora") or
+                                                               {}).items()},
+                                {k: v.get("size") for k, v in (record.get("corpora") or
+                                                               {}).items()}),
                     "train_filters": ({k: saved_filters[k] for k in record["train_filters"]
                                        if k in saved_filters},
                                       {k: v for k, v in record["train_filters"].items()

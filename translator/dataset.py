@@ -10,12 +10,14 @@ tokenizing again. A batch is padded to its own longest sentence; the encoder inp
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
+import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,11 +35,46 @@ log = logging.getLogger("translator")
 _TOKENIZE_VERSION = "ids-1"
 
 
+class _ArrowIds:
+    """One side's token ids read in place from the chunks of a memory-mapped Arrow column
+    (list<int32>): per chunk a zero-copy numpy view of its values and offsets, so that a
+    split of millions of pairs costs no heap memory for its ids; the kernel pages them in
+    (and out) as batches read them."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.values = [c.values.to_numpy(zero_copy_only=False) for c in column.chunks]
+        self.offsets = [c.offsets.to_numpy(zero_copy_only=False) for c in column.chunks]
+        lengths = [len(c) for c in column.chunks]
+        # Python ints: bisect on a list is faster per lookup than numpy on one scalar.
+        self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).tolist()
+
+    def lengths(self) -> np.ndarray:
+        """Every row's length (int32), from the offsets alone: no id is read."""
+        if not self.offsets:
+            return np.zeros(0, dtype=np.int32)
+        return np.concatenate([np.diff(o) for o in self.offsets]).astype(np.int32, copy=False)
+
+    def row(self, r: int) -> np.ndarray:
+        """The ids of row r (a view into the mapped file)."""
+        c = bisect.bisect_right(self.starts, r) - 1
+        off = self.offsets[c]
+        k = r - self.starts[c]
+        return self.values[c][off[k]:off[k + 1]]
+
+
 class BilingualDataset(torch.utils.data.Dataset):
     """Pairs of id sequences (without special tokens) that fit in `max_len` with them and,
     when `max_ratio` is set, whose longer side has at most `max_ratio` times the tokens of the
     shorter (the train split's length-ratio filter: here, because only here are the token
-    lengths known)."""
+    lengths known).
+
+    Built from lists (valid, test, tests) the ids live in flat int32 tensors; built from an
+    Arrow split (`from_dataset`, the train split) they stay in the memory-mapped Arrow file and
+    only numpy arrays are kept per pair: which rows survived the filters (`_keep`), both
+    lengths, and the padded size used for batching (`token_counts`), about 16 bytes a pair.
+    `mix`, when set (several corpora), tells the batch sampler what each epoch draws."""
+
+    mix: CorpusMix | None = None
 
     def __init__(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
                  max_len: int, name: str = "data", max_ratio: float = 0.0) -> None:
@@ -47,12 +84,11 @@ class BilingualDataset(torch.utils.data.Dataset):
         tgt_flat, tgt_off = _flatten(tgt_ids)
         self._setup(src_flat, src_off, tgt_flat, tgt_off, max_len, name, max_ratio)
 
-    def _setup(self, src_flat: np.ndarray, src_off: np.ndarray, tgt_flat: np.ndarray,
-               tgt_off: np.ndarray, max_len: int, name: str, max_ratio: float = 0.0) -> None:
-        """Drop the pairs that do not fit `max_len`, then those beyond `max_ratio` (logging
-        how many of each: `dropped`, `dropped_ratio`) and store the rest as flat int32
-        tensors with int64 offsets."""
-        src_lens, tgt_lens = np.diff(src_off), np.diff(tgt_off)
+    def _filter(self, src_lens: np.ndarray, tgt_lens: np.ndarray, max_len: int, name: str,
+                max_ratio: float) -> np.ndarray:
+        """The pairs that fit `max_len`, then `max_ratio` (a boolean mask); log and count
+        how many each filter drops (`dropped`, `dropped_ratio`); keep the survivors'
+        lengths and padded sizes as compact numpy arrays."""
         fits = (src_lens + 2 <= max_len) & (tgt_lens + 1 <= max_len)
         n = len(src_lens)
         self.dropped = int(n - fits.sum())
@@ -69,15 +105,23 @@ class BilingualDataset(torch.utils.data.Dataset):
                 log.warning("%s: dropped %d of %d pairs whose length ratio exceeds "
                             "data.max_ratio=%g (in tokens)", name, self.dropped_ratio, n,
                             max_ratio)
-        keep = np.flatnonzero(fits)
-        self.kept_index: list[int] = keep.tolist()
-        self.src_flat, self.src_off = _select(src_flat, src_off, fits)
-        self.tgt_flat, self.tgt_off = _select(tgt_flat, tgt_off, fits)
-        self._src_lens, self._tgt_lens = src_lens[keep], tgt_lens[keep]
-        self.src_lens: list[int] = self._src_lens.tolist()
-        self.tgt_lens: list[int] = self._tgt_lens.tolist()
+        self._keep = np.flatnonzero(fits)
+        self._src_lens = src_lens[self._keep].astype(np.int32)
+        self._tgt_lens = tgt_lens[self._keep].astype(np.int32)
         # What a pair costs in a padded batch: the longer of its encoder and decoder inputs.
         self.token_counts = np.maximum(self._src_lens + 2, self._tgt_lens + 1)
+        self._lists: dict[str, list[int]] = {}
+        self._arrow: tuple[_ArrowIds, _ArrowIds] | None = None
+        return fits
+
+    def _setup(self, src_flat: np.ndarray, src_off: np.ndarray, tgt_flat: np.ndarray,
+               tgt_off: np.ndarray, max_len: int, name: str, max_ratio: float = 0.0) -> None:
+        """Drop the pairs that do not fit `max_len`, then those beyond `max_ratio` (logging
+        how many of each: `dropped`, `dropped_ratio`) and store the rest as flat int32
+        tensors with int64 offsets."""
+        fits = self._filter(np.diff(src_off), np.diff(tgt_off), max_len, name, max_ratio)
+        self._src = _select(src_flat, src_off, fits)
+        self._tgt = _select(tgt_flat, tgt_off, fits)
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[tuple[str, str]], src_tok: TextTokenizer,
@@ -89,37 +133,136 @@ class BilingualDataset(torch.utils.data.Dataset):
 
     @classmethod
     def from_dataset(cls, ds: datasets.Dataset, src_tok: TextTokenizer, tgt_tok: TextTokenizer,
-                     max_len: int, name: str = "data", max_ratio: float = 0.0
-                     ) -> BilingualDataset:
+                     max_len: int, name: str = "data", max_ratio: float = 0.0,
+                     num_proc: int = 0) -> BilingualDataset:
         """Tokenize an Arrow split with columns `src`/`tgt` (see `translator.corpus`) through a
-        cached batched `datasets.map`, and take its ids without Python lists."""
-        import pyarrow.compute as pc
-
+        cached batched `datasets.map` (`num_proc` processes, 0: see `map_processes`) and read
+        the ids in place from its memory-mapped result, without Python lists."""
         if len(ds) == 0:
             return cls([], [], max_len, name, max_ratio)
-        table = tokenize(ds, src_tok, tgt_tok).with_format("arrow")[:]
+        table = tokenize(ds, src_tok, tgt_tok, num_proc).data
         self = cls.__new__(cls)
-        sides = []
-        for column in ("src_ids", "tgt_ids"):
-            ids = table.column(column).combine_chunks()
-            lens = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
-            off = np.zeros(len(lens) + 1, dtype=np.int64)
-            np.cumsum(lens, out=off[1:])
-            flat = ids.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-            sides += [flat, off]
-        self._setup(*sides, max_len, name, max_ratio)
+        sides = (_ArrowIds(table.column("src_ids")), _ArrowIds(table.column("tgt_ids")))
+        self._filter(sides[0].lengths(), sides[1].lengths(), max_len, name, max_ratio)
+        self._arrow = sides
+        self._src = self._tgt = None
+        self._table = table  # keeps the mapped files open while the views are in use
         return self
 
+    # Python lists of the per-pair numbers, made on first use (small splits and tests use
+    # them; the training path reads the numpy arrays).
+    def _as_list(self, name: str, array: np.ndarray) -> list[int]:
+        if name not in self._lists:
+            self._lists[name] = array.tolist()
+        return self._lists[name]
+
+    @property
+    def kept_index(self) -> list[int]:
+        """Positions in the input of the pairs kept, ascending."""
+        return self._as_list("kept_index", self._keep)
+
+    @property
+    def src_lens(self) -> list[int]:
+        """Source lengths in tokens (specials excluded) of the pairs kept."""
+        return self._as_list("src_lens", self._src_lens)
+
+    @property
+    def tgt_lens(self) -> list[int]:
+        """Target lengths in tokens (specials excluded) of the pairs kept."""
+        return self._as_list("tgt_lens", self._tgt_lens)
+
+    def _flat(self, side: int) -> tuple[Tensor, Tensor]:
+        """One side as a flat int32 tensor and offsets; built (a copy of every id) on first
+        use when the ids are in Arrow, for inspection and small data only."""
+        mem = self._src if side == 0 else self._tgt
+        if mem is None:
+            ids = [self[i][side].numpy() for i in range(len(self))]
+            flat, off = _flatten(ids)
+            mem = (torch.from_numpy(flat), torch.from_numpy(off))
+            if side == 0:
+                self._src = mem
+            else:
+                self._tgt = mem
+        return mem
+
+    src_flat = property(lambda self: self._flat(0)[0], doc="Source ids, flat (int32).")
+    src_off = property(lambda self: self._flat(0)[1], doc="Source offsets into src_flat.")
+    tgt_flat = property(lambda self: self._flat(1)[0], doc="Target ids, flat (int32).")
+    tgt_off = property(lambda self: self._flat(1)[1], doc="Target offsets into tgt_flat.")
+
     def __len__(self) -> int:
-        return len(self.src_lens)
+        return len(self._keep)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return (self.src_flat[self.src_off[i]:self.src_off[i + 1]],
-                self.tgt_flat[self.tgt_off[i]:self.tgt_off[i + 1]])
+        if self._arrow is not None:
+            r = int(self._keep[i])
+            src, tgt = self._arrow
+            # A copy: Arrow's mapped buffers are read-only, and a batch is small.
+            return (torch.from_numpy(src.row(r).copy()), torch.from_numpy(tgt.row(r).copy()))
+        (src_flat, src_off), (tgt_flat, tgt_off) = self._src, self._tgt
+        return (src_flat[src_off[i]:src_off[i + 1]], tgt_flat[tgt_off[i]:tgt_off[i + 1]])
 
     def token_count(self, i: int) -> int:
         """Padded size of pair i in a batch: the longer of its encoder and decoder inputs."""
         return int(self.token_counts[i])
+
+
+@dataclass
+class CorpusMix:
+    """How an epoch mixes several corpora concatenated in one dataset: corpus k holds the
+    dataset positions `bounds[k]:bounds[k + 1]`; each epoch draws `counts()[k]` of them."""
+
+    labels: list[str]
+    weights: list[float]
+    bounds: np.ndarray
+    temperature: float = 1.0
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Pairs of each corpus in the dataset."""
+        return np.diff(self.bounds)
+
+    def counts(self) -> np.ndarray:
+        """Pairs drawn from each corpus per epoch: the total is the dataset size, split in
+        proportion to weight * size ** (1 / temperature)."""
+        sizes = self.sizes.astype(np.float64)
+        score = np.asarray(self.weights, dtype=np.float64) * sizes ** (1.0 / self.temperature)
+        score[sizes == 0] = 0.0  # an empty corpus cannot be drawn from
+        total = float(sizes.sum())
+        if total == 0 or score.sum() == 0:
+            return np.zeros(len(sizes), dtype=np.int64)
+        return np.rint(score / score.sum() * total).astype(np.int64)
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """This epoch's dataset positions (with repeats for a corpus drawn more than its
+        size): whole copies of the corpus, then a random subset for the remainder."""
+        parts = []
+        for k, count in enumerate(self.counts().tolist()):
+            lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
+            n = hi - lo
+            if n == 0 or count == 0:
+                continue
+            full, rest = divmod(count, n)
+            parts += [np.arange(lo, hi, dtype=np.int64)] * full
+            if rest:
+                parts.append(lo + np.sort(rng.choice(n, rest, replace=False)))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def record(self) -> dict[str, dict[str, float]]:
+        """Per corpus: pairs kept (after the token-level filters), weight, pairs drawn per
+        epoch and their share of it (splits.json)."""
+        counts = self.counts()
+        total = max(int(counts.sum()), 1)
+        return {label: {"kept": int(n), "weight": float(w), "pairs_per_epoch": int(c),
+                        "share": round(int(c) / total, 6)}
+                for label, n, w, c in zip(self.labels, self.sizes.tolist(), self.weights,
+                                          counts.tolist(), strict=True)}
+
+    def summary(self) -> str:
+        """'a 9000 pairs x weight 1 -> 9000 a epoch (75.0%), ...' for the log."""
+        return ", ".join(f"{label} {r['kept']} pairs x weight {r['weight']:g} -> "
+                         f"{r['pairs_per_epoch']} an epoch ({r['share']:.1%})"
+                         for label, r in self.record().items())
 
 
 def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -155,26 +298,51 @@ def _encode_batch(table: pa.Table, src_tok: TextTokenizer, tgt_tok: TextTokenize
     })
 
 
-def tokenize(ds: datasets.Dataset, src_tok: TextTokenizer,
-             tgt_tok: TextTokenizer) -> datasets.Dataset:
+# From this many pairs on, tokenizing in two processes pays for starting them.
+PARALLEL_MAP_PAIRS = 200_000
+
+
+def map_processes(n_pairs: int, num_proc: int = 0) -> int:
+    """Processes for tokenizing `n_pairs`: `num_proc` when given, else 2 (or the core count,
+    if smaller) from PARALLEL_MAP_PAIRS pairs on, else 1."""
+    if num_proc > 0:
+        return num_proc
+    return min(2, os.cpu_count() or 1) if n_pairs >= PARALLEL_MAP_PAIRS else 1
+
+
+def tokenize(ds: datasets.Dataset, src_tok: TextTokenizer, tgt_tok: TextTokenizer,
+             num_proc: int = 0) -> datasets.Dataset:
     """Columns `src_ids`/`tgt_ids` (int32 lists) of a `src`/`tgt` split, by a batched
-    `datasets.map`. For a split backed by cache files the result is cached beside them under a
-    key made of the split's and both tokenizers' fingerprints, and read back on later runs."""
+    `datasets.map` in `map_processes(len(ds), num_proc)` processes. For a split backed by
+    cache files the result is cached beside them under a key made of the split's and both
+    tokenizers' fingerprints, and read back on later runs."""
     import datasets
 
     key = "\x1f".join([_TOKENIZE_VERSION, ds._fingerprint, src_tok.fingerprint,
                        tgt_tok.fingerprint])
     features = datasets.Features({"src_ids": datasets.Sequence(datasets.Value("int32")),
                                   "tgt_ids": datasets.Sequence(datasets.Value("int32"))})
+    procs = min(map_processes(len(ds), num_proc), max(len(ds), 1))
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
+    # Forked workers would each warn that tokenizers turns its thread pool off after a fork
+    # (it does, which is what we want: one thread per process); saying so up front is silent.
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+    if procs > 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     try:
         return ds.with_format("arrow").map(
             _encode_batch, batched=True, batch_size=10_000, remove_columns=ds.column_names,
             features=features, fn_kwargs={"src_tok": src_tok, "tgt_tok": tgt_tok},
+            num_proc=procs if procs > 1 else None,
             new_fingerprint=hashlib.sha256(key.encode()).hexdigest()[:16],
         ).with_format(None)
     finally:
+        if procs > 1:
+            if parallelism is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = parallelism
         if bars:
             datasets.enable_progress_bars()
 
@@ -233,10 +401,47 @@ def _pad(seqs: list[Tensor], lens: Tensor, shift: int, extra: int) -> Tensor:
     return out
 
 
+class BatchList(Sequence[list[int]]):
+    """An epoch's batches as three numpy arrays instead of a list of lists of Python ints
+    (about 36 bytes a pair): the pairs in batch order (`order`), where each batch starts in
+    it (`starts`, one more than there are batches) and which batch comes at each position
+    (`pick`). Indexing gives a batch as a list of ints; slicing gives another BatchList
+    (a rank's share under DDP); it compares equal to a list of the same batches."""
+
+    def __init__(self, order: np.ndarray, starts: np.ndarray, pick: np.ndarray) -> None:
+        self.order, self.starts, self.pick = order, starts, pick
+
+    def __len__(self) -> int:
+        return len(self.pick)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return BatchList(self.order, self.starts, self.pick[i])
+        b = int(self.pick[i])
+        return self.order[self.starts[b]:self.starts[b + 1]].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order, starts = self.order, self.starts
+        for b in self.pick.tolist():
+            yield order[starts[b]:starts[b + 1]].tolist()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(
+            list(a) == list(b) for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking, like a list
+
+    def __repr__(self) -> str:
+        return f"BatchList({len(self)} batches of {len(self.order)} pairs)"
+
+
 class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of similar-length pairs under a token budget (padding included), or of a fixed
     number of sentences; the batch order is reshuffled every epoch from (seed, epoch), so epoch
-    e always yields the same batches, which is what makes resuming mid-epoch exact."""
+    e always yields the same batches, which is what makes resuming mid-epoch exact. A dataset
+    with a `mix` (several corpora) contributes that epoch's draw instead of every pair once."""
 
     def __init__(self, dataset: BilingualDataset, max_tokens: int = 0, batch_size: int = 0,
                  shuffle: bool = True, seed: int = 0) -> None:
@@ -249,12 +454,19 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         """Pick the shuffle of epoch `epoch`."""
         self.epoch = epoch
 
-    def batches(self) -> list[list[int]]:
-        """This epoch's batches, in order."""
+    def batches(self) -> BatchList:
+        """This epoch's batches, in order (a compact sequence of lists of dataset indices)."""
         # A string seed is hashed by `random`, so any (seed, epoch) gives an unrelated stream.
         rng = np.random.default_rng(
             random.Random(f"batches:{self.seed}:{self.epoch}").getrandbits(64))
-        sizes = np.asarray(self.dataset.token_counts, dtype=np.int64)
+        sizes = np.asarray(self.dataset.token_counts)
+        pool = None
+        mix = getattr(self.dataset, "mix", None)
+        if mix is not None:
+            # A stream of its own, so that a single corpus keeps exactly its old batches.
+            pool = mix.draw(np.random.default_rng(
+                random.Random(f"mix:{self.seed}:{self.epoch}").getrandbits(64)))
+            sizes = sizes[pool]
         n = len(sizes)
         if self.shuffle:
             # Random tie-breaks so equal-length pairs meet different neighbours each epoch.
@@ -262,13 +474,15 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         else:
             order = np.argsort(sizes, kind="stable")
         if self.max_tokens > 0:
-            starts = _budget_starts(sizes[order].tolist(), self.max_tokens)
+            starts = _budget_starts(sizes[order], self.max_tokens)
         else:
-            starts = list(range(0, n, self.batch_size))
-        batches = [b.tolist() for b in np.split(order, starts[1:])] if n else []
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return batches
+            starts = np.arange(0, n, self.batch_size, dtype=np.int64)
+        starts = np.append(starts, n).astype(np.int64)
+        if pool is not None:
+            order = pool[order]
+        n_batches = len(starts) - 1
+        pick = rng.permutation(n_batches) if self.shuffle else np.arange(n_batches)
+        return BatchList(order, starts, pick)
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches())
@@ -277,27 +491,49 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
         return len(self.batches())
 
 
-def _budget_starts(sorted_sizes: list[int], max_tokens: int) -> list[int]:
-    """Where each batch starts in a list of ascending pair sizes, filling every batch while
-    its size count * longest stays within `max_tokens` (a pair larger than the budget gets a
-    batch of its own). Ascending order makes the newest pair the longest one."""
-    starts = [0] if sorted_sizes else []
-    count = 0
-    for k, size in enumerate(sorted_sizes):
-        if count and size * (count + 1) > max_tokens:
-            starts.append(k)
-            count = 0
-        count += 1
-    return starts
+def _budget_starts(sorted_sizes: Sequence[int] | np.ndarray, max_tokens: int) -> np.ndarray:
+    """Where each batch starts in ascending pair sizes, filling every batch while its size
+    count * longest stays within `max_tokens` (a pair larger than the budget gets a batch of
+    its own). Ascending order makes the newest pair the longest one, so a batch from b ends
+    before the first j with size[j] * (j - b + 1) > max_tokens, which grows with j: found by
+    galloping then bisecting, a few dozen steps a batch instead of one a pair."""
+    sizes = np.asarray(sorted_sizes, dtype=np.int64)
+    n = len(sizes)
+    starts = []
+    b = 0
+    while b < n:
+        starts.append(b)
+
+        def over(j: int, b: int = b) -> bool:
+            return int(sizes[j]) * (j - b + 1) > max_tokens
+
+        lo, step = b + 1, 1  # lo: first candidate; every j < lo fits
+        while lo + step - 1 < n and not over(lo + step - 1):
+            lo += step
+            step *= 2
+        hi = min(lo + step - 1, n)  # over(hi) or hi == n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if over(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        b = lo
+    return np.asarray(starts, dtype=np.int64)
 
 
 def padding_fraction(dataset: BilingualDataset, batches: Sequence[Sequence[int]]) -> float:
     """Share of padding among all encoder+decoder input positions of `batches`."""
-    batches = [b for b in batches if len(b)]
-    if not batches:
+    if isinstance(batches, BatchList):  # straight from its arrays: no list per batch
+        parts = [batches.order[batches.starts[b]:batches.starts[b + 1]]
+                 for b in batches.pick.tolist()]
+    else:
+        parts = [np.asarray(b, dtype=np.int64) for b in batches]
+    parts = [p for p in parts if len(p)]
+    if not parts:
         return 0.0
-    idx = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches])
-    counts = np.array([len(b) for b in batches], dtype=np.int64)
+    idx = np.concatenate(parts)
+    counts = np.array([len(p) for p in parts], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     s = dataset._src_lens[idx] + 2
     t = dataset._tgt_lens[idx] + 1

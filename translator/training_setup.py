@@ -36,6 +36,7 @@ from translator.corpus import (
     iter_texts,
     load_corpus,
     to_pairs,
+    tokenizer_sample,
 )
 from translator.dataset import BilingualDataset, BucketBatchSampler
 from translator.device import resolve_device
@@ -180,6 +181,7 @@ def load_tokenizers(cfg: Config, layout: RunLayout, train: Any, reuse: bool,
         for lang, path in ((cfg.data.src_lang, src_path), (cfg.data.tgt_lang, tgt_path)):
             shutil.copyfile(base.tokenizer(lang), path)
         return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
+    train = tokenizer_sample(train, cfg.tokenizer.train_sample, cfg.data.split_seed)
     src_tok, tgt_tok = build_tokenizers(iter_texts(train, "src"), iter_texts(train, "tgt"),
                                         cfg.tokenizer)
     src_tok.save(src_path)
@@ -323,7 +325,8 @@ def _data(cfg: Config, dist_info: Dist, layout: RunLayout, resume: bool,
     if not dist_info.main:
         src_tok, tgt_tok = load_tokenizers(cfg, layout, corpus["train"], True)
     train = BilingualDataset.from_dataset(corpus["train"], src_tok, tgt_tok, cfg.data.max_len,
-                                          "train", cfg.data.max_ratio)
+                                          "train", cfg.data.max_ratio, cfg.data.num_proc)
+    train.mix = corpus.mix(train)  # several corpora: each epoch's draw
     corpus.filtered.update(ratio=train.dropped_ratio, too_long=train.dropped)
     if dist_info.main:  # again, now with the token-level counts
         check_split_record(layout.splits, corpus, resume)
