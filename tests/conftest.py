@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from translator.dataset import Batch, collate
-from translator.model import Transformer, build_transformer
-from translator.tokenizer import PAD_ID
+from translator.data.dataset import Batch, collate
+from translator.data.tokenizer import PAD_ID
+from translator.model.transformer import Transformer, build_transformer
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from translator.decoding import greedy_decode
-from translator.model import padding_mask
-from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer, build_tokenizer
+from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer, build_tokenizer
+from translator.decode.search import greedy_decode
+from translator.model.transformer import padding_mask
 from translator.visualize import (
     KINDS,
     attention_for_ids,
@@ -133,7 +133,7 @@ def test_training_logs_attention_images(tmp_path: Path) -> None:
 
     from translator.checkpoint import RunLayout
     from translator.config import config_from_dict
-    from translator.train import train
+    from translator.train.loop import train
 
     cfg = config_from_dict({
         "data": {"source": "builtin", "builtin_size": 300, "max_len": 40},

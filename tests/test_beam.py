@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from translator.decoding import (
+from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID
+from translator.decode.search import (
     Hypothesis,
     beam_search,
     greedy_decode,
     length_penalty,
     max_output_lengths,
 )
-from translator.model import Transformer, build_transformer, padding_mask
-from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
+from translator.model.transformer import Transformer, build_transformer, padding_mask
 
 if TYPE_CHECKING:
     from tests.conftest import Overfit

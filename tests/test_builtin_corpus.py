@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from translator.builtin_corpus import (
+from translator.data.builtin_corpus import (
     DEFAULT_SEED,
     MAX_WORDS,
     NP,

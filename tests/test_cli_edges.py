@@ -20,7 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 import translator
-import translator.train as train_mod
+import translator.train.loop as train_mod
 from translator.checkpoint import atomic_save, load_checkpoint
 from translator.cli import app
 from translator.config import ConfigError, config_from_dict, load_config
@@ -109,7 +109,7 @@ def test_progress_bar_loss_is_a_running_mean_of_every_step(
     every log_every steps), read back from the device whenever the bar redraws."""
     import tqdm
 
-    import translator.train_log as train_log
+    import translator.train.log as train_log
 
     monkeypatch.setattr(train_log, "stderr_is_terminal", lambda: True)
     monkeypatch.setattr(train_log, "BAR_REFRESH_S", 0.0)  # redraw at every step

@@ -11,7 +11,7 @@ MAX_LINES = 60
 MAX_BRANCHES = 12
 MARK = "# shape:"
 
-# Being rewritten in the trainer refactor (translator/train.py is split into small modules
+# Being rewritten in the trainer refactor (translator/train/loop.py is split into small modules
 # elsewhere); the merger removes these entries.
 ALLOWED: set[str] = set()
 
@@ -114,25 +114,25 @@ def test_the_counter_counts_what_it_should() -> None:
 
 def test_training_takes_only_the_translator_from_inference() -> None:
     """Model building and device choice live apart from the Translator (issue 13.3): the
-    training modules import nothing from `translator.inference` except in `train_step`, whose
-    validation decodes through the Translator with `evaluate_pairs`, as `translator evaluate`
-    does (issue 13.2)."""
+    training modules import nothing from `translator.decode.translator` (the Translator's
+    module) except `train.step`, whose validation decodes through the Translator with
+    `evaluate_pairs`, as `translator evaluate` does (issue 13.2)."""
     imports: dict[str, set[str]] = {}
-    for path in sorted(PACKAGE.glob("train*.py")) + [PACKAGE / "distributed.py"]:
+    for path in sorted((PACKAGE / "train").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module == "translator.inference":
+            if isinstance(node, ast.ImportFrom) and node.module == "translator.decode.translator":
                 imports.setdefault(path.name, set()).update(a.name for a in node.names)
             elif isinstance(node, ast.Import) and any(
-                    a.name == "translator.inference" for a in node.names):
+                    a.name == "translator.decode.translator" for a in node.names):
                 imports.setdefault(path.name, set()).add("*")
-    assert imports == {"train_step.py": {"Translator"}}, imports
+    assert imports == {"step.py": {"Translator"}}, imports
 
 
 def test_every_data_source_has_an_entry_in_the_source_table() -> None:
     import typing
 
     from translator.config import DataConfig
-    from translator.corpus import SOURCES
+    from translator.data.corpus import SOURCES
 
     choices = typing.get_args(typing.get_type_hints(DataConfig)["source"])
     assert set(SOURCES) == set(choices)

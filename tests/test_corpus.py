@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from translator.builtin_corpus import builtin_splits
 from translator.config import ConfigError, DataConfig
-from translator.corpus import (
+from translator.data.builtin_corpus import builtin_splits
+from translator.data.corpus import (
     DataError,
     check_split_record,
     iter_texts,

@@ -14,10 +14,10 @@ pytest.importorskip("ctranslate2")
 
 from translator.cli import app  # noqa: E402
 from translator.config import config_from_dict  # noqa: E402
-from translator.ct2 import CT2Translator, cached_export, export_ctranslate2  # noqa: E402
+from translator.decode.ct2 import CT2Translator, cached_export, export_ctranslate2  # noqa: E402
+from translator.decode.translator import Translator  # noqa: E402
 from translator.evaluate import load_split  # noqa: E402
-from translator.inference import Translator  # noqa: E402
-from translator.train import train  # noqa: E402
+from translator.train.loop import train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

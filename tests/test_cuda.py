@@ -11,11 +11,11 @@ import torch
 
 from translator.checkpoint import RunLayout, load_checkpoint
 from translator.config import Config, config_from_dict
-from translator.decoding import greedy_decode, pack_sources
+from translator.decode.search import greedy_decode, pack_sources
+from translator.decode.translator import Translator
 from translator.evaluate import load_split
-from translator.inference import Translator
-from translator.model import build_transformer
-from translator.train import Trainer, train
+from translator.model.transformer import build_transformer
+from translator.train.loop import Trainer, train
 
 pytestmark = pytest.mark.cuda
 

@@ -11,9 +11,9 @@ import pytest
 
 from translator.checkpoint import RunLayout
 from translator.config import ConfigError, config_from_dict
-from translator.corpus import DataError, check_data_files
-from translator.inference import Translator
-from translator.train import train
+from translator.data.corpus import DataError, check_data_files
+from translator.decode.translator import Translator
+from translator.train.loop import train
 
 EN = ["A man sleeps.", "A woman reads a book.", "Two dogs run.", "The child eats an apple.",
       "A man reads.", "The woman sleeps.", "Two children run.", "The dog eats."] * 4

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from translator.config import ConfigError, DataConfig, TokenizerConfig, config_from_dict
-from translator.corpus import load_corpus, to_pairs, tokenizer_sample
-from translator.dataset import (
+from translator.data.corpus import load_corpus, to_pairs, tokenizer_sample
+from translator.data.dataset import (
     BatchList,
     BilingualDataset,
     BucketBatchSampler,
@@ -26,8 +26,8 @@ from translator.dataset import (
     collate,
     tokenize,
 )
-from translator.tokenizer import build_tokenizer
-from translator.train import train
+from translator.data.tokenizer import build_tokenizer
+from translator.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = "the a dog cat house tree sees eats small big red runs sleeps".split()
@@ -165,7 +165,7 @@ def test_bad_corpora_keys_name_the_key(data: dict[str, Any], message: str) -> No
 
 
 def test_corpora_files_are_checked_with_their_key(tmp_path: Path) -> None:
-    from translator.corpus import ConfigError as CorpusConfigError
+    from translator.data.corpus import ConfigError as CorpusConfigError
 
     raw = {"data": {"corpora": [{}, {"source": "text", "dir": str(tmp_path / "gone")}]}}
     with pytest.raises(CorpusConfigError, match=r"data\.corpora\[1\]\.dir: folder not found"):
@@ -297,7 +297,7 @@ def test_evaluate_finds_named_splits_in_the_valid_corpus(tmp_path: Path) -> None
 
 
 def test_padding_fraction_of_a_batch_list_equals_that_of_its_lists() -> None:
-    from translator.dataset import padding_fraction
+    from translator.data.dataset import padding_fraction
 
     rng = random.Random(2)
     src = [[4] * rng.randint(1, 30) for _ in range(500)]

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from translator.config import DataConfig, TokenizerConfig
-from translator.corpus import load_corpus
-from translator.dataset import (
+from translator.data.corpus import load_corpus
+from translator.data.dataset import (
     Batch,
     BilingualDataset,
     BucketBatchSampler,
@@ -22,7 +22,7 @@ from translator.dataset import (
     padding_fraction,
     tokenize,
 )
-from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer, build_tokenizer
+from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer, build_tokenizer
 
 
 def _random_dataset(n: int, max_words: int, seed: int = 0, max_len: int = 64) -> BilingualDataset:
@@ -258,7 +258,7 @@ def test_bucketing_wastes_less_padding_than_random_batches() -> None:
 
 
 def _arrow_split(tmp_path: Path, pairs: list[tuple[str, str]]) -> datasets.Dataset:
-    """A file-backed split, as `translator.corpus` makes them (so map results are cached)."""
+    """A file-backed split, as `translator.data.corpus` makes them (so map results are cached)."""
     for lang, side in (("en", 0), ("de", 1)):
         path = tmp_path / f"train.{lang}"
         if not path.exists():  # rewriting would change the mtime, hence the cache key

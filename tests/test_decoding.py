@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from translator.decoding import greedy_decode, max_output_lengths
-from translator.model import Transformer, build_transformer
-from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
+from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID
+from translator.decode.search import greedy_decode, max_output_lengths
+from translator.model.transformer import Transformer, build_transformer
 
 if TYPE_CHECKING:
     from tests.conftest import Overfit
@@ -77,7 +77,7 @@ def test_cached_greedy_equals_uncached_on_random_model(norm: str, seed: int) -> 
 def test_cached_steps_equal_the_whole_prefix(norm: str) -> None:
     """One position at a time with the cache gives the decoder states (and so the logits) of
     the whole-prefix pass at every position of a padded batch."""
-    from translator.model import padding_mask
+    from translator.model.transformer import padding_mask
 
     model = _random_model(norm, seed=3, layers=3)
     src = _src_batch([1, 6, 4], seed=3)
@@ -100,8 +100,8 @@ def test_fast_step_gives_the_logits_of_the_whole_prefix(norm: str) -> None:
     """`fast_decode.FastStep` (newest token in, logits out) equals projecting the last
     position of the uncached decoder, at every step of a padded batch, and fills the model's
     own cache layout."""
-    from translator.fast_decode import FastStep
-    from translator.model import padding_mask
+    from translator.decode.fast_step import FastStep
+    from translator.model.transformer import padding_mask
 
     model = _random_model(norm, seed=4, layers=2)
     src = _src_batch([2, 5], seed=4)

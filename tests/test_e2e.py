@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from translator.checkpoint import RunLayout, load_checkpoint
 from translator.cli import app
 from translator.config import Config, config_from_dict
-from translator.inference import Translator
-from translator.train import train
+from translator.decode.translator import Translator
+from translator.train.loop import train
 
 TINY = {
     "data": {"source": "builtin", "builtin_size": 400, "max_len": 40},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from translator.fast_dropout import Dropout
+from translator.model.fast_dropout import Dropout
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -13,14 +13,14 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from translator.builtin_corpus import builtin_splits
 from translator.checkpoint import RunLayout, load_checkpoint
 from translator.cli import app
 from translator.config import config_from_dict
-from translator.dataset import BilingualDataset
+from translator.data.builtin_corpus import builtin_splits
+from translator.data.dataset import BilingualDataset
+from translator.decode.translator import Translator
 from translator.errors import TranslatorError
-from translator.inference import Translator
-from translator.train import train, validation_loss
+from translator.train.loop import train, validation_loss
 
 MODEL = {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "dropout": 0.1}
 TRAINING = {"max_tokens": 800, "lr": 0.003, "warmup_steps": 5, "log_every": 1,
@@ -98,7 +98,7 @@ def test_init_from_a_checkpoint_file(base: Path, tmp_path: Path) -> None:
     record = json.loads(tuned.init.read_text())
     assert record["checkpoint"] == str(latest.resolve()) and record["step"] == 30
     # the fine-tuned run resumes from its own checkpoint and keeps its record
-    from translator.train import training_config
+    from translator.train.loop import training_config
 
     resumed = train(training_config(None, tuned.root, ["training.max_steps=2"], True),
                     resume=True, quiet=True)
@@ -106,7 +106,7 @@ def test_init_from_a_checkpoint_file(base: Path, tmp_path: Path) -> None:
 
 
 def test_init_from_starts_from_the_base_weights(base: Path, tmp_path: Path) -> None:
-    from translator.train import Trainer
+    from translator.train.loop import Trainer
 
     cfg = config_from_dict(_new_config(tmp_path), name="new")
     trainer = Trainer(cfg, quiet=True, init_from=base)

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from translator.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, load_checkpoint
 from translator.config import SECTIONS, Config, config_from_dict, load_config
+from translator.data.tokenizer import TextTokenizer, build_tokenizer
+from translator.decode.translator import Translator
 from translator.errors import TranslatorError
-from translator.inference import Translator
-from translator.tokenizer import TextTokenizer, build_tokenizer
-from translator.train import train
+from translator.train.loop import train
 
 FUZZ = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from translator.model import (
+from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID
+from translator.model.transformer import (
     PositionalEncoding,
     Transformer,
     build_transformer,
@@ -19,7 +20,6 @@ from translator.model import (
     padding_mask,
     reorder_cache,
 )
-from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
 
 if TYPE_CHECKING:
     from tests.conftest import Overfit
@@ -350,7 +350,7 @@ def test_cached_decode_matches_full_decode() -> None:
 
 # build_transformer(11, 13, 16, 16, d_model=16, N=1, h=2, d_ff=32, decoder_layers=2,
 # norm="pre").state_dict(), captured from the code before issue 13 (commit 808d53f): the names
-# and shapes that checkpoints and the CTranslate2 export (translator/ct2.py) rely on.
+# and shapes that checkpoints and the CTranslate2 export (translator/decode/ct2.py) rely on.
 STATE_DICT_BEFORE_ISSUE_13 = {
     'decoder.blocks.0.cross_attn.kv_proj.bias': (32,),
     'decoder.blocks.0.cross_attn.kv_proj.weight': (32, 16),

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from translator.config import TokenizerConfig, load_config
-from translator.corpus import iter_texts, load_corpus, to_pairs
-from translator.dataset import BilingualDataset, BucketBatchSampler, padding_fraction
-from translator.tokenizer import build_tokenizers, round_trip_stats
+from translator.data.corpus import iter_texts, load_corpus, to_pairs
+from translator.data.dataset import BilingualDataset, BucketBatchSampler, padding_fraction
+from translator.data.tokenizer import build_tokenizers, round_trip_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("TRANSLATOR_MULTI30K_DIR",

@@ -31,14 +31,14 @@ from tests.helpers import save_config
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save, load_checkpoint
 from translator.cli import app
 from translator.config import ConfigError, config_from_dict, load_config
-from translator.corpus import check_data_files
-from translator.decoding import translate_ids
+from translator.data.corpus import check_data_files
+from translator.data.tokenizer import UNK_ID, build_tokenizer
+from translator.decode.search import translate_ids
+from translator.decode.translator import Translator
 from translator.errors import TranslatorError
-from translator.inference import Translator
-from translator.model import Transformer
+from translator.model.transformer import Transformer
 from translator.modeling import build_model
-from translator.tokenizer import UNK_ID, build_tokenizer
-from translator.train import train
+from translator.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY: dict[str, dict[str, Any]] = {
@@ -634,7 +634,7 @@ def test_failed_checkpoint_write_stops_the_cli_cleanly(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Disk full at the second checkpoint: one line naming the checkpoint, exit 2, and the
     first checkpoint is still latest.pt."""
-    import translator.train_book as book
+    import translator.train.book as book
 
     original: Callable[..., None] = book.atomic_save
     calls = {"n": 0}

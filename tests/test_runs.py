@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from translator.checkpoint import RunLayout, load_checkpoint
 from translator.cli import app
 from translator.config import DataConfig, config_from_dict, load_config
-from translator.corpus import load_splits
-from translator.inference import Translator
-from translator.model import count_parameters
-from translator.train import train
+from translator.data.corpus import load_splits
+from translator.decode.translator import Translator
+from translator.model.transformer import count_parameters
+from translator.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

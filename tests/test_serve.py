@@ -31,11 +31,11 @@ from typer.testing import CliRunner  # noqa: E402
 
 from translator.cli import app as cli_app  # noqa: E402
 from translator.config import config_from_dict  # noqa: E402
-from translator.inference import Translator  # noqa: E402
+from translator.decode.translator import Translator  # noqa: E402
 from translator.serve import INSTALL_HINT  # noqa: E402
 from translator.serve.app import STATIC, create_app  # noqa: E402
 from translator.serve.service import Limits, TranslationService  # noqa: E402
-from translator.train import train  # noqa: E402
+from translator.train.loop import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "s3cret-key"
@@ -502,7 +502,7 @@ def test_fuzzed_bodies_never_give_a_5xx(fuzz_client: TestClient, body: bytes, pa
 def test_ctranslate2_engine_translates_and_draws_attention_with_the_native_model(
         run: Path, native: Translator) -> None:
     pytest.importorskip("ctranslate2")
-    from translator.ct2 import CT2Translator
+    from translator.decode.ct2 import CT2Translator
 
     ct2 = CT2Translator.from_run(run, "float32", device="cpu")
     service = TranslationService(ct2, attention_translator=lambda: native, run_dir=str(run))

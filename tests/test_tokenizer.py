@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from translator.config import TokenizerConfig
-from translator.errors import TranslatorError
-from translator.tokenizer import (
+from translator.data.tokenizer import (
     EOS_ID,
     PAD_ID,
     SOS_ID,
@@ -21,6 +20,7 @@ from translator.tokenizer import (
     detokenize,
     round_trip_stats,
 )
+from translator.errors import TranslatorError
 
 SENTENCES = [
     "Der Hund sieht die Katze, weil sie schläft.",

@@ -19,12 +19,12 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import translator.train_book as train_book
+import translator.train.book as train_book
 from translator.checkpoint import RunLayout, load_checkpoint
 from translator.cli import app
 from translator.errors import TranslatorError
-from translator.model import Transformer
-from translator.train import Trainer, lr_factor, train
+from translator.model.transformer import Transformer
+from translator.train.loop import Trainer, lr_factor, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {
@@ -79,7 +79,7 @@ def test_exact_resume_with_dropout_through_the_prefetching_loader(tmp_path: Path
     touch the RNG the dropout masks come from, so stop + resume gives the same weights,
     optimizer state and validation loss as one uninterrupted run."""
     from translator.config import config_from_dict
-    from translator.train_data import epoch_groups
+    from translator.train.batches import epoch_groups
 
     def config(run: str, max_steps: int):
         raw = tiny_raw(tmp_path / run, epochs=3, accum_steps=2, log_every=2,
@@ -107,10 +107,10 @@ def test_exact_resume_with_dropout_through_the_prefetching_loader(tmp_path: Path
 def test_step_batches_start_at_the_first_undone_step_and_count_tokens() -> None:
     """A resumed epoch collates only its undone steps, the same batches an uninterrupted
     epoch gets there, with each step's non-pad source + target token count."""
-    from translator.dataset import BilingualDataset, BucketBatchSampler, collate
-    from translator.distributed import Dist
-    from translator.tokenizer import PAD_ID
-    from translator.train_data import StepBatches, epoch_groups
+    from translator.data.dataset import BilingualDataset, BucketBatchSampler, collate
+    from translator.data.tokenizer import PAD_ID
+    from translator.train.batches import StepBatches, epoch_groups
+    from translator.train.distributed import Dist
 
     rows = [[4 + (i % 7)] * (1 + i % 9) for i in range(60)]
     data = BilingualDataset(rows, [r[::-1] + [5] for r in rows], max_len=20)
@@ -128,7 +128,7 @@ def test_step_batches_start_at_the_first_undone_step_and_count_tokens() -> None:
 
 
 def test_prefetcher_hands_errors_to_the_loop_and_stops_early() -> None:
-    from translator.train_data import Prefetcher
+    from translator.train.batches import Prefetcher
 
     def failing():
         yield 1
@@ -296,7 +296,7 @@ def _free_port() -> int:
 DDP_WORKER = textwrap.dedent("""
     import sys, torch, yaml
     from translator.config import config_from_dict
-    from translator.train import Trainer
+    from translator.train.loop import Trainer
     raw = yaml.safe_load(open(sys.argv[1]))
     trainer = Trainer(config_from_dict(raw, name="ddp"), quiet=True)
     params = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}

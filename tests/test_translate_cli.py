@@ -15,10 +15,10 @@ from tests.helpers import save_config
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save
 from translator.cli import app
 from translator.config import config_from_dict
-from translator.inference import Translator
+from translator.data.text import split_into_sentences, split_lines
+from translator.data.tokenizer import EOS_ID, build_tokenizer
+from translator.decode.translator import Translator
 from translator.modeling import build_model
-from translator.text import split_into_sentences, split_lines
-from translator.tokenizer import EOS_ID, build_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from translator.config import DataConfig, config_from_dict
-from translator.corpus import load_splits
-from translator.train import Trainer
+from translator.data.corpus import load_splits
+from translator.train.loop import Trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -60,7 +60,7 @@ def test_collectives_use_the_backends_device() -> None:
     (the stop check all-reduced a CPU tensor, which fails at the first stop on GPUs)."""
     import torch
 
-    from translator.train import Dist
+    from translator.train.loop import Dist
 
     assert Dist(0, 2, 1, "nccl").collective_device == torch.device("cuda", 1)
     assert Dist(0, 2, 0, "gloo").collective_device == torch.device("cpu")

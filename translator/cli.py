@@ -129,13 +129,13 @@ def _load_translator(run: Path | None, config: Path | None, set_: list[str] | No
     if model is not None:
         engine = "ctranslate2"
     if engine == "native":
-        from translator.inference import Translator
+        from translator.decode.translator import Translator
 
         found, overrides = _find_run(run, config, set_, checkpoint)
         return Translator.from_run(found, checkpoint, device, dtype, overrides)
     if engine != "ctranslate2":
         raise TranslatorError(f"unknown engine '{engine}' (use native or ctranslate2)")
-    from translator.ct2 import CT2Translator
+    from translator.decode.ct2 import CT2Translator
 
     if dtype is not None:
         raise TranslatorError("--dtype is for the native engine; the ctranslate2 engine "
@@ -207,8 +207,8 @@ def train(
     `--init-from RUN` fine-tunes another run on this config's data. Progress is a bar on a
     terminal, plain log lines every training.log_every steps in a file or pipe."""
     with _user_errors():
-        from translator.train import train as run_training
-        from translator.train import training_config
+        from translator.train.loop import train as run_training
+        from translator.train.loop import training_config
 
         cfg = training_config(config, run, set_ or [], resume)
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -319,7 +319,7 @@ def _stdin_batches(chunk: int) -> Iterator[list[str]]:
         select.select([fd], [], [], 0)
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
         # No selectable descriptor (an in-memory stream; a pipe on Windows): read it whole.
-        from translator.text import decode_lines
+        from translator.data.text import decode_lines
 
         lines = decode_lines(sys.stdin.buffer.read(), _bad_stdin_line)
         for start in range(0, len(lines), chunk):
@@ -451,7 +451,7 @@ def _translate_inputs(sentence: str | None, input_: Path | None, chunk: int,
     if input_ is not None:
         if sentence is not None:
             raise TranslatorError("give either a sentence or --input FILE, not both")
-        from translator.text import read_lines
+        from translator.data.text import read_lines
 
         lines = read_lines(input_, "input file")
         return (lines[i:i + chunk] for i in range(0, len(lines), chunk)), len(lines)
@@ -618,7 +618,7 @@ def attention(
     self-attention, decoder self-attention and cross-attention, one image per layer with a
     panel per head, axes labelled with the source and the generated tokens."""
     with _user_errors():
-        from translator.inference import Translator
+        from translator.decode.translator import Translator
         from translator.visualize import attention_maps, save_attention_images
 
         if not sentence.strip():
@@ -654,7 +654,7 @@ def export(
     with _user_errors():
         if to != "ctranslate2":
             raise TranslatorError(f"unknown export target '{to}' (use ctranslate2)")
-        from translator.ct2 import export_ctranslate2
+        from translator.decode.ct2 import export_ctranslate2
 
         path = export_ctranslate2(_find_run(run, config, set_, checkpoint)[0], out,
                                   quantization, checkpoint, force)

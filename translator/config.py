@@ -600,7 +600,7 @@ Problem = tuple[str, str]
 
 
 def _data_relations(d: DataConfig) -> typing.Iterator[Problem]:
-    from translator.corpus import SOURCES  # the data sources' table lives with their readers
+    from translator.data.corpus import SOURCES  # the data sources' table lives with their readers
 
     if d.valid_ratio + d.test_ratio >= 1.0:
         yield "valid_ratio", "valid_ratio + test_ratio must be < 1"

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 import sacrebleu
 
 from translator.config import DataConfig, DecodingConfig
+from translator.data.text import read_lines
 from translator.errors import TranslatorError
-from translator.text import read_lines
 
 if TYPE_CHECKING:  # training scores with this module and imports no inference module
-    from translator.inference import Translator
+    from translator.decode.translator import Translator
 
 TOK_LC_LABEL = "tokenized lowercased BLEU (comparable to papers, not to sacreBLEU)"
 
@@ -145,7 +145,7 @@ def load_split(data: DataConfig, name: str) -> list[tuple[str, str]]:
     for file and hub corpora, any other split of the same corpus by its name (a file prefix,
     a file name or a hub split)."""
     from translator.config import corpus_data_config, valid_corpus_index
-    from translator.corpus import load_splits, source_of
+    from translator.data.corpus import load_splits, source_of
 
     if data.corpora and name not in ("train", "valid", "test"):
         # Other splits by name come from the corpus that gives valid and test.

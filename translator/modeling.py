@@ -10,7 +10,7 @@ import torch
 from translator.checkpoint import CheckpointError
 from translator.config import Config
 from translator.errors import first_line
-from translator.model import Transformer, build_transformer
+from translator.model.transformer import Transformer, build_transformer
 
 
 def build_model(cfg: Config, src_vocab: int, tgt_vocab: int,

@@ -9,7 +9,7 @@ from typing import Any
 
 from translator.checkpoint import CheckpointError, RunLayout, load_checkpoint
 from translator.config import Config
-from translator.tokenizer import TextTokenizer
+from translator.data.tokenizer import TextTokenizer
 
 
 def _size(n: float) -> str:

@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from translator.decoding import beam_search, greedy_decode, max_output_lengths
+from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer
+from translator.decode.search import beam_search, greedy_decode, max_output_lengths
 from translator.errors import TranslatorError
-from translator.model import Transformer, padding_mask
-from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer
+from translator.model.transformer import Transformer, padding_mask
 
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.figure import Figure
 
-    from translator.inference import Translator
+    from translator.decode.translator import Translator
 
 KINDS = ("encoder_self", "decoder_self", "cross")
 _TITLES = {"encoder_self": "encoder self-attention", "decoder_self": "decoder self-attention",

@@ -74,8 +74,8 @@ def _corpus_config(args: argparse.Namespace, cache: Path) -> tuple[DataConfig, s
 def _tokenizer_rows(corpus: Any, vocab: int) -> tuple[list[list[object]], dict[str, float]]:
     """Round trip and [UNK] rates on validation, per tokenizer kind (shared vocabulary for the
     subword kinds, per-language word tokenizers with min_frequency 2 as configs/toy.yaml)."""
-    from translator.corpus import iter_texts, to_pairs
-    from translator.tokenizer import build_tokenizers, round_trip_stats
+    from translator.data.corpus import iter_texts, to_pairs
+    from translator.data.tokenizer import build_tokenizers, round_trip_stats
 
     valid = to_pairs(corpus["valid"])
     rows, out = [], {}
@@ -106,9 +106,9 @@ def _padding(corpus: Any, max_len: int, max_tokens: int, vocab: int) -> dict[str
     """Tokenization throughput (cold cache) and padding of bucketed vs fixed batches."""
     import numpy as np
 
-    from translator.corpus import iter_texts
-    from translator.dataset import BilingualDataset, BucketBatchSampler, padding_fraction
-    from translator.tokenizer import build_tokenizers
+    from translator.data.corpus import iter_texts
+    from translator.data.dataset import BilingualDataset, BucketBatchSampler, padding_fraction
+    from translator.data.tokenizer import build_tokenizers
 
     train = corpus["train"]
     src_tok, tgt_tok = build_tokenizers(iter_texts(train, "src"), iter_texts(train, "tgt"),
@@ -158,7 +158,7 @@ def scale_key(n: int) -> str:
 def _write_stream_half(folder: str, n: int, half: int) -> None:
     """Rows k = half, half + 2, ... < n of the benchmark corpus (row k from built-in stream
     k % 8), written to part<half>.en/.de as they are generated."""
-    from translator.builtin_corpus import iter_pairs
+    from translator.data.builtin_corpus import iter_pairs
 
     streams = [iter_pairs(1234, variant) for variant in range(half, 8, 2)]
     with open(Path(folder) / f"part{half}.en", "w", encoding="utf-8") as en, \
@@ -231,9 +231,9 @@ def _large_child(folder: str, max_tokens: int, vocab: int, train_sample: int,
 
     import torch
 
-    from translator.corpus import iter_texts, load_corpus, tokenizer_sample
-    from translator.dataset import BilingualDataset, BucketBatchSampler, collate, map_processes
-    from translator.tokenizer import build_tokenizers
+    from translator.data.corpus import iter_texts, load_corpus, tokenizer_sample
+    from translator.data.dataset import BilingualDataset, BucketBatchSampler, collate, map_processes
+    from translator.data.tokenizer import build_tokenizers
 
     logging.basicConfig(level=logging.INFO, format="  [child] %(message)s", stream=sys.stderr)
     torch.set_num_threads(1)
@@ -367,7 +367,7 @@ def _scale_rows(args: argparse.Namespace, sizes: list[int]) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Run the suite, print its tables, return its keys."""
-    from translator.corpus import load_corpus
+    from translator.data.corpus import load_corpus
 
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-data-cache-") as tmp:

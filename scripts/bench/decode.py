@@ -7,7 +7,7 @@ model, on identical weights:
 - `cached_batched`: cached greedy over length-sorted batches (`--decode-batch-size`);
 - `beam<K>`: batched beam search with the cache (`--decode-beam`, GNMT alpha 0.6).
 
-The cached rows use the searches' default step, `translator.fast_decode.FastStep`. With
+The cached rows use the searches' default step, `translator.decode.fast_step.FastStep`. With
 `--decode-fast-step`, each is followed by a `..._plain` row that runs the textbook modules
 instead (`fast=False`): the A/B of FastStep's gain (`decode.<row>_fast_gain`), in one process,
 on the same sentences.
@@ -62,13 +62,13 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 def _sentences(data_dir: Path | None) -> tuple[list[str], list[str], str]:
     """Source and reference sentences, and where they come from."""
     if data_dir is not None:
-        from translator.text import split_lines
+        from translator.data.text import split_lines
 
         src = split_lines((data_dir / "test_2016_flickr.en").read_text(encoding="utf-8"))
         ref = split_lines((data_dir / "test_2016_flickr.de").read_text(encoding="utf-8"))
         return src, ref, f"Multi30k test_2016_flickr ({data_dir})"
     from translator.config import DataConfig
-    from translator.corpus import load_splits
+    from translator.data.corpus import load_splits
 
     pairs = load_splits(DataConfig())["test"]
     return [s for s, _ in pairs], [t for _, t in pairs], "built-in corpus, test split"
@@ -76,7 +76,7 @@ def _sentences(data_dir: Path | None) -> tuple[list[str], list[str], str]:
 
 def _model(args: argparse.Namespace, sources: list[str]) -> tuple[object, bool, str]:
     """(translator, trained?, description); the model is on the CPU in eval mode."""
-    from translator.inference import Translator
+    from translator.decode.translator import Translator
 
     if args.decode_run is not None:
         tr = Translator.from_run(args.decode_run, device=args.decode_device,
@@ -89,9 +89,9 @@ def _model(args: argparse.Namespace, sources: list[str]) -> tuple[object, bool, 
     import copy
 
     from translator.config import Config, TokenizerConfig
+    from translator.data.tokenizer import build_tokenizer
     from translator.device import DTYPES
-    from translator.model import build_transformer
-    from translator.tokenizer import build_tokenizer
+    from translator.model.transformer import build_transformer
 
     src_tok = build_tokenizer(sources, TokenizerConfig())
     # The target side gets the Multi30k run's 8000 tokens (filler tokens after the words), so
@@ -120,7 +120,7 @@ def _timed(fn: Callable[[], list[list[int]]]) -> tuple[list[list[int]], float]:
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Time the four decoders on the same sentences; print a table; return `decode.*`."""
-    from translator.decoding import greedy_decode, pack_sources, translate_ids
+    from translator.decode.search import greedy_decode, pack_sources, translate_ids
 
     n = 200 if args.quick and args.decode_sentences == 1000 else args.decode_sentences
     sources, refs, where = _sentences(args.data_dir)
@@ -196,7 +196,7 @@ def _ct2_rows(args: argparse.Namespace, translator: object, trained: bool,
     import tempfile
 
     try:
-        from translator.ct2 import CT2Translator, export_ctranslate2, save_ctranslate2
+        from translator.decode.ct2 import CT2Translator, export_ctranslate2, save_ctranslate2
     except ImportError:
         print("(no CTranslate2 rows: ctranslate2 is not installed)\n")
         return {}

@@ -40,8 +40,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 def _pick_checkpoint(run_dir: Path, k: int, valid: list[tuple[str, str]]):
     """(translator, label, valid BLEU) of the better of best.pt and the last-k average."""
     from translator.checkpoint import RunLayout, atomic_save, average_checkpoints
+    from translator.decode.translator import Translator
     from translator.evaluate import evaluate_pairs
-    from translator.inference import Translator
 
     layout = RunLayout(run_dir)
     candidates = [("best", layout.best)]
@@ -62,9 +62,9 @@ def _pick_checkpoint(run_dir: Path, k: int, valid: list[tuple[str, str]]):
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Run the suite; print a table; return the `quality.*` results."""
     from translator.config import load_config
-    from translator.corpus import load_splits
+    from translator.data.corpus import load_splits
     from translator.evaluate import evaluate_pairs
-    from translator.train import train
+    from translator.train.loop import train
 
     if not args.data_dir:
         raise SystemExit("--suite quality needs --data-dir (the Multi30k folder)")

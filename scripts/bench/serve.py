@@ -54,7 +54,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 def _toy_run(folder: Path, quick: bool) -> Path:
     """Train a small model on the built-in corpus (a minute or two on 2 cores)."""
     from translator.config import config_from_dict
-    from translator.train import train
+    from translator.train.loop import train
 
     run_dir = folder / "serve-toy"
     cfg = config_from_dict({

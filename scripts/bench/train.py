@@ -7,7 +7,7 @@
   batches of a fixed number of sentences, attention written out with explicit softmax and
   materialised mask tensors, a hand-written LayerNorm, log-softmax projection.
 - stock: `torch.nn.Transformer` with the same embeddings, projection, batches and optimizer.
-- loop: the real training loop (`translator.train.train`, prefetching input pipeline) for
+- loop: the real training loop (`translator.train.loop.train`, prefetching input pipeline) for
   as many steps, on the same config: `train.data_wait_fraction`, the share of its step time
   spent blocked waiting for the next batch (target: at most 0.02).
 
@@ -67,13 +67,13 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="Skip the tutorial baseline (slow at large sizes).")
     group.add_argument("--train-plain-dropout", action="store_true",
                        help="Also time ours with torch's nn.Dropout in place of the byte-mask "
-                       "dropout (translator.fast_dropout): the A/B of its gain.")
+                       "dropout (translator.model.fast_dropout): the A/B of its gain.")
 
 
 
 def with_plain_dropout(model: nn.Module) -> nn.Module:
-    """`model` with every `translator.fast_dropout.Dropout` replaced by `nn.Dropout(p)`."""
-    from translator.fast_dropout import Dropout
+    """`model` with every `translator.model.fast_dropout.Dropout` replaced by `nn.Dropout(p)`."""
+    from translator.model.fast_dropout import Dropout
 
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -182,7 +182,7 @@ class _Baseline(nn.Module):
 
     def __init__(self, dims: Dims, max_len: int, dropout: float) -> None:
         super().__init__()
-        from translator.model import InputEmbedding, PositionalEncoding
+        from translator.model.transformer import InputEmbedding, PositionalEncoding
 
         d = dims.d_model
         self.src_embed, self.tgt_embed = (InputEmbedding(dims.src_vocab, d),
@@ -243,9 +243,9 @@ class StockTransformer(_Baseline):
 def _load_data(args: argparse.Namespace):
     """Train pairs tokenized with the config's tokenizer; dims from its model section."""
     from translator.config import load_config
-    from translator.corpus import load_splits
-    from translator.dataset import BilingualDataset
-    from translator.tokenizer import build_tokenizer
+    from translator.data.corpus import load_splits
+    from translator.data.dataset import BilingualDataset
+    from translator.data.tokenizer import build_tokenizer
 
     overrides = []
     if args.data_dir:
@@ -283,13 +283,13 @@ def _time_steps(step, batches, warmup: int, steps: int,
 
 
 def measure_data_wait(cfg, steps: int, device: torch.device, precision: str) -> float:
-    """Share of step time the real training loop (`translator.train.train`, with its
+    """Share of step time the real training loop (`translator.train.loop.train`, with its
     prefetching input pipeline) spends blocked waiting for the next batch, over `steps`
     optimizer steps of `cfg`'s model and data in a throwaway run folder."""
     import copy
     import tempfile
 
-    from translator.train import train
+    from translator.train.loop import train
 
     cfg = copy.deepcopy(cfg)
     tc = cfg.training
@@ -305,9 +305,9 @@ def measure_data_wait(cfg, steps: int, device: torch.device, precision: str) -> 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Run the suite; print a table; return the `train.*` results."""
-    from translator.dataset import BucketBatchSampler, collate
-    from translator.model import build_transformer
-    from translator.tokenizer import PAD_ID
+    from translator.data.dataset import BucketBatchSampler, collate
+    from translator.data.tokenizer import PAD_ID
+    from translator.model.transformer import build_transformer
 
     torch.manual_seed(0)
     random.seed(0)
@@ -449,7 +449,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
           f"{', '.join(f'{r:.3f}' for r in ratios)}; spread {min(ratios):.3f}-"
           f"{max(ratios):.3f})")
     wait = measure_data_wait(cfg, warmup + steps, device, args.precision)
-    print(f"training loop (translator.train, {warmup + steps} steps): waiting for data "
+    print(f"training loop (translator.train.loop, {warmup + steps} steps): waiting for data "
           f"{100 * wait:.2f}% of step time")
     out = {
         "train.peak_gflops": peak,

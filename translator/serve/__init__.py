@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from translator.errors import TranslatorError
 
 if TYPE_CHECKING:
-    from translator.inference import Translator
+    from translator.decode.translator import Translator
     from translator.serve.service import Limits
 
 log = logging.getLogger("translator")
@@ -65,7 +65,7 @@ def run_server(translator: Translator, *, run_dir: str | Path | None = None,
     check_installed()
     import uvicorn
 
-    from translator.inference import Translator
+    from translator.decode.translator import Translator
     from translator.serve.app import create_app
     from translator.serve.service import TranslationService
 

@@ -17,8 +17,8 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from translator.decode.translator import Translator, split_into_sentences, split_lines
 from translator.errors import TranslatorError
-from translator.inference import Translator, split_into_sentences, split_lines
 from translator.serve.batcher import Batcher, BatcherClosed
 
 log = logging.getLogger("translator")

@@ -3,7 +3,7 @@ state (`Checkpointer`), the best score and early stopping (`BestTracker`), and w
 stops (`StopRules`, with Ctrl-C / SIGTERM turned into a flag by `stop_signals`).
 
 None of these computes anything a step needs; they decide what to write and when to stop, so
-the loop in `translator.train` only asks them.
+the loop in `translator.train.loop` only asks them.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from translator.checkpoint import (
     prune_checkpoints,
 )
 from translator.config import TrainingConfig
-from translator.distributed import Dist
 from translator.errors import TranslatorError
-from translator.train_log import say, stderr_is_terminal
+from translator.train.distributed import Dist
+from translator.train.log import say, stderr_is_terminal
 
 log = logging.getLogger("translator")
 

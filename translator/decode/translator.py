@@ -2,8 +2,8 @@
 a device and translates text in batches.
 
 Its parts live apart: the device and dtype choice in `translator.device`, model building and
-checkpoint loading in `translator.modeling`, the batched searches in `translator.decoding`,
-text handling in `translator.text` (whose `split_lines` and `split_into_sentences` the
+checkpoint loading in `translator.modeling`, the batched searches in `translator.decode.search`,
+text handling in `translator.data.text` (whose `split_lines` and `split_into_sentences` the
 serving code still imports from here).
 """
 
@@ -24,13 +24,13 @@ from translator.config import (
     config_from_dict,
     parse_override,
 )
-from translator.decoding import nbest_ids, translate_ids
+from translator.data.text import clean_text, sentence_pieces, split_into_sentences, split_lines
+from translator.data.tokenizer import TextTokenizer
+from translator.decode.search import nbest_ids, translate_ids
 from translator.device import DTYPES, resolve_device
 from translator.errors import TranslatorError
-from translator.model import Transformer
+from translator.model.transformer import Transformer
 from translator.modeling import model_from_checkpoint
-from translator.text import clean_text, sentence_pieces, split_into_sentences, split_lines
-from translator.tokenizer import TextTokenizer
 
 __all__ = ["Translator", "check_inference_overrides", "split_into_sentences", "split_lines"]
 

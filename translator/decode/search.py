@@ -26,9 +26,9 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from translator.fast_decode import FastStep
-from translator.model import Transformer, padding_mask, reorder_cache
-from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID
+from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID
+from translator.decode.fast_step import FastStep
+from translator.model.transformer import Transformer, padding_mask, reorder_cache
 
 T = TypeVar("T")
 
@@ -105,7 +105,7 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
     Returns one id list per sentence, without [SOS] and [EOS]. `use_cache=False` re-runs the
     decoder over the whole prefix at every step (the tutorial way); it exists to prove the
     cached path gives the same tokens, and as the benchmark's baseline. `fast` (default) computes
-    the cached steps with `translator.fast_decode.FastStep`: the same tokens, 1.12x to 1.22x
+    the cached steps with `translator.decode.fast_step.FastStep`: the same tokens, 1.12x to 1.22x
     the sentences/s of the textbook step (docs/benchmarks.md); `fast=False` runs the textbook
     modules.
     """

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from translator.fast_dropout import Dropout
+from translator.model.fast_dropout import Dropout
 
 # A decoder layer's incremental state: self-attention keys/values so far ("self_k", "self_v":
 # [B, H, t, K]) and cross-attention keys/values of the source ("cross_k", "cross_v":

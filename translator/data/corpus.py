@@ -90,7 +90,7 @@ class Corpus:
         weight; logs and records each corpus' size and share of an epoch."""
         if not self.parts:
             return None
-        from translator.dataset import CorpusMix
+        from translator.data.dataset import CorpusMix
 
         rows = np.cumsum([0] + [p["size"] for p in self.parts])
         mix = CorpusMix([p["label"] for p in self.parts], [p["weight"] for p in self.parts],
@@ -602,7 +602,7 @@ def _empty(*columns: str) -> datasets.Dataset:
 def _builtin(cfg: DataConfig) -> dict[str, datasets.Dataset]:
     import datasets
 
-    from translator.builtin_corpus import builtin_splits
+    from translator.data.builtin_corpus import builtin_splits
 
     n_eval = max(1, min(1000, cfg.builtin_size // 10))
     splits = builtin_splits(cfg.builtin_size, cfg.builtin_seed, n_eval, n_eval)

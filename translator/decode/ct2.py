@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from translator.config import Config, DecodingConfig
+from translator.data.tokenizer import SPECIAL_TOKENS, TextTokenizer
+from translator.decode.translator import Translator
 from translator.errors import TranslatorError, first_line
-from translator.inference import Translator
-from translator.tokenizer import SPECIAL_TOKENS, TextTokenizer
 
 QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "bfloat16", "float32")
 META = "translator.json"
@@ -255,7 +255,7 @@ class CT2Translator(Translator):
         """A run through its cached export (`cached_export`), keeping the run's config so that
         evaluate can read its splits and write to <run>/eval/."""
         from translator.checkpoint import RunLayout
-        from translator.inference import check_inference_overrides
+        from translator.decode.translator import check_inference_overrides
 
         check_inference_overrides(overrides)
         cfg = RunLayout(Path(run_dir)).load_config(list(overrides))

@@ -1,7 +1,7 @@
-"""The training loop: it gets its pieces from `translator.training_setup.build_training` and
-only trains: steps (`translator.train_step`) over batches the input pipeline collates ahead
-(`translator.train_data`), with validation, logging (`translator.train_log`) and checkpoint /
-early-stop / stop-reason bookkeeping (`translator.train_book`) on the way.
+"""The training loop: it gets its pieces from `translator.train.setup.build_training` and
+only trains: steps (`translator.train.step`) over batches the input pipeline collates ahead
+(`translator.train.batches`), with validation, logging (`translator.train.log`) and checkpoint /
+early-stop / stop-reason bookkeeping (`translator.train.book`) on the way.
 
 Resume is exact because an epoch's batches are a pure function of (seed, epoch): a checkpoint
 records the epoch and how many of its batches were done, plus every RNG state, and resuming
@@ -22,11 +22,11 @@ from typing import Any
 import torch
 
 from translator.config import Config
-from translator.dataset import padding_fraction
-from translator.distributed import Dist, init_distributed
+from translator.data.dataset import padding_fraction
 from translator.errors import TranslatorError
-from translator.model import count_parameters
-from translator.train_book import (
+from translator.model.transformer import count_parameters
+from translator.train.batches import StepBatch, StepBatches, epoch_groups
+from translator.train.book import (
     EARLY_STOPPING,
     SIGNAL,
     BestTracker,
@@ -34,16 +34,16 @@ from translator.train_book import (
     TrainState,
     stop_signals,
 )
-from translator.train_data import StepBatch, StepBatches, epoch_groups
-from translator.train_log import TrainLogger
-from translator.train_step import Stepper, StepResult, validate, validation_loss
-from translator.training_setup import (
+from translator.train.distributed import Dist, init_distributed
+from translator.train.log import TrainLogger
+from translator.train.setup import (
     build_training,
     init_source,
     lr_factor,
     prepare_run_dir,
     training_config,
 )
+from translator.train.step import Stepper, StepResult, validate, validation_loss
 
 __all__ = ["Dist", "TrainResult", "TrainState", "Trainer", "TrainingInterrupted",
            "init_distributed", "init_source", "lr_factor", "prepare_run_dir", "train",

@@ -3,20 +3,21 @@
 What it is for: at batch 1 a cached decoding step is mostly per-operation overhead (about 60
 calls of 4 to 25 µs each, docs/benchmarks.md), not arithmetic. This step computes exactly
 `model.project(model.decode(memory, src_mask, tokens[:, None], cache, offset))[:, -1]` (the
-textbook path of `translator.model`, eval mode) in about half the operations: the parameters
-are gathered once per search as plain tensors (a lookup through `nn.Module.__getattr__` costs
-about as much as the arithmetic of a batch-1 step), positions are [B, D] rather than
-[B, 1, D] so products are 2-D, there are no dropout calls, and no head transposes (one
-position's [H*K] and [H, 1, K] share their memory layout). It reads and writes the model's
-own cache layout (`Transformer.new_cache`, `reorder_cache`), and tests check it against the
-model.
+textbook path of `translator.model.transformer`, eval mode) in about half the operations: the
+parameters are gathered once per search as plain tensors (a lookup through
+`nn.Module.__getattr__` costs about as much as the arithmetic of a batch-1 step), positions are
+[B, D] rather than [B, 1, D] so products are 2-D, there are no dropout calls, and no head
+transposes (one position's [H*K] and [H, 1, K] share their memory layout). It reads and writes
+the model's own cache layout (`Transformer.new_cache`, `reorder_cache`), and tests check it
+against the model.
 
 It is the searches' default (`greedy_decode(..., fast=False)` and `beam_search(...,
 fast=False)` run the textbook modules instead) because it earned its place in an A/B: on the
 Multi30k model (d_model 256, 3+3 layers, 300 test_2016_flickr sentences, 2 threads, one
 process, the same tokens) it gave 1.22x the sentences/s at batch 1 (14.58 against 11.95),
 1.12x batched (121.4 against 108.4) and 1.17x in beam 4 (48.6 against 41.5); the issue's
-bar was 1.10x. The fast path for deployment is still the CTranslate2 export (`translator.ct2`).
+bar was 1.10x. The fast path for deployment is still the CTranslate2 export
+(`translator.decode.ct2`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from translator.model import LayerCache, LayerNormalization, Transformer
+from translator.model.transformer import LayerCache, LayerNormalization, Transformer
 
 
 class _Block(NamedTuple):

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from translator.model import causal_mask, padding_mask
-from translator.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer
+from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer
+from translator.model.transformer import causal_mask, padding_mask
 
 if TYPE_CHECKING:
     import datasets
@@ -135,7 +135,7 @@ class BilingualDataset(torch.utils.data.Dataset):
     def from_dataset(cls, ds: datasets.Dataset, src_tok: TextTokenizer, tgt_tok: TextTokenizer,
                      max_len: int, name: str = "data", max_ratio: float = 0.0,
                      num_proc: int = 0) -> BilingualDataset:
-        """Tokenize an Arrow split with columns `src`/`tgt` (see `translator.corpus`) through a
+        """Tokenize an Arrow split with columns `src`/`tgt` (see `translator.data.corpus`) through a
         cached batched `datasets.map` (`num_proc` processes, 0: see `map_processes`) and read
         the ids in place from its memory-mapped result, without Python lists."""
         if len(ds) == 0:
@@ -359,7 +359,8 @@ class Batch:
     @property
     def tgt_mask(self) -> Tensor:
         """[B, 1, T, T] decoder self-attention mask: causal and padding combined. The model
-        does not need it (see `translator.model`); it is here for inspection and tests."""
+        does not need it (see `translator.model.transformer`); it is here for inspection and
+        tests."""
         return padding_mask(self.tgt_in, PAD_ID).transpose(-1, -2) & padding_mask(
             self.tgt_in, PAD_ID) & causal_mask(self.tgt_in.size(1), self.tgt_in.device)
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from translator.dataset import Batch, BilingualDataset, BucketBatchSampler, collate
-from translator.distributed import Dist
+from translator.data.dataset import Batch, BilingualDataset, BucketBatchSampler, collate
+from translator.train.distributed import Dist
 
 PREFETCH_STEPS = 4
 """Optimizer steps collated ahead of the loop: enough to ride out a slow batch, few enough

@@ -2,7 +2,7 @@
 the processes (`Dist`), the device, tokenizers, data, model, optimizer, learning-rate
 schedule, precision, and, when resuming, the state of all of these (`build_training`).
 
-The loop (`translator.train`) gets a `TrainingSetup` and only trains with it.
+The loop (`translator.train.loop`) gets a `TrainingSetup` and only trains with it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from translator.config import (
     save_run_config,
     unsafe_resume_changes,
 )
-from translator.corpus import (
+from translator.data.corpus import (
     check_data_files,
     check_split_record,
     iter_texts,
@@ -38,15 +38,15 @@ from translator.corpus import (
     to_pairs,
     tokenizer_sample,
 )
-from translator.dataset import BilingualDataset, BucketBatchSampler
+from translator.data.dataset import BilingualDataset, BucketBatchSampler
+from translator.data.tokenizer import TextTokenizer, build_tokenizers
 from translator.device import resolve_device
-from translator.distributed import Dist, init_distributed
 from translator.errors import TranslatorError
-from translator.model import Transformer
+from translator.model.transformer import Transformer
 from translator.modeling import build_model
-from translator.tokenizer import TextTokenizer, build_tokenizers
-from translator.train_book import Checkpointer, TrainState
-from translator.train_step import Precision
+from translator.train.book import Checkpointer, TrainState
+from translator.train.distributed import Dist, init_distributed
+from translator.train.step import Precision
 
 log = logging.getLogger("translator")
 

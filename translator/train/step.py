@@ -19,13 +19,13 @@ import torch
 from torch import Tensor
 
 from translator.config import Config
-from translator.dataset import Batch, BilingualDataset, BucketBatchSampler, collate
-from translator.distributed import Dist
+from translator.data.dataset import Batch, BilingualDataset, BucketBatchSampler, collate
+from translator.data.tokenizer import PAD_ID, TextTokenizer
+from translator.decode.translator import Translator
 from translator.errors import TranslatorError
 from translator.evaluate import evaluate_pairs
-from translator.inference import Translator
-from translator.tokenizer import PAD_ID, TextTokenizer
-from translator.train_data import StepBatch
+from translator.train.batches import StepBatch
+from translator.train.distributed import Dist
 
 log = logging.getLogger("translator")
 
