@@ -3,17 +3,9 @@
 Each HTTP request submits its sentences as one job. A single worker thread takes the oldest
 job, waits up to `wait_ms` for more jobs with the same decoding key (beam size, n-best) until
 `max_batch` sentences are gathered, decodes them all with one call and hands each job its
-own results, in order.
-
-Right after a batch the worker lingers: the clients it just answered usually send their next
-request within milliseconds, and without a pause they would miss the next batch and form a
-batch of their own, so that under steady load the clients split into groups that take turns
-(seen at 32 clients: batches of ~16 in alternation). So after a batch the worker gathers for
-at least `wait_ms`, and on while jobs keep arriving less than `wait_ms` apart, for at most
-`LINGER_WAITS` x `wait_ms` after the batch ended.
-
-Decoding on the worker thread keeps the event loop free (a health check answers while a
-batch runs), and one worker means the model is never used by two batches at once.
+own results, in order. Decoding on the worker thread keeps the event loop free (a health
+check answers while a batch runs), and one worker means the model is never used by two
+batches at once.
 
 Nothing here knows about HTTP or models: `decode(key, items) -> results` is any function.
 """
@@ -32,10 +24,6 @@ from typing import Generic, TypeVar
 
 log = logging.getLogger("translator")
 Item = TypeVar("Item")
-# How long, in units of wait_ms, the worker may keep gathering after a batch while jobs keep
-# arriving: long enough for the ~30 answered clients of a full batch to send again over
-# loopback (a few ms each on 2 cores), short against a batch's decode (hundreds of ms).
-LINGER_WAITS = 4.0
 Result = TypeVar("Result")
 
 
@@ -72,8 +60,6 @@ class Batcher(Generic[Item, Result]):
         self._pending: deque[_Job[Item, Result]] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._last_arrival = -float("inf")
-        self._batch_ended = -float("inf")
         # Counters for /health and tests; written by the worker only.
         self.batches = 0
         self.items_decoded = 0
@@ -96,7 +82,6 @@ class Batcher(Generic[Item, Result]):
             if self._closed:
                 raise BatcherClosed("the batcher is closed")
             self._pending.append(job)
-            self._last_arrival = job.enqueued
             self._cond.notify()
         return job.future
 
@@ -146,31 +131,22 @@ class Batcher(Generic[Item, Result]):
                     self._cond.wait()
                 if self._closed:
                     return None
-                deadline = self._gather_deadline()
-                while not self._closed and self._ready_size(self._pending[0].key) \
-                        < self.max_batch:
+                # Gather for `wait` seconds after the oldest job arrived: under load the
+                # oldest job has already waited through the previous batch, so no time is
+                # added; a lone request waits a few milliseconds at most.
+                first = self._pending[0]
+                deadline = first.enqueued + self.wait
+                while not self._closed and self._ready_size(first.key) < self.max_batch:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
-                    if self._pending:  # close() empties the queue
-                        deadline = self._gather_deadline()
                 if self._closed:
                     return None
                 jobs = self._pop_batch()
                 if jobs:
                     return jobs
                 # Every job taken had been cancelled (timed out): look again.
-
-    def _gather_deadline(self) -> float:
-        """When to stop gathering (lock held): `wait` after the oldest job arrived (under
-        load it has waited through the previous batch already, so nothing is added), and
-        after a batch at least `wait` past its end, extended while jobs keep arriving within
-        `wait` of each other, up to LINGER_WAITS x `wait` past its end."""
-        own = self._pending[0].enqueued + self.wait
-        linger = min(max(self._batch_ended, self._last_arrival) + self.wait,
-                     self._batch_ended + LINGER_WAITS * self.wait)
-        return max(own, linger)
 
     def _ready_size(self, key: Hashable) -> int:
         return sum(len(job.items) for job in self._pending if job.key == key)
@@ -214,8 +190,6 @@ class Batcher(Generic[Item, Result]):
                 continue
             finally:
                 self._busy = False
-                with self._cond:
-                    self._batch_ended = time.monotonic()
             self.batches += 1
             self.items_decoded += len(items)
             self.largest_batch = max(self.largest_batch, len(items))
