@@ -536,18 +536,25 @@ def _check_corpora(cfg: Config) -> None:
         fail("data.valid_corpus", f"'{d.valid_corpus}' names no corpus (labels: "
              f"{', '.join(labels)})")
     valid_at = valid_corpus_index(d)
-    for i, entry in enumerate(d.corpora):
-        key = f"data.corpora[{i}]"
-        if not (math.isfinite(entry.weight) and entry.weight > 0):
-            fail(f"{key}.weight", f"must be > 0, got {entry.weight}")
-        for name in _VALID_ONLY_KEYS if i != valid_at else ():
-            if getattr(entry, name) != getattr(defaults, name):
-                fail(f"{key}.{name}", f"only the valid corpus ('{labels[valid_at]}', see "
-                     "data.valid_corpus) gives valid and test splits")
-        try:
-            _validate(dataclasses.replace(cfg, data=corpus_data_config(d, i)))
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("config error: data.", f"{key}.", 1)) from exc
+    for i in range(len(d.corpora)):
+        _check_corpus(cfg, i, labels[valid_at] if i != valid_at else None)
+
+
+def _check_corpus(cfg: Config, i: int, valid_label: str | None) -> None:
+    """Corpus i of `data.corpora`: its weight, no valid/test keys unless it is the valid
+    corpus (`valid_label` None; else the valid corpus' label, for the message), and the
+    single-corpus checks with messages naming `data.corpora[i].key`."""
+    entry, defaults, key = cfg.data.corpora[i], DataConfig(), f"data.corpora[{i}]"
+    if not (math.isfinite(entry.weight) and entry.weight > 0):
+        raise ConfigError(f"{key}.weight: must be > 0, got {entry.weight}")
+    for name in _VALID_ONLY_KEYS if valid_label is not None else ():
+        if getattr(entry, name) != getattr(defaults, name):
+            raise ConfigError(f"{key}.{name}: only the valid corpus ('{valid_label}', see "
+                              "data.valid_corpus) gives valid and test splits")
+    try:
+        _validate(dataclasses.replace(cfg, data=corpus_data_config(cfg.data, i)))
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("config error: data.", f"{key}.", 1)) from exc
 
 
 # -- validation: one rule table per section, then the relations between keys ----------------
