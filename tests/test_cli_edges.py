@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 import translator
 import translator.train.loop as train_mod
+from tests.helpers import raw_config
 from translator.checkpoint import atomic_save, load_checkpoint
 from translator.cli import app
 from translator.config import ConfigError, config_from_dict, load_config
@@ -40,10 +41,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _raw(run_dir: Path, **training: Any) -> dict[str, Any]:
-    raw = {k: dict(v) for k, v in TINY.items()}
-    raw["training"].update(training)
-    raw["output"] = {"dir": str(run_dir)}
-    return raw
+    return raw_config(TINY, run_dir, **training)
 
 
 def _cli(*args: str, input: str | None = None) -> tuple[int, str, str, Any]:

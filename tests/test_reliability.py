@@ -27,7 +27,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from tests.helpers import save_config
+from tests.helpers import raw_config, save_config
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save, load_checkpoint
 from translator.cli import app
 from translator.config import ConfigError, config_from_dict, load_config
@@ -53,10 +53,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_raw(run_dir: Path, **training: Any) -> dict[str, Any]:
-    raw = {k: dict(v) for k, v in TINY.items()}
-    raw["training"].update(training)
-    raw["output"] = {"dir": str(run_dir)}
-    return raw
+    return raw_config(TINY, run_dir, **training)
 
 
 @pytest.fixture(scope="module")
