@@ -84,7 +84,7 @@ def test_evaluate_cli_json(trained_run: Path) -> None:
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert {"bleu", "chrf", "sentences"} <= set(report)
     assert report["sentences"] == 40
-    assert (trained_run / "eval" / "test.beam4.lp0.6.json").is_file()  # the run's defaults
+    assert (trained_run / "eval" / "test.beam4.lp1.json").is_file()  # the run's defaults
 
 
 def test_bf16_translation_matches_fp32(trained_run: Path) -> None:

@@ -537,7 +537,7 @@ def evaluate(
 ) -> None:
     """Translate a split (or a pair of files) and print corpus BLEU and chrF (sacreBLEU, with
     signatures). The report and the translations are also written to <run>/eval/, named by
-    split and settings, e.g. test.beam4.lp0.6.json and test.beam4.lp0.6.hyp.txt."""
+    split and settings, e.g. test.beam4.lp1.json and test.beam4.lp1.hyp.txt."""
     with _user_errors():
         from translator.evaluate import evaluate_pairs, report_name
 

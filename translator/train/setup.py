@@ -40,7 +40,7 @@ from translator.data.corpus import (
 )
 from translator.data.dataset import BilingualDataset, BucketBatchSampler
 from translator.data.tokenizer import TextTokenizer, build_tokenizers
-from translator.device import resolve_device
+from translator.device import cpu_bf16_is_native, resolve_device
 from translator.errors import TranslatorError
 from translator.model.transformer import Transformer
 from translator.modeling import build_model
@@ -205,6 +205,10 @@ def make_precision(requested: str, device: torch.device) -> Precision:
                               "fp32 here")
     if p == "bf16" and dev == "mps":
         raise TranslatorError("training.precision: bf16 autocast is not supported on MPS")
+    if p == "bf16" and dev == "cpu" and cpu_bf16_is_native() is False:
+        log.warning("training.precision=bf16 on a CPU without AMX or AVX512-BF16: torch "
+                    "emulates bf16 here, so training runs many times slower than in fp32; "
+                    "use --set training.precision=fp32")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p)
     autocast = (lambda: torch.autocast(dev, dtype=dtype)) if dtype else nullcontext
     return Precision(p, autocast, torch.amp.GradScaler("cuda", enabled=p == "fp16"))
