@@ -27,7 +27,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from tests.helpers import raw_config, save_config
+from tests.helpers import TINY_RUN, raw_config, save_config
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save, load_checkpoint
 from translator.cli import app
 from translator.config import ConfigError, config_from_dict, load_config
@@ -41,28 +41,11 @@ from translator.modeling import build_model
 from translator.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY: dict[str, dict[str, Any]] = {
-    "data": {"source": "builtin", "builtin_size": 400, "max_len": 40},
-    "model": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "dropout": 0.0},
-    "training": {"epochs": 1, "max_tokens": 800, "lr": 0.003, "warmup_steps": 5,
-                 "log_every": 1, "valid_max_sentences": 5, "examples": 0, "threads": 1},
-    "decoding": {"beam_size": 2},
-}
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_raw(run_dir: Path, **training: Any) -> dict[str, Any]:
-    return raw_config(TINY, run_dir, **training)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A really trained (one short epoch) tiny run on the built-in corpus; tests that damage
-    it work on a copy."""
-    run_dir = tmp_path_factory.mktemp("reliability") / "tiny"
-    train(config_from_dict(tiny_raw(run_dir), name="tiny"), quiet=True)
-    return run_dir
+    return raw_config(TINY_RUN, run_dir, **training)
 
 
 def _copy_run(run: Path, dest: Path) -> Path:
@@ -129,10 +112,10 @@ def test_every_load_in_the_package_is_safe() -> None:
     assert issubclass(_YamlLoader, yaml.SafeLoader)
 
 
-def test_checkpoints_are_mapped_to_the_chosen_device(tiny_run: Path,
+def test_checkpoints_are_mapped_to_the_chosen_device(trained_run: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A checkpoint written on a GPU opens on a CPU-only machine: loads pass map_location."""
-    meta = load_checkpoint(RunLayout(tiny_run).latest, map_location="meta")
+    meta = load_checkpoint(RunLayout(trained_run).latest, map_location="meta")
     assert all(t.device.type == "meta" for t in meta["model"].values())
     seen: list[dict[str, Any]] = []
     real_load = torch.load
@@ -142,7 +125,7 @@ def test_checkpoints_are_mapped_to_the_chosen_device(tiny_run: Path,
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    Translator.from_run(tiny_run, device="cpu")
+    Translator.from_run(trained_run, device="cpu")
     assert seen and all(k.get("weights_only") is True and k.get("map_location") ==
                         torch.device("cpu") for k in seen)
 
@@ -166,9 +149,9 @@ def _with_pickle(good: Path, out: Path, pickle_bytes: bytes) -> None:
                           else data)
 
 
-def _other_vocab_checkpoint(tiny_run: Path, path: Path) -> tuple[int, int]:
+def _other_vocab_checkpoint(trained_run: Path, path: Path) -> tuple[int, int]:
     """A checkpoint of another run: same model shape, vocabularies from other text."""
-    cfg = load_config(RunLayout(tiny_run).config)
+    cfg = load_config(RunLayout(trained_run).config)
     src = build_tokenizer(["Hello there, world.", "A cat."], cfg.tokenizer)
     tgt = build_tokenizer(["Hallo Welt.", "Eine Katze."], cfg.tokenizer)
     model = build_model(cfg, src.vocab_size, tgt.vocab_size)
@@ -178,10 +161,10 @@ def _other_vocab_checkpoint(tiny_run: Path, path: Path) -> tuple[int, int]:
     return src.vocab_size, tgt.vocab_size
 
 
-def _make(kind: str, tiny_run: Path, path: Path, marker: Path,
+def _make(kind: str, trained_run: Path, path: Path, marker: Path,
           monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Write a bad checkpoint of `kind` at `path`; returns what the error line must say."""
-    latest = RunLayout(tiny_run).latest
+    latest = RunLayout(trained_run).latest
     if kind == "missing":
         return ["not found"]
     if kind == "truncated":
@@ -210,7 +193,7 @@ def _make(kind: str, tiny_run: Path, path: Path, marker: Path,
         torch.save(ckpt, path)
         return ["refusing", "could run code"]
     if kind == "other_vocabulary":
-        src, tgt = _other_vocab_checkpoint(tiny_run, path)
+        src, tgt = _other_vocab_checkpoint(trained_run, path)
         return ["vocabular", f"{src}/{tgt}"]
     if kind == "unreadable":  # tests run as root here, where chmod 000 stops nothing
         shutil.copyfile(latest, path)
@@ -229,25 +212,25 @@ def _make(kind: str, tiny_run: Path, path: Path, marker: Path,
 @pytest.mark.parametrize("kind", [
     "missing", "truncated", "garbage", "damaged_pickle_memo", "damaged_pickle_stack",
     "future_version", "not_a_checkpoint", "crafted_pickle", "other_vocabulary", "unreadable"])
-def test_bad_checkpoint_is_one_line_naming_the_file(kind: str, tiny_run: Path, tmp_path: Path,
+def test_bad_checkpoint_is_one_line_naming_the_file(kind: str, trained_run: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / f"{kind}.pt"
     marker = tmp_path / "marker"
-    needles = _make(kind, tiny_run, path, marker, monkeypatch)
-    code, out, err = _cli("translate", "The dog sees the cat.", "--run", str(tiny_run),
+    needles = _make(kind, trained_run, path, marker, monkeypatch)
+    code, out, err = _cli("translate", "The dog sees the cat.", "--run", str(trained_run),
                           "--checkpoint", str(path))
     _assert_one_line_error(code, out, err, str(path), *needles)
     assert not marker.exists()
 
 
-def test_crafted_checkpoint_would_run_code_but_runs_none(tiny_run: Path, tmp_path: Path) -> None:
+def test_crafted_checkpoint_would_run_code_but_runs_none(trained_run: Path, tmp_path: Path) -> None:
     """The crafted payload is live (plain pickle runs it), yet neither translate nor evaluate
     nor --resume runs it."""
     live = tmp_path / "live_marker"
     pickle.loads(pickle.dumps(_Evil(live))).close()
     assert live.exists()
 
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = _copy_run(trained_run, tmp_path / "run")
     layout = RunLayout(run)
     marker = tmp_path / "marker"
     ckpt = load_checkpoint(layout.latest)
@@ -267,9 +250,9 @@ def test_crafted_checkpoint_would_run_code_but_runs_none(tiny_run: Path, tmp_pat
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "no_special_tokens"])
-def test_damaged_tokenizer_is_one_line_naming_the_file(damage: str, tiny_run: Path,
+def test_damaged_tokenizer_is_one_line_naming_the_file(damage: str, trained_run: Path,
                                                        tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = _copy_run(trained_run, tmp_path / "run")
     path = RunLayout(run).tokenizer("en")
     if damage == "garbage":
         path.write_bytes(b"\x00\xff{ not json")
@@ -283,11 +266,11 @@ def test_damaged_tokenizer_is_one_line_naming_the_file(damage: str, tiny_run: Pa
     _assert_one_line_error(code, out, err, str(path))
 
 
-def test_yaml_tags_in_a_run_config_or_override_run_nothing(tiny_run: Path,
+def test_yaml_tags_in_a_run_config_or_override_run_nothing(trained_run: Path,
                                                           tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     payload = f'!!python/object/apply:os.system ["touch {marker}"]'
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = _copy_run(trained_run, tmp_path / "run")
     good_config = RunLayout(run).config.read_text(encoding="utf-8")
     RunLayout(run).config.write_text(f"model: {payload}\n", encoding="utf-8")
     code, out, err = _cli("translate", "The dog.", "--run", str(run))
@@ -314,42 +297,42 @@ def test_yaml_tags_in_a_run_config_or_override_run_nothing(tiny_run: Path,
     "caf\udce9 The dog.",                            # an undecodable byte in argv
     "\u200b\ufeff\ufffd",                            # zero-width and replacement chars
 ])
-def test_odd_input_gives_one_translated_line(text: str, tiny_run: Path) -> None:
-    code, out, err = _cli("translate", text, "--run", str(tiny_run))
+def test_odd_input_gives_one_translated_line(text: str, trained_run: Path) -> None:
+    code, out, err = _cli("translate", text, "--run", str(trained_run))
     assert code == 0, err
     assert "Traceback" not in err
     assert out.endswith("\n") and out.count("\n") == 1
 
 
-def test_only_control_characters_translate_to_an_empty_line(tiny_run: Path) -> None:
+def test_only_control_characters_translate_to_an_empty_line(trained_run: Path) -> None:
     """Control characters carry no words: they are not fed to the model as [UNK]s (which
     this model translates into words)."""
     text = "\x07\x1b\x00\x1f"
-    translator = Translator.from_run(tiny_run, device="cpu")
+    translator = Translator.from_run(trained_run, device="cpu")
     raw_ids = translator.src_tok.encode(text)  # what the model would get, uncleaned
     assert raw_ids and set(raw_ids) == {UNK_ID}
     beam = translator.cfg.decoding.beam_size
     unk_output = translate_ids(translator.model, [raw_ids], translator.device, beam_size=beam)
     assert translator.tgt_tok.decode(unk_output[0]).strip()
-    code, out, err = _cli("translate", text, "--run", str(tiny_run))
+    code, out, err = _cli("translate", text, "--run", str(trained_run))
     assert code == 0, err
     assert out == "\n"
 
 
 @pytest.mark.parametrize("text", ["", " ", "\t \t"])
-def test_empty_sentence_is_a_one_line_error(text: str, tiny_run: Path) -> None:
-    code, out, err = _cli("translate", text, "--run", str(tiny_run))
+def test_empty_sentence_is_a_one_line_error(text: str, trained_run: Path) -> None:
+    code, out, err = _cli("translate", text, "--run", str(trained_run))
     _assert_one_line_error(code, out, err, "empty")
 
 
-def test_stdin_of_blank_lines_gives_blank_lines(tiny_run: Path) -> None:
-    code, out, err = _cli("translate", "--run", str(tiny_run), input="\n \n\t\n")
+def test_stdin_of_blank_lines_gives_blank_lines(trained_run: Path) -> None:
+    code, out, err = _cli("translate", "--run", str(trained_run), input="\n \n\t\n")
     assert code == 0, err
     assert out == "\n\n\n"
 
 
-def test_invalid_utf8_on_real_stdin(tiny_run: Path) -> None:
-    proc = _subprocess("-m", "translator", "translate", "--run", str(tiny_run),
+def test_invalid_utf8_on_real_stdin(trained_run: Path) -> None:
+    proc = _subprocess("-m", "translator", "translate", "--run", str(trained_run),
                        stdin=b"The dog sees the cat.\nThe cat \xff\xfe sleeps.\n")
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
@@ -357,7 +340,7 @@ def test_invalid_utf8_on_real_stdin(tiny_run: Path) -> None:
     assert "UTF-8" in err and "line 2" in err
 
 
-def test_ten_thousand_word_line_is_cut_with_a_warning(tiny_run: Path,
+def test_ten_thousand_word_line_is_cut_with_a_warning(trained_run: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A 10,000-word line (no sentence end to split at) is cut to data.max_len tokens with a
     warning on stderr, and translated in seconds: no out-of-memory, no endless decoding. The
@@ -365,7 +348,7 @@ def test_ten_thousand_word_line_is_cut_with_a_warning(tiny_run: Path,
     words = ["the", "big", "dog", "sees", "the", "small", "cat", "and"] * 1250
     line = " ".join(words)
     assert len(words) == 10_000
-    translator = Translator.from_run(tiny_run, device="cpu")
+    translator = Translator.from_run(trained_run, device="cpu")
     assert translator.src_tok.encode(line)[:38] == translator.src_tok.encode(" ".join(words[:38]))
     expected = translator.translate([" ".join(words[:38])])[0]
     widths: list[int] = []
@@ -379,7 +362,7 @@ def test_ten_thousand_word_line_is_cut_with_a_warning(tiny_run: Path,
     assert translator.translate([line])[0] == expected
     assert widths and max(widths) == 40  # the model never sees more than data.max_len
     start = time.monotonic()
-    proc = _subprocess("-m", "translator", "translate", "--run", str(tiny_run),
+    proc = _subprocess("-m", "translator", "translate", "--run", str(trained_run),
                        stdin=(line + "\n").encode(), timeout=60)
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
@@ -393,8 +376,8 @@ def test_ten_thousand_word_line_is_cut_with_a_warning(tiny_run: Path,
     ["--beam", "0"], ["--beam", "-3"], ["--beam", "two"], ["--length-penalty", "nan"],
     ["--length-penalty", "-1"], ["--max-len-a", "inf"], ["--max-len-b", "-1"],
     ["--batch-size", "0"], ["--n-best", "0"]])
-def test_bad_decoding_options_are_refused(option: list[str], tiny_run: Path) -> None:
-    code, out, err = _cli("translate", "The dog.", "--run", str(tiny_run), *option)
+def test_bad_decoding_options_are_refused(option: list[str], trained_run: Path) -> None:
+    code, out, err = _cli("translate", "The dog.", "--run", str(trained_run), *option)
     assert code == 2, (out, err)
     assert out == "" and "Traceback" not in err
     assert option[0] in err or option[0].lstrip("-").replace("-", "_") in err
@@ -404,24 +387,24 @@ def test_bad_decoding_options_are_refused(option: list[str], tiny_run: Path) -> 
                                       {"length_penalty": math.nan},
                                       {"max_len_a": math.inf}, {"max_len_b": -1}])
 def test_library_refuses_bad_decoding_settings(settings: dict[str, Any],
-                                               tiny_run: Path) -> None:
+                                               trained_run: Path) -> None:
     """The check behind the CLI's option ranges, for library callers."""
-    translator = Translator.from_run(tiny_run, device="cpu")
+    translator = Translator.from_run(trained_run, device="cpu")
     with pytest.raises(ConfigError, match=next(iter(settings))):
         translator.translate(["The dog."], **settings)
 
 
-def test_debug_shows_the_traceback(tiny_run: Path) -> None:
-    res = CliRunner().invoke(app, ["--debug", "translate", "The dog.", "--run", str(tiny_run),
-                                   "--checkpoint", str(tiny_run / "nope.pt")])
+def test_debug_shows_the_traceback(trained_run: Path) -> None:
+    res = CliRunner().invoke(app, ["--debug", "translate", "The dog.", "--run", str(trained_run),
+                                   "--checkpoint", str(trained_run / "nope.pt")])
     assert res.exit_code != 0
     assert isinstance(res.exception, TranslatorError)
-    res = CliRunner().invoke(app, ["translate", "The dog.", "--run", str(tiny_run),
-                                   "--checkpoint", str(tiny_run / "nope.pt")])
+    res = CliRunner().invoke(app, ["translate", "The dog.", "--run", str(trained_run),
+                                   "--checkpoint", str(trained_run / "nope.pt")])
     assert res.exit_code == 2 and not isinstance(res.exception, TranslatorError)
 
 
-def test_unreadable_input_file_is_one_line(tiny_run: Path, tmp_path: Path,
+def test_unreadable_input_file_is_one_line(trained_run: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "in.txt"
     src.write_text("The dog.\n", encoding="utf-8")
@@ -433,7 +416,7 @@ def test_unreadable_input_file_is_one_line(tiny_run: Path, tmp_path: Path,
         return real(self)
 
     monkeypatch.setattr(Path, "read_bytes", denied)
-    code, out, err = _cli("translate", "--input", str(src), "--run", str(tiny_run))
+    code, out, err = _cli("translate", "--input", str(src), "--run", str(trained_run))
     _assert_one_line_error(code, out, err, str(src), "Permission denied")
 
 
@@ -505,9 +488,9 @@ def test_unreadable_config_is_a_config_error(tmp_path: Path,
         load_config(path)
 
 
-def test_folder_of_another_run_is_refused_unless_resume_or_overwrite(tiny_run: Path,
+def test_folder_of_another_run_is_refused_unless_resume_or_overwrite(trained_run: Path,
                                                                      tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = _copy_run(trained_run, tmp_path / "run")
     layout = RunLayout(run)
     before = {p.name: p.read_bytes() for p in layout.checkpoints.iterdir()}
     saved_config = layout.config.read_text(encoding="utf-8")
