@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -517,34 +518,35 @@ def test_folder_of_another_run_is_refused_unless_resume_or_overwrite(trained_run
 # ============================================================ 4. faults during training
 
 
-def test_isolated_non_finite_steps_are_skipped_and_counted(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch,
-                                                           caplog: pytest.LogCaptureFixture
-                                                           ) -> None:
-    """Every other training step has a NaN loss: each is skipped and logged, the count of bad
-    steps in a row restarts after a good one, so max_bad_steps=2 never stops the run, and the
-    weights stay finite."""
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Training forwards 2, 4 and 6 have a NaN loss, then every one from 8 on: each is skipped
+    and logged, the count of bad steps in a row restarts after a good one (the isolated ones
+    never stop the run), and max_bad_steps=3 in a row stop it with an error naming the last
+    good checkpoint, which is whole and finite."""
     original = Transformer.forward
     calls = {"n": 0}
 
-    def every_other_nan(self: Transformer, *args: Any, **kwargs: Any) -> Any:
+    def nan_steps(self: Transformer, *args: Any, **kwargs: Any) -> Any:
         out = original(self, *args, **kwargs)
         if self.training:
             calls["n"] += 1
-            if calls["n"] % 2 == 0:
+            if calls["n"] in (2, 4, 6) or calls["n"] >= 8:
                 return out * float("nan")
         return out
 
-    monkeypatch.setattr(Transformer, "forward", every_other_nan)
+    monkeypatch.setattr(Transformer, "forward", nan_steps)
     caplog.set_level(logging.WARNING, logger="translator")
-    cfg = config_from_dict(tiny_raw(tmp_path / "r", epochs=20, max_steps=4, max_bad_steps=2),
+    cfg = config_from_dict(tiny_raw(tmp_path / "r", epochs=50, save_every=2, max_bad_steps=3),
                            name="tiny")
-    result = train(cfg, quiet=True)
-    assert result.state.step == 4 and calls["n"] == 7
+    with pytest.raises(TranslatorError, match="3 steps in a row had a non-finite") as err:
+        train(cfg, quiet=True)
+    assert "latest.pt" in str(err.value) and calls["n"] == 10
     skipped = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
-    assert len(skipped) == 3 and all("(1 in a row)" in m for m in skipped)
+    in_a_row = [re.search(r"\((\d+) in a row\)", m)[1] for m in skipped]  # type: ignore[index]
+    assert in_a_row == ["1", "1", "1", "1", "2", "3"], skipped
     ckpt = load_checkpoint(RunLayout(tmp_path / "r").latest)
-    assert ckpt["step"] == 4
+    assert ckpt["step"] == 4  # the good steps: forwards 1, 3, 5 and 7
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
@@ -556,11 +558,9 @@ KILL_MID_WRITE = textwrap.dedent("""
 
     folder, moment = Path(sys.argv[1]), sys.argv[2]
     layout = ck.RunLayout(folder)
-    def ckpt(step):
-        return {"format_version": ck.FORMAT_VERSION, "step": step,
-                "model": {"w": torch.full((256, 256), float(step))}}
-    ck.atomic_save(ckpt(1), layout.numbered(1, 1))
-    ck.atomic_link(layout.numbered(1, 1), layout.latest)
+    ckpt = ck.load_checkpoint(layout.latest)  # the run's next checkpoint, one step on
+    ckpt["step"] += 1
+    ckpt["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
@@ -573,9 +573,10 @@ KILL_MID_WRITE = textwrap.dedent("""
             f.flush()
             die()
         torch.save = half_save
-        ck.atomic_save(ckpt(2), layout.latest)
+        ck.atomic_save(ckpt, layout.latest)
     elif moment == "copy":      # killed half way through copying a checkpoint to latest.pt
-        ck.atomic_save(ckpt(2), layout.numbered(1, 2))
+        numbered = layout.numbered(ckpt["epoch"], ckpt["step"])
+        ck.atomic_save(ckpt, numbered)
         def no_link(*args):
             raise OSError("no hard links here")
         def half_copy(src, dst):
@@ -584,36 +585,44 @@ KILL_MID_WRITE = textwrap.dedent("""
                 f.write(data[: len(data) // 2])
             die()
         os.link, shutil.copyfile = no_link, half_copy
-        ck.atomic_link(layout.numbered(1, 2), layout.latest)
+        ck.atomic_link(numbered, layout.latest)
     elif moment == "rename":    # killed just before the rename that publishes a write
         def replace(*args):
             die()
         os.replace = replace
-        ck.atomic_save(ckpt(2), layout.latest)
+        ck.atomic_save(ckpt, layout.latest)
     print("not killed")
 """)
 
 
 @pytest.mark.parametrize("moment", ["save", "copy", "rename"])
-def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_latest_whole(moment: str,
-                                                                        tmp_path: Path) -> None:
-    """The worst moments, on purpose: SIGKILL half way through writing or copying the new
-    checkpoint, or right before its rename. latest.pt is still the previous, whole file."""
+def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_latest_whole(
+        moment: str, trained_run: Path, tmp_path: Path) -> None:
+    """The worst moments of a kill -9, on purpose: SIGKILL half way through writing or copying
+    a run's next checkpoint, or right before its rename. latest.pt is still the previous,
+    whole checkpoint, every file with a checkpoint name loads, and --resume continues."""
+    run = _copy_run(trained_run, tmp_path / "run")
+    layout = RunLayout(run)
+    before = load_checkpoint(layout.latest)
     script = tmp_path / "kill.py"
     script.write_text(KILL_MID_WRITE, encoding="utf-8")
-    proc = _subprocess(str(script), str(tmp_path / "run"), moment)
+    proc = _subprocess(str(script), str(run), moment)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
-    layout = RunLayout(tmp_path / "run")
     ckpt = load_checkpoint(layout.latest)
-    assert ckpt["step"] == 1 and torch.equal(ckpt["model"]["w"], torch.ones(256, 256))
+    assert ckpt["step"] == before["step"]
+    for name, value in before["model"].items():
+        assert torch.equal(ckpt["model"][name], value), name
     for path in layout.numbered_checkpoints():
         load_checkpoint(path)
+    step = ckpt["step"]
+    cfg = config_from_dict(tiny_raw(run, epochs=2, max_steps=step + 2), name="tiny")
+    assert train(cfg, resume=True, quiet=True).state.step == step + 2
 
 
 def test_failed_checkpoint_write_stops_the_cli_cleanly(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Disk full at the second checkpoint: one line naming the checkpoint, exit 2, and the
-    first checkpoint is still latest.pt."""
+    """Disk full at the second checkpoint: training stops with one line naming the checkpoint,
+    exit 2, and the first checkpoint is still latest.pt."""
     import translator.train.book as book
 
     original: Callable[..., None] = book.atomic_save
@@ -630,7 +639,8 @@ def test_failed_checkpoint_write_stops_the_cli_cleanly(tmp_path: Path,
     config.write_text(yaml.safe_dump(tiny_raw(tmp_path / "run", save_every=1, max_steps=4)),
                       encoding="utf-8")
     code, out, err = _cli("train", "--config", str(config), "--quiet")
-    _assert_one_line_error(code, out, err, "No space left", "intact")
+    _assert_one_line_error(code, out, err, "could not write checkpoint", "No space left",
+                           "intact")
     assert load_checkpoint(RunLayout(tmp_path / "run").latest)["step"] == 1
 
 
@@ -648,8 +658,6 @@ def test_save_config_round_trips_through_the_safe_loader(tmp_path: Path) -> None
 def test_reliability_table_names_real_tests_and_all_of_these() -> None:
     """docs/reliability.md cites only tests that exist, and every test of this file and of
     test_fuzz.py appears in it."""
-    import re
-
     text = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
     cited = set(re.findall(r"`(tests/\w+\.py)::(\w+)`", text))
     assert cited
