@@ -362,12 +362,10 @@ def test_ten_thousand_word_line_is_cut_with_a_warning(trained_run: Path,
     monkeypatch.setattr(Transformer, "encode", spy)
     assert translator.translate([line])[0] == expected
     assert widths and max(widths) == 40  # the model never sees more than data.max_len
-    start = time.monotonic()
     proc = _subprocess("-m", "translator", "translate", "--run", str(trained_run),
-                       stdin=(line + "\n").encode(), timeout=60)
+                       stdin=(line + "\n").encode(), timeout=60)  # quickly: or TimeoutExpired
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
-    assert time.monotonic() - start < 60
     assert proc.stdout.decode() == expected + "\n"
     assert "10000 tokens is cut to its first 38" in err and "data.max_len" in err
     assert "Traceback" not in err
