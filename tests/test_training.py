@@ -174,9 +174,10 @@ def test_early_stopping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_average_command(tmp_path: Path) -> None:
-    train(tiny_config(tmp_path / "r", epochs=1, save_every=1, keep_last=3), quiet=True)
+    train(tiny_config(tmp_path / "r", max_steps=4, save_every=1, keep_last=3), quiet=True)
     layout = RunLayout(tmp_path / "r")
-    paths = layout.numbered_checkpoints()[-3:]
+    paths = layout.numbered_checkpoints()
+    assert len(paths) == 3  # 4 saved, the oldest pruned
     res = CliRunner().invoke(app, ["average", "--run", str(tmp_path / "r"), "--last", "3"])
     assert res.exit_code == 0, res.output
     avg = load_checkpoint(layout.checkpoints / "averaged.pt")
