@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import TINY_RUN, raw_config
 from translator.data.dataset import Batch, collate
 from translator.data.tokenizer import PAD_ID
 from translator.model.transformer import Transformer, build_transformer
@@ -74,6 +76,24 @@ def overfit() -> Overfit:
     finally:
         torch.set_num_threads(threads)
     return Overfit(model, batch, final, steps, OVERFIT_SRC, OVERFIT_TGT)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One really trained tiny run (tests.helpers.TINY_RUN: one short epoch on the built-in
+    corpus), shared by every test that only reads, translates or evaluates from a run folder.
+    Tests that change the folder work on a copy (shutil.copytree)."""
+    from translator.config import config_from_dict
+    from translator.train.loop import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "tiny"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(config_from_dict(raw_config(TINY_RUN, run_dir), name="tiny"), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

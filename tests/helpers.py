@@ -9,6 +9,16 @@ import yaml
 
 from translator.config import Config
 
+# The tiny config of the session's shared trained run (conftest `trained_run`): one short
+# epoch on the built-in corpus, enough for real (if poor) translations.
+TINY_RUN: dict[str, dict[str, Any]] = {
+    "data": {"source": "builtin", "builtin_size": 400, "max_len": 40},
+    "model": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "dropout": 0.0},
+    "training": {"epochs": 1, "max_tokens": 800, "lr": 0.003, "warmup_steps": 5,
+                 "log_every": 1, "valid_max_sentences": 5, "examples": 0, "threads": 1},
+    "decoding": {"beam_size": 2},
+}
+
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write a resolved config as YAML, `output.dir` included (a run folder's own config.yaml

@@ -229,14 +229,7 @@ def test_empty_config_file_is_an_error(text: str, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- library warnings
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("edges") / "tiny"
-    train_mod.train(config_from_dict(_raw(run_dir, examples=0), name="tiny"), quiet=True)
-    return run_dir
-
-
-def test_no_raw_library_warnings_unless_debug(tiny_run: Path, tmp_path: Path) -> None:
+def test_no_raw_library_warnings_unless_debug(trained_run: Path, tmp_path: Path) -> None:
     """A foreign pickle (plain `pickle.dumps`, protocol 4) makes torch warn ("Detected pickle
     protocol 4 ...") before it refuses the file: the user sees our one line only; --debug
     lets the warning through."""
@@ -244,7 +237,7 @@ def test_no_raw_library_warnings_unless_debug(tiny_run: Path, tmp_path: Path) ->
 
     foreign = tmp_path / "foreign.pt"
     foreign.write_bytes(pickle.dumps({"model": {}}, protocol=4))
-    args = ["translate", "The dog.", "--run", str(tiny_run), "--checkpoint", str(foreign)]
+    args = ["translate", "The dog.", "--run", str(trained_run), "--checkpoint", str(foreign)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         code, out, err, _ = _cli(*args)
@@ -260,14 +253,14 @@ def test_no_raw_library_warnings_unless_debug(tiny_run: Path, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
-def test_written_files_follow_the_umask(umask: int, mode: int, tiny_run: Path,
+def test_written_files_follow_the_umask(umask: int, mode: int, trained_run: Path,
                                         tmp_path: Path) -> None:
     before = os.umask(umask)
     try:
         ckpt = tmp_path / "c.pt"
         atomic_save({"format_version": 1, "model": {}}, ckpt)
         out = tmp_path / "out.txt"
-        code, _, err, _ = _cli("translate", "The dog.", "--run", str(tiny_run), "--output",
+        code, _, err, _ = _cli("translate", "The dog.", "--run", str(trained_run), "--output",
                                str(out))
         assert code == 0, err
     finally:
@@ -277,11 +270,11 @@ def test_written_files_follow_the_umask(umask: int, mode: int, tiny_run: Path,
     assert load_checkpoint(ckpt)["model"] == {}
 
 
-def test_training_checkpoints_follow_the_umask(tiny_run: Path) -> None:
-    # tiny_run was trained under pytest's umask, whatever it is.
+def test_training_checkpoints_follow_the_umask(trained_run: Path) -> None:
+    # trained_run was trained under pytest's umask, whatever it is.
     mask = os.umask(0o022)
     os.umask(mask)
-    for path in (tiny_run / "checkpoints").glob("*.pt"):
+    for path in (trained_run / "checkpoints").glob("*.pt"):
         assert (path.stat().st_mode & 0o777) == 0o666 & ~mask, path
 
 

@@ -4,6 +4,7 @@ evaluate, resume, and the CLI's error handling."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -32,21 +33,14 @@ def tiny_config(run_dir: Path, **training: object) -> Config:
     return config_from_dict(raw, name="tiny")
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    result = train(tiny_config(run_dir), quiet=True)
-    assert result.state.epoch == 2
-    return run_dir
-
-
 def test_run_folder_holds_everything(trained_run: Path) -> None:
+    """The session's tiny run (conftest: one epoch, validated at its end)."""
     layout = RunLayout(trained_run)
     assert layout.config.is_file()
     assert layout.tokenizer("en").is_file() and layout.tokenizer("de").is_file()
     assert layout.latest.is_file() and layout.best.is_file()
     ckpt = load_checkpoint(layout.latest)
-    assert ckpt["epoch"] == 2 and ckpt["step"] > 0
+    assert ckpt["epoch"] == 1 and ckpt["step"] > 0
     for key in ("model", "optimizer", "scheduler", "config", "rng", "vocab"):
         assert key in ckpt
     events = list(layout.tensorboard.glob("events.out.tfevents.*"))
@@ -77,18 +71,20 @@ def test_translate_library_and_cli(trained_run: Path) -> None:
     assert res.stdout.split("\n")[:2] == [out[0], ""]
 
 
-def test_evaluate_cli_json(trained_run: Path) -> None:
+def test_evaluate_cli_json(trained_run: Path, tmp_path: Path) -> None:
+    trained_run = shutil.copytree(trained_run, tmp_path / "run")  # evaluate writes eval/
     res = CliRunner().invoke(app, ["evaluate", "--run", str(trained_run), "--split", "test",
                                    "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert {"bleu", "chrf", "sentences"} <= set(report)
     assert report["sentences"] == 40
-    assert (trained_run / "eval" / "test.beam4.lp1.json").is_file()  # the run's defaults
+    assert (trained_run / "eval" / "test.beam2.lp1.json").is_file()  # the run's defaults
 
 
-def test_bf16_translation_matches_fp32(trained_run: Path) -> None:
+def test_bf16_translation_matches_fp32(trained_run: Path, tmp_path: Path) -> None:
     """`--dtype bf16` casts the weights, says so in the report, and translates about as well."""
+    trained_run = shutil.copytree(trained_run, tmp_path / "run")  # evaluate writes eval/
     runner = CliRunner()
     reports = {}
     for dtype in ("fp32", "bf16"):

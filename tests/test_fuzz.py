@@ -23,7 +23,6 @@ from translator.config import SECTIONS, Config, config_from_dict, load_config
 from translator.data.tokenizer import TextTokenizer, build_tokenizer
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError
-from translator.train.loop import train
 
 FUZZ = settings(max_examples=60, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -85,20 +84,11 @@ def test_tokenizer_decodes_any_ids(tok: TextTokenizer, data: st.DataObject) -> N
 
 
 @pytest.fixture(scope="module")
-def translator(tmp_path_factory: pytest.TempPathFactory) -> Translator:
-    """A tiny run, really trained for one short epoch on the built-in corpus."""
-    run_dir = tmp_path_factory.mktemp("fuzz") / "tiny"
-    cfg = config_from_dict({
-        "data": {"source": "builtin", "builtin_size": 400, "max_len": 40},
-        "model": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "dropout": 0.0},
-        "training": {"epochs": 1, "max_tokens": 800, "lr": 0.003, "warmup_steps": 5,
-                     "valid_max_sentences": 5, "examples": 0, "threads": 1},
-        "decoding": {"beam_size": 2},
-        "output": {"dir": str(run_dir)},
-    }, name="tiny")
-    train(cfg, quiet=True)
+def translator(trained_run: Path) -> Translator:
+    """The session's tiny run (conftest), really trained for one short epoch on the built-in
+    corpus."""
     torch.set_num_threads(1)
-    return Translator.from_run(run_dir, device="cpu")
+    return Translator.from_run(trained_run, device="cpu")
 
 
 @FUZZ

@@ -475,10 +475,9 @@ def test_model_runs_on_inputs_longer_than_its_tables() -> None:
 
 def test_tiny_model_memorises_fixed_pairs(overfit: Overfit) -> None:
     assert overfit.loss < 0.05, (overfit.loss, overfit.steps)
-    assert overfit.steps <= 400
+    assert overfit.steps < 400  # stopped by its training loss < 0.01, not by the step cap
     with torch.no_grad():
         logits = overfit.model(overfit.batch.src, overfit.batch.tgt_in, overfit.batch.src_mask)
     pred = logits.argmax(-1)
     real = overfit.batch.tgt_out != PAD_ID
     assert torch.equal(pred[real], overfit.batch.tgt_out[real])
-    assert len(overfit.src) == overfit.batch.src.size(0)

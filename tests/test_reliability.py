@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from tests.helpers import raw_config, save_config
+from tests.helpers import TINY_RUN, raw_config, save_config
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save, load_checkpoint
 from translator.cli import app
 from translator.config import ConfigError, config_from_dict, load_config
@@ -41,28 +42,11 @@ from translator.modeling import build_model
 from translator.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY: dict[str, dict[str, Any]] = {
-    "data": {"source": "builtin", "builtin_size": 400, "max_len": 40},
-    "model": {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "dropout": 0.0},
-    "training": {"epochs": 1, "max_tokens": 800, "lr": 0.003, "warmup_steps": 5,
-                 "log_every": 1, "valid_max_sentences": 5, "examples": 0, "threads": 1},
-    "decoding": {"beam_size": 2},
-}
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_raw(run_dir: Path, **training: Any) -> dict[str, Any]:
-    return raw_config(TINY, run_dir, **training)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A really trained (one short epoch) tiny run on the built-in corpus; tests that damage
-    it work on a copy."""
-    run_dir = tmp_path_factory.mktemp("reliability") / "tiny"
-    train(config_from_dict(tiny_raw(run_dir), name="tiny"), quiet=True)
-    return run_dir
+    return raw_config(TINY_RUN, run_dir, **training)
 
 
 def _copy_run(run: Path, dest: Path) -> Path:
@@ -129,10 +113,10 @@ def test_every_load_in_the_package_is_safe() -> None:
     assert issubclass(_YamlLoader, yaml.SafeLoader)
 
 
-def test_checkpoints_are_mapped_to_the_chosen_device(tiny_run: Path,
+def test_checkpoints_are_mapped_to_the_chosen_device(trained_run: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A checkpoint written on a GPU opens on a CPU-only machine: loads pass map_location."""
-    meta = load_checkpoint(RunLayout(tiny_run).latest, map_location="meta")
+    meta = load_checkpoint(RunLayout(trained_run).latest, map_location="meta")
     assert all(t.device.type == "meta" for t in meta["model"].values())
     seen: list[dict[str, Any]] = []
     real_load = torch.load
@@ -142,7 +126,7 @@ def test_checkpoints_are_mapped_to_the_chosen_device(tiny_run: Path,
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    Translator.from_run(tiny_run, device="cpu")
+    Translator.from_run(trained_run, device="cpu")
     assert seen and all(k.get("weights_only") is True and k.get("map_location") ==
                         torch.device("cpu") for k in seen)
 
@@ -166,9 +150,9 @@ def _with_pickle(good: Path, out: Path, pickle_bytes: bytes) -> None:
                           else data)
 
 
-def _other_vocab_checkpoint(tiny_run: Path, path: Path) -> tuple[int, int]:
+def _other_vocab_checkpoint(trained_run: Path, path: Path) -> tuple[int, int]:
     """A checkpoint of another run: same model shape, vocabularies from other text."""
-    cfg = load_config(RunLayout(tiny_run).config)
+    cfg = load_config(RunLayout(trained_run).config)
     src = build_tokenizer(["Hello there, world.", "A cat."], cfg.tokenizer)
     tgt = build_tokenizer(["Hallo Welt.", "Eine Katze."], cfg.tokenizer)
     model = build_model(cfg, src.vocab_size, tgt.vocab_size)
@@ -178,10 +162,10 @@ def _other_vocab_checkpoint(tiny_run: Path, path: Path) -> tuple[int, int]:
     return src.vocab_size, tgt.vocab_size
 
 
-def _make(kind: str, tiny_run: Path, path: Path, marker: Path,
+def _make(kind: str, trained_run: Path, path: Path, marker: Path,
           monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Write a bad checkpoint of `kind` at `path`; returns what the error line must say."""
-    latest = RunLayout(tiny_run).latest
+    latest = RunLayout(trained_run).latest
     if kind == "missing":
         return ["not found"]
     if kind == "truncated":
@@ -210,7 +194,7 @@ def _make(kind: str, tiny_run: Path, path: Path, marker: Path,
         torch.save(ckpt, path)
         return ["refusing", "could run code"]
     if kind == "other_vocabulary":
-        src, tgt = _other_vocab_checkpoint(tiny_run, path)
+        src, tgt = _other_vocab_checkpoint(trained_run, path)
         return ["vocabular", f"{src}/{tgt}"]
     if kind == "unreadable":  # tests run as root here, where chmod 000 stops nothing
         shutil.copyfile(latest, path)
@@ -229,25 +213,25 @@ def _make(kind: str, tiny_run: Path, path: Path, marker: Path,
 @pytest.mark.parametrize("kind", [
     "missing", "truncated", "garbage", "damaged_pickle_memo", "damaged_pickle_stack",
     "future_version", "not_a_checkpoint", "crafted_pickle", "other_vocabulary", "unreadable"])
-def test_bad_checkpoint_is_one_line_naming_the_file(kind: str, tiny_run: Path, tmp_path: Path,
+def test_bad_checkpoint_is_one_line_naming_the_file(kind: str, trained_run: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / f"{kind}.pt"
     marker = tmp_path / "marker"
-    needles = _make(kind, tiny_run, path, marker, monkeypatch)
-    code, out, err = _cli("translate", "The dog sees the cat.", "--run", str(tiny_run),
+    needles = _make(kind, trained_run, path, marker, monkeypatch)
+    code, out, err = _cli("translate", "The dog sees the cat.", "--run", str(trained_run),
                           "--checkpoint", str(path))
     _assert_one_line_error(code, out, err, str(path), *needles)
     assert not marker.exists()
 
 
-def test_crafted_checkpoint_would_run_code_but_runs_none(tiny_run: Path, tmp_path: Path) -> None:
+def test_crafted_checkpoint_would_run_code_but_runs_none(trained_run: Path, tmp_path: Path) -> None:
     """The crafted payload is live (plain pickle runs it), yet neither translate nor evaluate
     nor --resume runs it."""
     live = tmp_path / "live_marker"
     pickle.loads(pickle.dumps(_Evil(live))).close()
     assert live.exists()
 
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = _copy_run(trained_run, tmp_path / "run")
     layout = RunLayout(run)
     marker = tmp_path / "marker"
     ckpt = load_checkpoint(layout.latest)
@@ -267,9 +251,9 @@ def test_crafted_checkpoint_would_run_code_but_runs_none(tiny_run: Path, tmp_pat
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "no_special_tokens"])
-def test_damaged_tokenizer_is_one_line_naming_the_file(damage: str, tiny_run: Path,
+def test_damaged_tokenizer_is_one_line_naming_the_file(damage: str, trained_run: Path,
                                                        tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = _copy_run(trained_run, tmp_path / "run")
     path = RunLayout(run).tokenizer("en")
     if damage == "garbage":
         path.write_bytes(b"\x00\xff{ not json")
@@ -283,11 +267,11 @@ def test_damaged_tokenizer_is_one_line_naming_the_file(damage: str, tiny_run: Pa
     _assert_one_line_error(code, out, err, str(path))
 
 
-def test_yaml_tags_in_a_run_config_or_override_run_nothing(tiny_run: Path,
+def test_yaml_tags_in_a_run_config_or_override_run_nothing(trained_run: Path,
                                                           tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     payload = f'!!python/object/apply:os.system ["touch {marker}"]'
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = _copy_run(trained_run, tmp_path / "run")
     good_config = RunLayout(run).config.read_text(encoding="utf-8")
     RunLayout(run).config.write_text(f"model: {payload}\n", encoding="utf-8")
     code, out, err = _cli("translate", "The dog.", "--run", str(run))
@@ -314,42 +298,42 @@ def test_yaml_tags_in_a_run_config_or_override_run_nothing(tiny_run: Path,
     "caf\udce9 The dog.",                            # an undecodable byte in argv
     "\u200b\ufeff\ufffd",                            # zero-width and replacement chars
 ])
-def test_odd_input_gives_one_translated_line(text: str, tiny_run: Path) -> None:
-    code, out, err = _cli("translate", text, "--run", str(tiny_run))
+def test_odd_input_gives_one_translated_line(text: str, trained_run: Path) -> None:
+    code, out, err = _cli("translate", text, "--run", str(trained_run))
     assert code == 0, err
     assert "Traceback" not in err
     assert out.endswith("\n") and out.count("\n") == 1
 
 
-def test_only_control_characters_translate_to_an_empty_line(tiny_run: Path) -> None:
+def test_only_control_characters_translate_to_an_empty_line(trained_run: Path) -> None:
     """Control characters carry no words: they are not fed to the model as [UNK]s (which
     this model translates into words)."""
     text = "\x07\x1b\x00\x1f"
-    translator = Translator.from_run(tiny_run, device="cpu")
+    translator = Translator.from_run(trained_run, device="cpu")
     raw_ids = translator.src_tok.encode(text)  # what the model would get, uncleaned
     assert raw_ids and set(raw_ids) == {UNK_ID}
     beam = translator.cfg.decoding.beam_size
     unk_output = translate_ids(translator.model, [raw_ids], translator.device, beam_size=beam)
     assert translator.tgt_tok.decode(unk_output[0]).strip()
-    code, out, err = _cli("translate", text, "--run", str(tiny_run))
+    code, out, err = _cli("translate", text, "--run", str(trained_run))
     assert code == 0, err
     assert out == "\n"
 
 
 @pytest.mark.parametrize("text", ["", " ", "\t \t"])
-def test_empty_sentence_is_a_one_line_error(text: str, tiny_run: Path) -> None:
-    code, out, err = _cli("translate", text, "--run", str(tiny_run))
+def test_empty_sentence_is_a_one_line_error(text: str, trained_run: Path) -> None:
+    code, out, err = _cli("translate", text, "--run", str(trained_run))
     _assert_one_line_error(code, out, err, "empty")
 
 
-def test_stdin_of_blank_lines_gives_blank_lines(tiny_run: Path) -> None:
-    code, out, err = _cli("translate", "--run", str(tiny_run), input="\n \n\t\n")
+def test_stdin_of_blank_lines_gives_blank_lines(trained_run: Path) -> None:
+    code, out, err = _cli("translate", "--run", str(trained_run), input="\n \n\t\n")
     assert code == 0, err
     assert out == "\n\n\n"
 
 
-def test_invalid_utf8_on_real_stdin(tiny_run: Path) -> None:
-    proc = _subprocess("-m", "translator", "translate", "--run", str(tiny_run),
+def test_invalid_utf8_on_real_stdin(trained_run: Path) -> None:
+    proc = _subprocess("-m", "translator", "translate", "--run", str(trained_run),
                        stdin=b"The dog sees the cat.\nThe cat \xff\xfe sleeps.\n")
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
@@ -357,7 +341,7 @@ def test_invalid_utf8_on_real_stdin(tiny_run: Path) -> None:
     assert "UTF-8" in err and "line 2" in err
 
 
-def test_ten_thousand_word_line_is_cut_with_a_warning(tiny_run: Path,
+def test_ten_thousand_word_line_is_cut_with_a_warning(trained_run: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A 10,000-word line (no sentence end to split at) is cut to data.max_len tokens with a
     warning on stderr, and translated in seconds: no out-of-memory, no endless decoding. The
@@ -365,7 +349,7 @@ def test_ten_thousand_word_line_is_cut_with_a_warning(tiny_run: Path,
     words = ["the", "big", "dog", "sees", "the", "small", "cat", "and"] * 1250
     line = " ".join(words)
     assert len(words) == 10_000
-    translator = Translator.from_run(tiny_run, device="cpu")
+    translator = Translator.from_run(trained_run, device="cpu")
     assert translator.src_tok.encode(line)[:38] == translator.src_tok.encode(" ".join(words[:38]))
     expected = translator.translate([" ".join(words[:38])])[0]
     widths: list[int] = []
@@ -378,12 +362,10 @@ def test_ten_thousand_word_line_is_cut_with_a_warning(tiny_run: Path,
     monkeypatch.setattr(Transformer, "encode", spy)
     assert translator.translate([line])[0] == expected
     assert widths and max(widths) == 40  # the model never sees more than data.max_len
-    start = time.monotonic()
-    proc = _subprocess("-m", "translator", "translate", "--run", str(tiny_run),
-                       stdin=(line + "\n").encode(), timeout=60)
+    proc = _subprocess("-m", "translator", "translate", "--run", str(trained_run),
+                       stdin=(line + "\n").encode(), timeout=60)  # quickly: or TimeoutExpired
     err = proc.stderr.decode()
     assert proc.returncode == 0, err
-    assert time.monotonic() - start < 60
     assert proc.stdout.decode() == expected + "\n"
     assert "10000 tokens is cut to its first 38" in err and "data.max_len" in err
     assert "Traceback" not in err
@@ -393,8 +375,8 @@ def test_ten_thousand_word_line_is_cut_with_a_warning(tiny_run: Path,
     ["--beam", "0"], ["--beam", "-3"], ["--beam", "two"], ["--length-penalty", "nan"],
     ["--length-penalty", "-1"], ["--max-len-a", "inf"], ["--max-len-b", "-1"],
     ["--batch-size", "0"], ["--n-best", "0"]])
-def test_bad_decoding_options_are_refused(option: list[str], tiny_run: Path) -> None:
-    code, out, err = _cli("translate", "The dog.", "--run", str(tiny_run), *option)
+def test_bad_decoding_options_are_refused(option: list[str], trained_run: Path) -> None:
+    code, out, err = _cli("translate", "The dog.", "--run", str(trained_run), *option)
     assert code == 2, (out, err)
     assert out == "" and "Traceback" not in err
     assert option[0] in err or option[0].lstrip("-").replace("-", "_") in err
@@ -404,24 +386,24 @@ def test_bad_decoding_options_are_refused(option: list[str], tiny_run: Path) -> 
                                       {"length_penalty": math.nan},
                                       {"max_len_a": math.inf}, {"max_len_b": -1}])
 def test_library_refuses_bad_decoding_settings(settings: dict[str, Any],
-                                               tiny_run: Path) -> None:
+                                               trained_run: Path) -> None:
     """The check behind the CLI's option ranges, for library callers."""
-    translator = Translator.from_run(tiny_run, device="cpu")
+    translator = Translator.from_run(trained_run, device="cpu")
     with pytest.raises(ConfigError, match=next(iter(settings))):
         translator.translate(["The dog."], **settings)
 
 
-def test_debug_shows_the_traceback(tiny_run: Path) -> None:
-    res = CliRunner().invoke(app, ["--debug", "translate", "The dog.", "--run", str(tiny_run),
-                                   "--checkpoint", str(tiny_run / "nope.pt")])
+def test_debug_shows_the_traceback(trained_run: Path) -> None:
+    res = CliRunner().invoke(app, ["--debug", "translate", "The dog.", "--run", str(trained_run),
+                                   "--checkpoint", str(trained_run / "nope.pt")])
     assert res.exit_code != 0
     assert isinstance(res.exception, TranslatorError)
-    res = CliRunner().invoke(app, ["translate", "The dog.", "--run", str(tiny_run),
-                                   "--checkpoint", str(tiny_run / "nope.pt")])
+    res = CliRunner().invoke(app, ["translate", "The dog.", "--run", str(trained_run),
+                                   "--checkpoint", str(trained_run / "nope.pt")])
     assert res.exit_code == 2 and not isinstance(res.exception, TranslatorError)
 
 
-def test_unreadable_input_file_is_one_line(tiny_run: Path, tmp_path: Path,
+def test_unreadable_input_file_is_one_line(trained_run: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "in.txt"
     src.write_text("The dog.\n", encoding="utf-8")
@@ -433,7 +415,7 @@ def test_unreadable_input_file_is_one_line(tiny_run: Path, tmp_path: Path,
         return real(self)
 
     monkeypatch.setattr(Path, "read_bytes", denied)
-    code, out, err = _cli("translate", "--input", str(src), "--run", str(tiny_run))
+    code, out, err = _cli("translate", "--input", str(src), "--run", str(trained_run))
     _assert_one_line_error(code, out, err, str(src), "Permission denied")
 
 
@@ -505,9 +487,9 @@ def test_unreadable_config_is_a_config_error(tmp_path: Path,
         load_config(path)
 
 
-def test_folder_of_another_run_is_refused_unless_resume_or_overwrite(tiny_run: Path,
+def test_folder_of_another_run_is_refused_unless_resume_or_overwrite(trained_run: Path,
                                                                      tmp_path: Path) -> None:
-    run = _copy_run(tiny_run, tmp_path / "run")
+    run = _copy_run(trained_run, tmp_path / "run")
     layout = RunLayout(run)
     before = {p.name: p.read_bytes() for p in layout.checkpoints.iterdir()}
     saved_config = layout.config.read_text(encoding="utf-8")
@@ -534,34 +516,35 @@ def test_folder_of_another_run_is_refused_unless_resume_or_overwrite(tiny_run: P
 # ============================================================ 4. faults during training
 
 
-def test_isolated_non_finite_steps_are_skipped_and_counted(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch,
-                                                           caplog: pytest.LogCaptureFixture
-                                                           ) -> None:
-    """Every other training step has a NaN loss: each is skipped and logged, the count of bad
-    steps in a row restarts after a good one, so max_bad_steps=2 never stops the run, and the
-    weights stay finite."""
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Training forwards 2, 4 and 6 have a NaN loss, then every one from 8 on: each is skipped
+    and logged, the count of bad steps in a row restarts after a good one (the isolated ones
+    never stop the run), and max_bad_steps=3 in a row stop it with an error naming the last
+    good checkpoint, which is whole and finite."""
     original = Transformer.forward
     calls = {"n": 0}
 
-    def every_other_nan(self: Transformer, *args: Any, **kwargs: Any) -> Any:
+    def nan_steps(self: Transformer, *args: Any, **kwargs: Any) -> Any:
         out = original(self, *args, **kwargs)
         if self.training:
             calls["n"] += 1
-            if calls["n"] % 2 == 0:
+            if calls["n"] in (2, 4, 6) or calls["n"] >= 8:
                 return out * float("nan")
         return out
 
-    monkeypatch.setattr(Transformer, "forward", every_other_nan)
+    monkeypatch.setattr(Transformer, "forward", nan_steps)
     caplog.set_level(logging.WARNING, logger="translator")
-    cfg = config_from_dict(tiny_raw(tmp_path / "r", epochs=20, max_steps=4, max_bad_steps=2),
+    cfg = config_from_dict(tiny_raw(tmp_path / "r", epochs=50, save_every=2, max_bad_steps=3),
                            name="tiny")
-    result = train(cfg, quiet=True)
-    assert result.state.step == 4 and calls["n"] == 7
+    with pytest.raises(TranslatorError, match="3 steps in a row had a non-finite") as err:
+        train(cfg, quiet=True)
+    assert "latest.pt" in str(err.value) and calls["n"] == 10
     skipped = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
-    assert len(skipped) == 3 and all("(1 in a row)" in m for m in skipped)
+    in_a_row = [re.search(r"\((\d+) in a row\)", m)[1] for m in skipped]  # type: ignore[index]
+    assert in_a_row == ["1", "1", "1", "1", "2", "3"], skipped
     ckpt = load_checkpoint(RunLayout(tmp_path / "r").latest)
-    assert ckpt["step"] == 4
+    assert ckpt["step"] == 4  # the good steps: forwards 1, 3, 5 and 7
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
@@ -573,11 +556,9 @@ KILL_MID_WRITE = textwrap.dedent("""
 
     folder, moment = Path(sys.argv[1]), sys.argv[2]
     layout = ck.RunLayout(folder)
-    def ckpt(step):
-        return {"format_version": ck.FORMAT_VERSION, "step": step,
-                "model": {"w": torch.full((256, 256), float(step))}}
-    ck.atomic_save(ckpt(1), layout.numbered(1, 1))
-    ck.atomic_link(layout.numbered(1, 1), layout.latest)
+    ckpt = ck.load_checkpoint(layout.latest)  # the run's next checkpoint, one step on
+    ckpt["step"] += 1
+    ckpt["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
@@ -590,9 +571,10 @@ KILL_MID_WRITE = textwrap.dedent("""
             f.flush()
             die()
         torch.save = half_save
-        ck.atomic_save(ckpt(2), layout.latest)
+        ck.atomic_save(ckpt, layout.latest)
     elif moment == "copy":      # killed half way through copying a checkpoint to latest.pt
-        ck.atomic_save(ckpt(2), layout.numbered(1, 2))
+        numbered = layout.numbered(ckpt["epoch"], ckpt["step"])
+        ck.atomic_save(ckpt, numbered)
         def no_link(*args):
             raise OSError("no hard links here")
         def half_copy(src, dst):
@@ -601,36 +583,44 @@ KILL_MID_WRITE = textwrap.dedent("""
                 f.write(data[: len(data) // 2])
             die()
         os.link, shutil.copyfile = no_link, half_copy
-        ck.atomic_link(layout.numbered(1, 2), layout.latest)
+        ck.atomic_link(numbered, layout.latest)
     elif moment == "rename":    # killed just before the rename that publishes a write
         def replace(*args):
             die()
         os.replace = replace
-        ck.atomic_save(ckpt(2), layout.latest)
+        ck.atomic_save(ckpt, layout.latest)
     print("not killed")
 """)
 
 
 @pytest.mark.parametrize("moment", ["save", "copy", "rename"])
-def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_latest_whole(moment: str,
-                                                                        tmp_path: Path) -> None:
-    """The worst moments, on purpose: SIGKILL half way through writing or copying the new
-    checkpoint, or right before its rename. latest.pt is still the previous, whole file."""
+def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_latest_whole(
+        moment: str, trained_run: Path, tmp_path: Path) -> None:
+    """The worst moments of a kill -9, on purpose: SIGKILL half way through writing or copying
+    a run's next checkpoint, or right before its rename. latest.pt is still the previous,
+    whole checkpoint, every file with a checkpoint name loads, and --resume continues."""
+    run = _copy_run(trained_run, tmp_path / "run")
+    layout = RunLayout(run)
+    before = load_checkpoint(layout.latest)
     script = tmp_path / "kill.py"
     script.write_text(KILL_MID_WRITE, encoding="utf-8")
-    proc = _subprocess(str(script), str(tmp_path / "run"), moment)
+    proc = _subprocess(str(script), str(run), moment)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
-    layout = RunLayout(tmp_path / "run")
     ckpt = load_checkpoint(layout.latest)
-    assert ckpt["step"] == 1 and torch.equal(ckpt["model"]["w"], torch.ones(256, 256))
+    assert ckpt["step"] == before["step"]
+    for name, value in before["model"].items():
+        assert torch.equal(ckpt["model"][name], value), name
     for path in layout.numbered_checkpoints():
         load_checkpoint(path)
+    step = ckpt["step"]
+    cfg = config_from_dict(tiny_raw(run, epochs=2, max_steps=step + 2), name="tiny")
+    assert train(cfg, resume=True, quiet=True).state.step == step + 2
 
 
 def test_failed_checkpoint_write_stops_the_cli_cleanly(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Disk full at the second checkpoint: one line naming the checkpoint, exit 2, and the
-    first checkpoint is still latest.pt."""
+    """Disk full at the second checkpoint: training stops with one line naming the checkpoint,
+    exit 2, and the first checkpoint is still latest.pt."""
     import translator.train.book as book
 
     original: Callable[..., None] = book.atomic_save
@@ -647,7 +637,8 @@ def test_failed_checkpoint_write_stops_the_cli_cleanly(tmp_path: Path,
     config.write_text(yaml.safe_dump(tiny_raw(tmp_path / "run", save_every=1, max_steps=4)),
                       encoding="utf-8")
     code, out, err = _cli("train", "--config", str(config), "--quiet")
-    _assert_one_line_error(code, out, err, "No space left", "intact")
+    _assert_one_line_error(code, out, err, "could not write checkpoint", "No space left",
+                           "intact")
     assert load_checkpoint(RunLayout(tmp_path / "run").latest)["step"] == 1
 
 
@@ -665,8 +656,6 @@ def test_save_config_round_trips_through_the_safe_loader(tmp_path: Path) -> None
 def test_reliability_table_names_real_tests_and_all_of_these() -> None:
     """docs/reliability.md cites only tests that exist, and every test of this file and of
     test_fuzz.py appears in it."""
-    import re
-
     text = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
     cited = set(re.findall(r"`(tests/\w+\.py)::(\w+)`", text))
     assert cited
