@@ -191,6 +191,14 @@ def load_tokenizers(cfg: Config, layout: RunLayout, train: Any, reuse: bool,
     return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
 
 
+def _warn_if_emulated(precision: str, device_type: str) -> None:
+    """bf16 on a CPU that only emulates it trains many times slower than fp32: say so."""
+    if precision == "bf16" and device_type == "cpu" and cpu_bf16_is_native() is False:
+        log.warning("training.precision=bf16 on a CPU without AMX or AVX512-BF16: torch "
+                    "emulates bf16 here, so training runs many times slower than in fp32; "
+                    "use --set training.precision=fp32")
+
+
 def make_precision(requested: str, device: torch.device) -> Precision:
     """Autocast dtype and gradient scaler from `training.precision` and the device."""
     p, dev = requested, device.type
@@ -205,10 +213,7 @@ def make_precision(requested: str, device: torch.device) -> Precision:
                               "fp32 here")
     if p == "bf16" and dev == "mps":
         raise TranslatorError("training.precision: bf16 autocast is not supported on MPS")
-    if p == "bf16" and dev == "cpu" and cpu_bf16_is_native() is False:
-        log.warning("training.precision=bf16 on a CPU without AMX or AVX512-BF16: torch "
-                    "emulates bf16 here, so training runs many times slower than in fp32; "
-                    "use --set training.precision=fp32")
+    _warn_if_emulated(p, dev)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p)
     autocast = (lambda: torch.autocast(dev, dtype=dtype)) if dtype else nullcontext
     return Precision(p, autocast, torch.amp.GradScaler("cuda", enabled=p == "fp16"))
