@@ -332,7 +332,7 @@ class DecodingConfig:
     """GNMT alpha: beam hypotheses rank by log-probability / ((5 + length) / 6) ** alpha; 0:
     raw log-probability (favours short outputs). 1 ranks by log-probability per token, so a
     hypothesis is not preferred for ending early; GNMT's 0.6 came out shorter and scored lower
-    on Multi30k (length ratio 0.91-0.92 against 0.92-0.94, docs/benchmarks.md)."""
+    on Multi30k (length ratio 0.91-0.93 against 0.92-0.95, docs/benchmarks.md)."""
     max_len_a: float = 1.5
     """Output cap a * source length + b tokens ([EOS] included; the source length counts its
     [SOS] and [EOS])."""
