@@ -277,3 +277,45 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path: Path) -> None:
         assert torch.equal(value, r0["state"][name]), name
     # Only rank 0 wrote: one TensorBoard event file.
     assert len(list(RunLayout(run_dir).tensorboard.glob("events.out.tfevents.*"))) == 1
+
+
+def test_planned_epochs_takes_the_tightest_budget() -> None:
+    from translator.config import TrainingConfig
+    from translator.train.book import planned_epochs
+
+    tc = TrainingConfig(epochs=30)
+    assert planned_epochs(tc, 1, 100, 60.0, 1.0) == 30
+    tc = TrainingConfig(epochs=30, max_steps=1000)
+    assert planned_epochs(tc, 1, 100, 60.0, 1.0) == pytest.approx(10)
+    # 60 minutes at 3 minutes an epoch, 3 of them used by the first: 1 + 57/3 = 20 epochs.
+    tc = TrainingConfig(epochs=100000, max_minutes=60)
+    assert planned_epochs(tc, 1, 245, 180.0, 3.0) == pytest.approx(20)
+    assert planned_epochs(TrainingConfig(epochs=100000, max_minutes=12), 1, 245, 180.0,
+                          3.0) == pytest.approx(4)
+
+
+def test_dropout_advice_follows_the_epoch_count() -> None:
+    from translator.train.book import dropout_advice
+
+    assert "model.dropout=0.3" in dropout_advice(20, 0.1)
+    assert "model.dropout=0.1" in dropout_advice(4, 0.3)
+    # Suited, or in the even middle: no hint.
+    for epochs, dropout in [(20, 0.3), (4, 0.1), (10, 0.1), (10, 0.3), (20, 0.2)]:
+        assert dropout_advice(epochs, dropout) == ""
+
+
+def test_training_logs_the_dropout_hint_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="translator")
+    raw = tiny_raw(tmp_path / "short", epochs=3)
+    raw["model"]["dropout"] = 0.3
+    from translator.config import config_from_dict
+
+    Trainer(config_from_dict(raw, name="tiny"), quiet=True).run()
+    hints = [r.getMessage() for r in caplog.records if "usually" in r.getMessage()]
+    assert len(hints) == 1 and "about 3 epochs" in hints[0] and "dropout=0.1" in hints[0]
+    caplog.clear()
+    Trainer(tiny_config(tmp_path / "suited", epochs=3), quiet=True).run()
+    assert not [r for r in caplog.records if "usually" in r.getMessage()]

@@ -32,6 +32,8 @@ from translator.train.book import (
     BestTracker,
     StopRules,
     TrainState,
+    dropout_advice,
+    planned_epochs,
     stop_signals,
 )
 from translator.train.distributed import Dist, init_distributed
@@ -108,6 +110,10 @@ class Trainer:
         self.last_valid: dict[str, Any] = {}
         self.tokens_seen = 0
         self.step_s = self.wait_s = 0.0
+        self.advised = False
+        # (optimizer steps, seconds) of the epoch in progress, when it started at its first
+        # batch: the pace `_advise` projects the budget with.
+        self.full_epoch: tuple[int, float] | None = None
 
     # -- validation and checkpoints ----------------------------------------------------------
 
@@ -178,6 +184,7 @@ class Trainer:
         padding = None if st.batch_in_epoch else (lambda: padding_fraction(
             self.train_data, [b for g in groups for b in g]))
         self.logger.epoch_start(st.epoch, len(groups), done, padding, st.step)
+        epoch_t0 = time.perf_counter()
         batches = StepBatches(self.train_data, groups, done,
                               pin=self.device.type == "cuda").prefetch()
         reason = ""
@@ -199,6 +206,7 @@ class Trainer:
         finally:
             batches.close()
             self.logger.epoch_end()
+        self.full_epoch = (len(groups), time.perf_counter() - epoch_t0) if not done else None
         return reason
 
     def _end_epoch(self, reason: str, rules: StopRules) -> str:
@@ -215,6 +223,7 @@ class Trainer:
             return reason
         if not reason:
             st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+            self._advise(rules)
         # With step-based validation, an epoch end only needs a checkpoint, except the last
         # one, which must also score the final model.
         if tc.valid_every and not reason and st.epoch < tc.epochs:
@@ -222,6 +231,19 @@ class Trainer:
         elif self._validate_and_save():
             return EARLY_STOPPING
         return reason
+
+    def _advise(self, rules: StopRules) -> None:
+        """After the first whole epoch of this call, say once whether the dropout suits the
+        number of epochs the budget allows (the rule in `translator.train.book`)."""
+        if self.advised or self.full_epoch is None or not self.dist.main:
+            return
+        self.advised = True
+        steps, seconds = self.full_epoch
+        epochs = planned_epochs(self.cfg.training, self.state.epoch, steps, seconds,
+                                rules.minutes_used())
+        hint = dropout_advice(epochs, self.cfg.model.dropout)
+        if hint:
+            log.info(hint)
 
     def _announce(self, n_params: int) -> None:
         if self.dist.main:
