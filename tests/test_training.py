@@ -192,6 +192,32 @@ def test_average_command(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "fewer than" in res.output
 
 
+def test_quality_suite_picks_among_best_and_each_average(tmp_path: Path) -> None:
+    """The quality benchmark scores best.pt and one average per K it can make, on
+    validation, and keeps the winner on disk for `translator evaluate`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from bench.quality import _pick_checkpoint
+
+    from translator.decode.translator import Translator
+    from translator.evaluate import evaluate_pairs
+
+    run = tmp_path / "r"
+    train(tiny_config(run, max_steps=6, save_every=1, keep_last=5), quiet=True)
+    valid = [("The dog sees the cat.", "Der Hund sieht die Katze."),
+             ("The cat sees the dog.", "Die Katze sieht den Hund.")]
+    _, label, bleu = _pick_checkpoint(run, [3, 5, 9], valid)
+    ckpts = RunLayout(run).checkpoints
+    assert (ckpts / "averaged_last3.pt").is_file() and (ckpts / "averaged_last5.pt").is_file()
+    assert not (ckpts / "averaged_last9.pt").exists()  # only 5 checkpoints were kept
+    scores = {}
+    for name, path in [("best", ckpts / "best.pt"),
+                       ("average of last 3", ckpts / "averaged_last3.pt"),
+                       ("average of last 5", ckpts / "averaged_last5.pt")]:
+        tr = Translator.from_run(run, checkpoint=path, device="cpu")
+        scores[name] = evaluate_pairs(tr, valid, beam_size=1)[0]["bleu"]
+    assert bleu == max(scores.values()) and scores[label] == bleu
+
+
 def _start_training(config: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "translator", "train", "--config",

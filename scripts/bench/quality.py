@@ -7,7 +7,8 @@ exactly (same batches, RNG and schedule), so the 12-minute numbers are those of 
 run. The clock counts the training loop (steps and in-loop validations), not data loading or
 the evaluations between marks. At each mark the checkpoint to score is chosen on the
 validation split: best.pt (highest validation BLEU during training) or the average of the last
-`--average` periodic checkpoints, whichever scores higher on validation.
+K periodic checkpoints for each K in `--average` (default 3 and 5), whichever scores highest
+on validation (greedy); the run keeps as many periodic checkpoints as the largest K needs.
 """
 
 from __future__ import annotations
@@ -29,27 +30,30 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        default=ROOT / "configs" / "multi30k_en_de.yaml")
     group.add_argument("--quality-run", type=Path, default=ROOT / "runs" / "quality",
                        help="Run folder (replaced).")
-    group.add_argument("--average", type=int, default=3,
-                       help="Also try the average of the last K checkpoints (0: no).")
+    group.add_argument("--average", type=int, nargs="*", default=[3, 5],
+                       help="Also try the average of the last K checkpoints, for each K given "
+                            "(none: best.pt only).")
     group.add_argument("--start-minutes", type=float, default=0.0,
                        help="Continue the existing --quality-run, which has trained this long.")
     group.add_argument("--set", dest="quality_set", action="append", default=[],
                        help="Config override for the quality run (repeatable).")
 
 
-def _pick_checkpoint(run_dir: Path, k: int, valid: list[tuple[str, str]]):
-    """(translator, label, valid BLEU) of the better of best.pt and the last-k average."""
+def _pick_checkpoint(run_dir: Path, ks: list[int], valid: list[tuple[str, str]]):
+    """(translator, label, valid BLEU) of the best of best.pt and the last-k averages."""
     from translator.checkpoint import RunLayout, atomic_save, average_checkpoints
     from translator.decode.translator import Translator
     from translator.evaluate import evaluate_pairs
 
     layout = RunLayout(run_dir)
     candidates = [("best", layout.best)]
-    paths = layout.numbered_checkpoints()[-k:] if k > 1 else []
-    if len(paths) == k:
-        avg = layout.checkpoints / "averaged.pt"
-        atomic_save(average_checkpoints(paths), avg)
-        candidates.append((f"average of last {k}", avg))
+    numbered = layout.numbered_checkpoints()
+    for k in sorted(set(ks)):
+        if k > 1 and len(numbered) >= k:
+            # One file per k: the picked one stays on disk for `translator evaluate`.
+            avg = layout.checkpoints / f"averaged_last{k}.pt"
+            atomic_save(average_checkpoints(numbered[-k:]), avg)
+            candidates.append((f"average of last {k}", avg))
     scored = []
     for label, path in candidates:
         translator = Translator.from_run(run_dir, checkpoint=path, device="cpu")
@@ -70,7 +74,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         raise SystemExit("--suite quality needs --data-dir (the Multi30k folder)")
     marks = [m for m in sorted(args.minutes) if m > args.start_minutes]
     overrides = [f"data.dir={args.data_dir}", "training.epochs=100000",
-                 f"output.dir={args.quality_run}", *args.quality_set]
+                 f"output.dir={args.quality_run}",
+                 f"training.keep_last={max([3, *args.average])}", *args.quality_set]
     rows, out = [], {}
     done_minutes, total_tokens, total_seconds = args.start_minutes, 0, 0.0
     for i, mark in enumerate(marks):
