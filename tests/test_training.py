@@ -192,10 +192,11 @@ def test_average_command(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "fewer than" in res.output
 
 
-def test_quality_suite_picks_among_best_and_each_average(tmp_path: Path) -> None:
-    """The quality benchmark scores best.pt and one average per K it can make, on
-    validation, and keeps the winner on disk for `translator evaluate`."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+def test_quality_suite_picks_among_best_and_each_average(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quality benchmark scores best.pt and one average per K it can make on
+    validation, keeps each average on disk for `translator evaluate`, and returns the best."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
     from bench.quality import _pick_checkpoint
 
     from translator.decode.translator import Translator
