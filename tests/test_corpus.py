@@ -322,7 +322,9 @@ def test_hub_translation_column(monkeypatch: pytest.MonkeyPatch) -> None:
                      "translation": [{"en": e, "it": i} for e, i in PAIRS]})
     monkeypatch.setattr(datasets, "load_dataset", fake)
     splits = load_splits(_hub_cfg())
-    assert fake.calls == [(("Helsinki-NLP/opus_books", "en-it"), {"split": "train"})]
+    # trust_remote_code=False: a hub dataset's loading script is never run (issue 30).
+    assert fake.calls == [(("Helsinki-NLP/opus_books", "en-it"),
+                           {"split": "train", "trust_remote_code": False})]
     assert splits["train"] == PAIRS
     assert splits["valid"] == [] and splits["test"] == []
 

@@ -166,7 +166,9 @@ def test_hub_config_loads_through_local_stand_in(monkeypatch: pytest.MonkeyPatch
             for i in range(60)]
     calls = []
 
-    def fake_load_dataset(name: str, subset: str | None = None, split: str | None = None):
+    def fake_load_dataset(name: str, subset: str | None = None, split: str | None = None,
+                          trust_remote_code: bool | None = None):
+        assert trust_remote_code is False  # a hub dataset's loading script never runs
         calls.append((name, subset, split))
         return datasets.Dataset.from_dict({"id": [str(i) for i in range(60)],
                                            "translation": rows})
@@ -192,7 +194,9 @@ def test_wmt14_base_recipe_loads_through_local_stand_in(monkeypatch: pytest.Monk
 
     calls = []
 
-    def fake_load_dataset(name: str, subset: str | None = None, split: str | None = None):
+    def fake_load_dataset(name: str, subset: str | None = None, split: str | None = None,
+                          trust_remote_code: bool | None = None):
+        assert trust_remote_code is False  # a hub dataset's loading script never runs
         calls.append((name, subset, split))
         rows = [{"de": f"Das Haus {i} ist rot.", "en": f"The house {i} is red."}
                 for i in range(40 if split == "train" else 8)]

@@ -1,5 +1,5 @@
 """Checks on the real Multi30k corpus (slow; skipped where the files are absent). The folder
-is $TRANSLATOR_MULTI30K_DIR, else ../shared/data/multi30k-en-de next to the repository."""
+is $MULTI30K_DIR, else ../shared/data/multi30k-en-de next to the repository."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from translator.data.dataset import BilingualDataset, BucketBatchSampler, paddin
 from translator.data.tokenizer import build_tokenizers, round_trip_stats
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("TRANSLATOR_MULTI30K_DIR",
+DATA = Path(os.environ.get("MULTI30K_DIR",
                            ROOT.parent / "shared" / "data" / "multi30k-en-de"))
 
 pytestmark = [

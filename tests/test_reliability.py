@@ -90,9 +90,16 @@ def _calls(tree: ast.AST, module: str, names: set[str]) -> list[ast.Call]:
 def test_every_load_in_the_package_is_safe() -> None:
     """Statically: every torch.load passes weights_only=True and a map_location, every YAML
     parse goes through the safe loader, and nothing unpickles directly."""
-    torch_loads = yaml_loads = 0
-    for path in sorted((ROOT / "translator").glob("*.py")):
+    torch_loads = yaml_loads = hub_loads = 0
+    files = sorted((ROOT / "translator").rglob("*.py"))  # subpackages too (model/, data/...)
+    assert len(files) > len(list((ROOT / "translator").glob("*.py")))
+    for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"))
+        for call in _calls(tree, "datasets", {"load_dataset"}):
+            hub_loads += 1
+            kw = {k.arg: k.value for k in call.keywords}
+            assert isinstance(kw.get("trust_remote_code"), ast.Constant) and \
+                kw["trust_remote_code"].value is False, f"{path.name}:{call.lineno}"
         for call in _calls(tree, "torch", {"load"}):
             torch_loads += 1
             kw = {k.arg: k.value for k in call.keywords}
@@ -107,7 +114,7 @@ def test_every_load_in_the_package_is_safe() -> None:
             assert call.func.attr in ("load", "load_all") and isinstance(loader, ast.Name) \
                 and loader.id == "_YamlLoader", f"{path.name}:{call.lineno}"
         assert not _calls(tree, "pickle", {"load", "loads", "Unpickler"}), path.name
-    assert torch_loads >= 1 and yaml_loads >= 1
+    assert torch_loads >= 1 and yaml_loads >= 1 and hub_loads >= 2
     from translator.config import _YamlLoader
 
     assert issubclass(_YamlLoader, yaml.SafeLoader)
@@ -654,18 +661,19 @@ def test_save_config_round_trips_through_the_safe_loader(tmp_path: Path) -> None
 
 
 def test_reliability_table_names_real_tests_and_all_of_these() -> None:
-    """docs/reliability.md cites only tests that exist, and every test of this file and of
-    test_fuzz.py appears in it."""
+    """docs/reliability.md cites only tests that exist, and every test of this file, of
+    test_trust.py and of test_fuzz.py appears in it."""
     text = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
     cited = set(re.findall(r"`(tests/\w+\.py)::(\w+)`", text))
     assert cited
     defined: dict[str, set[str]] = {}
-    for file, _ in cited | {("tests/test_reliability.py", ""), ("tests/test_fuzz.py", "")}:
+    every = ("tests/test_reliability.py", "tests/test_trust.py", "tests/test_fuzz.py")
+    for file, _ in cited | {(f, "") for f in every}:
         tree = ast.parse((ROOT / file).read_text(encoding="utf-8"))
         defined[file] = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)
                          and n.name.startswith("test_")}
     missing = sorted(f"{f}::{n}" for f, n in cited if n not in defined[f])
     assert not missing, f"the table cites tests that do not exist: {missing}"
-    for file in ("tests/test_reliability.py", "tests/test_fuzz.py"):
+    for file in every:
         uncited = sorted(defined[file] - {n for f, n in cited if f == file})
         assert not uncited, f"{file} tests missing from docs/reliability.md: {uncited}"

@@ -212,3 +212,57 @@ def test_info_reports_what_a_user_asks_of_a_run(tsv_run: Path) -> None:
     assert "languages    en -> de" in out and "best.pt" in out
     code, _, err = _cli("info", str(tsv_run / "nope"))
     assert code == 2 and "run folder not found" in err
+
+
+@pytest.mark.parametrize("route", ["run", "config"])
+def test_both_resume_routes_apply_one_rule(route: str, tsv_run: Path, tmp_path: Path) -> None:
+    """`--run DIR --resume` and `--config FILE --resume` refuse and allow the same keys
+    (issue 30.7): a seed or lr change is refused by both, data.num_proc allowed by both."""
+    run = tmp_path / "run"
+    shutil.copytree(tsv_run, run)
+    where = (["--run", str(run)] if route == "run"
+             else ["--config", str(run / "config.yaml")])
+    for key in ("training.lr=0.1", "training.seed=7", "training.max_tokens=900"):
+        code, out, err = _cli("train", *where, "--resume", "--quiet", "--set", key)
+        assert code == 2 and out == "", err
+        assert len(err.strip().splitlines()) == 1 and key.split("=")[0] in err, err
+    steps = load_checkpoint(RunLayout(run).latest)["step"]
+    code, _, err = _cli("train", *where, "--resume", "--quiet", "--set", "data.num_proc=1",
+                        "--set", "training.epochs=2")
+    assert code == 0, err
+    assert load_checkpoint(RunLayout(run).latest)["step"] > steps
+
+
+def test_moved_corpus_resumes_when_its_files_hold_the_same_data(tsv_run: Path,
+                                                                 tmp_path: Path) -> None:
+    """The README's promise: a moved run resumes with `--set data.dir=...` when the files
+    there give the same split record (sizes and content hashes); the run then reads them."""
+    run = tmp_path / "run"
+    shutil.copytree(tsv_run, run)
+    moved = tmp_path / "elsewhere" / "data"
+    shutil.copytree(tsv_run.parent / "data", moved)
+    steps = load_checkpoint(RunLayout(run).latest)["step"]
+    code, _, err = _cli("train", "--run", str(run), "--resume", "--quiet",
+                        "--set", f"data.dir={moved}", "--set", "training.epochs=2")
+    assert code == 0, err
+    assert load_checkpoint(RunLayout(run).latest)["step"] > steps
+    assert load_config(run / "config.yaml").data.dir == str(moved)
+
+
+def test_moved_corpus_with_other_content_is_refused(tsv_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tsv_run, run)
+    moved = tmp_path / "other"
+    shutil.copytree(tsv_run.parent / "data", moved)
+    lines = (moved / "train.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[3] = "A different sentence .\tEin anderer Satz .\n"  # same size, other content
+    (moved / "train.tsv").write_text("".join(lines), encoding="utf-8")
+    before = _snapshot(run)
+    code, out, err = _cli("train", "--run", str(run), "--resume", "--quiet",
+                          "--set", f"data.dir={moved}", "--set", "training.epochs=2")
+    assert code == 2 and out == "", err
+    assert len(err.strip().splitlines()) == 1 and "train split's pairs differ" in err, err
+    after = _snapshot(run)
+    for snapshot in (before, after):
+        snapshot.pop(".lock", None)  # the trainer's lock file (its PID) is rewritten
+    assert after == before  # config.yaml still names the original data.dir

@@ -237,20 +237,26 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None
         time.sleep(0.05)
 
 
-def test_sigint_saves_checkpoint_and_resume_continues(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "name"), [(signal.SIGINT, "Ctrl-C"),
+                                           (signal.SIGTERM, "SIGTERM")])
+def test_stop_signal_saves_checkpoint_and_resume_continues(sig: int, name: str,
+                                                           tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     config = write_config(tmp_path / "tiny.yaml", run_dir, epochs=1000, save_every=3)
     layout = RunLayout(run_dir)
     proc = _start_training(config)
     _wait_for(lambda: layout.latest.is_file(), proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
     # A stop the user asked for is no error: a calm line saying where it stopped.
-    assert "error:" not in err and re.search(r"^stopped by Ctrl-C at step \d+ ", err, re.M), err
+    found = re.search(rf"^stopped by {name} at step (\d+) ", err, re.M)
+    assert "error:" not in err and found, err
+    # The stop itself wrote a checkpoint: latest.pt holds the step the line names (not only
+    # the last periodic save, which is a multiple of save_every).
     stopped = load_checkpoint(layout.latest)["step"]
-    assert stopped >= 3
+    assert stopped == int(found[1]) and stopped >= 1
     result = train(tiny_config(run_dir, epochs=1000, save_every=3, max_steps=stopped + 2),
                    resume=True, quiet=True)
     assert result.state.step == stopped + 2

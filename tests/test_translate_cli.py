@@ -318,6 +318,14 @@ def test_evaluate_file_pair_json(run_dir: Path, tmp_path: Path) -> None:
      "test.beam4.lp0.6"),
     ({"beam_size": 1, "length_penalty": 0.0, "engine": "ctranslate2", "quantization": "int8",
       "checkpoint": "runs/x/export/ctranslate2-int8"}, "test.ct2-int8.greedy"),
+    # An export keeps the name of the checkpoint it was made from: CTranslate2 evaluations of
+    # best.pt and averaged.pt sit side by side (the README's example).
+    ({"beam_size": 1, "length_penalty": 0.0, "engine": "ctranslate2", "quantization": "int8",
+      "checkpoint": "runs/x/export/ctranslate2-int8", "source_checkpoint": "averaged.pt"},
+     "test.averaged.ct2-int8.greedy"),
+    ({"beam_size": 1, "length_penalty": 0.0, "engine": "ctranslate2", "quantization": "int8",
+      "checkpoint": "runs/x/export/ctranslate2-int8", "source_checkpoint": "best.pt"},
+     "test.ct2-int8.greedy"),
 ])
 def test_evaluate_report_names(report: dict, name: str) -> None:
     from translator.evaluate import report_name

@@ -29,8 +29,31 @@ import torch
 
 from translator.config import Config, load_config
 from translator.errors import TranslatorError, first_line
+from translator.files import (  # noqa: F401 - new_file_mode re-exported
+    WriteError,
+    atomic_open,
+    new_file_mode,
+)
 
 FORMAT_VERSION = 1
+SAFE_TORCH = (2, 10)
+"""The oldest torch whose `weights_only=True` loader has no known way to run code: 2.6 fixed
+CVE-2025-32434, 2.10 fixed CVE-2026-24747 (GHSA-63cw-57p8-fm3p, heap corruption)."""
+
+
+def torch_version(text: str | None = None) -> tuple[int, int]:
+    """(major, minor) of the installed torch (or of `text`, e.g. "2.9.1+cpu")."""
+    found = re.match(r"(\d+)\.(\d+)", text or torch.__version__)
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+def check_safe_torch(text: str | None = None) -> None:
+    """Refuse to open checkpoints with a torch whose safe loader is known to be unsafe."""
+    if torch_version(text) < SAFE_TORCH:
+        need = ".".join(map(str, SAFE_TORCH))
+        raise CheckpointError(f"torch {text or torch.__version__} cannot load checkpoints "
+                              f"safely (weights_only has known code-execution bugs before "
+                              f"{need}): pip install 'torch>={need}'")
 
 
 class CheckpointError(TranslatorError):
@@ -119,46 +142,41 @@ class RunLayout:
         return self.config.is_file() and (self.checkpoints.is_dir() or self.splits.is_file())
 
 
-def new_file_mode() -> int:
-    """The mode a newly created file gets here: 0o666 less the umask (0o644 under umask 022).
-    Atomic writes start from a `mkstemp` file, which is 0o600 whatever the umask; they set
-    this before the rename, so a checkpoint or an output file is as readable by the group (a
-    serving account, a colleague) as any other file the user creates."""
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
     """Write `obj` to a temp file in the same folder, fsync, then rename over `path`, so a crash
     at any moment leaves either the old file or the new one, never half of one. The file gets
-    the umask's usual mode (`new_file_mode`)."""
+    the umask's usual mode (`new_file_mode`); a failed write is one `WriteError` line."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except RuntimeError as exc:
+        # torch's zip writer turns a failed write (EFBIG, ENOSPC) into a RuntimeError while
+        # it closes; the OSError it hit is in the chain.
+        cause = exc.__context__ or exc.__cause__
+        if isinstance(cause, OSError):
+            raise WriteError(f"cannot write {path}: {cause.strerror or cause}") from exc
         raise
 
 
 def atomic_link(src: Path, dst: Path) -> None:
     """Make `dst` name the same file as `src` (hard link, else copy), replacing it atomically.
-    `latest.pt` and `best.pt` are such names, so they cost no extra write."""
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
+    `latest.pt` and `best.pt` are such names, so they cost no extra write. The temp name is
+    unique (`mkstemp`), so two processes never write through each other's link."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".link.tmp", dir=dst.parent)
+    os.close(fd)
     try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
+        os.unlink(tmp)  # os.link wants a free name; the unique one stays ours
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
 
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -167,6 +185,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    check_safe_torch()
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -218,6 +237,11 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         model = last["model"]
         if total and set(model) != set(total):
             raise CheckpointError(f"{path} has different model parameters than {paths[0]}")
+        for name, value in model.items():
+            if name in total and tuple(value.shape) != tuple(total[name].shape):
+                raise CheckpointError(f"cannot average {path} with {paths[0]}: {name} has "
+                                      f"shape {tuple(value.shape)} there, "
+                                      f"{tuple(total[name].shape)} here (different models)")
         for name, value in model.items():
             if not value.is_floating_point():
                 total[name] = value

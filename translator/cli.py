@@ -161,7 +161,9 @@ def _find_run(run: Path | None, config: Path | None, overrides: list[str] | None
     if run is not None:
         return run, overrides
     if config is not None:
-        kept = [o for o in overrides if parse_override(o)[0] in ("data", "decoding")]
+        # output.* only located the run; anything else goes on to be checked (and a model.*
+        # or training.* key refused: a trained run's shape is its checkpoint's).
+        kept = [o for o in overrides if parse_override(o)[0] != "output"]
         return load_config(config, overrides).run_dir, kept
     if checkpoint is not None:
         owner = RunLayout.of_file(checkpoint)
@@ -257,6 +259,7 @@ def average(
     translate/evaluate --checkpoint)."""
     with _user_errors():
         from translator.checkpoint import RunLayout, atomic_save, average_checkpoints
+        from translator.files import resolve_target
 
         layout = RunLayout(_find_run(run, config, set_)[0])
         if not layout.config.is_file():
@@ -267,6 +270,7 @@ def average(
                                   f"checkpoints, fewer than --last {last} (training.keep_last "
                                   "limits how many are kept)")
         out = output or layout.checkpoints / "averaged.pt"
+        resolve_target(out)  # a folder or a missing parent: refused before any work
         atomic_save(average_checkpoints(paths), out)
         typer.echo(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) "
                    f"into {out}", err=True)
@@ -356,28 +360,16 @@ def _descriptor_batches(fd: int, chunk: int) -> Iterator[list[str]]:
 
 @contextmanager
 def _output(path: Path | None) -> Iterator[Any]:
-    """stdout, or a file written under a temporary name and renamed into place at the end, so
-    that a failed run (or `--output` naming the input) never leaves half a file. The file gets
-    the mode the umask gives new files (the temporary one is private)."""
+    """stdout, or `translator.files.atomic_open(path)`: a regular file is written under a
+    temporary name and renamed into place at the end, so that a failed run (or `--output`
+    naming the input) never leaves half a file; a device, FIFO or symlink is written into."""
     if path is None:
         yield sys.stdout
         return
-    import tempfile
+    from translator.files import atomic_open
 
-    from translator.checkpoint import new_file_mode
-
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                   dir=path.parent if str(path.parent) else ".")
-    except OSError as exc:
-        raise TranslatorError(f"cannot write {path}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            yield f
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_open(path, "w") as f:
+        yield f
 
 
 @app.command(cls=_Verb, epilog="Example: translator translate --run runs/toy \"The big dog "
@@ -420,10 +412,7 @@ def translate(
     run. A line holding several sentences is split, translated sentence by sentence and
     joined again."""
     with _user_errors():
-        if n_best > 1 and beam is not None and beam < n_best:
-            # A beam of k holds k hypotheses: widening it silently would change the search.
-            raise TranslatorError(f"--n-best {n_best} needs --beam {n_best} or more, got "
-                                  f"--beam {beam}")
+        _check_translate_args(output, n_best, beam)
         # A person typing at a terminal gets each translation as soon as the line is entered.
         interactive = (input_ is None and sentence in (None, "-") and sys.stdin.isatty()
                        and output is None)
@@ -442,6 +431,19 @@ def translate(
                 emit(sys.stdout, [line.rstrip("\r\n")], n)
             return
         _translate_parts(parts, total, emit, output, quiet=quiet or input_ is None)
+
+
+def _check_translate_args(output: Path | None, n_best: int, beam: int | None) -> None:
+    """What `translate` refuses before any work: an --output that is a folder or lies in a
+    missing folder, and an n-best wider than the beam."""
+    if output is not None:
+        from translator.files import resolve_target
+
+        resolve_target(output)
+    if n_best > 1 and beam is not None and beam < n_best:
+        # A beam of k holds k hypotheses: widening it silently would change the search.
+        raise TranslatorError(f"--n-best {n_best} needs --beam {n_best} or more, got "
+                              f"--beam {beam}")
 
 
 def _translate_inputs(sentence: str | None, input_: Path | None, chunk: int,
@@ -556,16 +558,25 @@ def evaluate(
                                       max_len_b=max_len_b)
         report.update(where, checkpoint=str(translator.checkpoint),
                       engine=translator.engine_name)
-        if getattr(translator, "quantization", None):
-            report["quantization"] = translator.quantization
+        for key in ("quantization", "source_checkpoint"):
+            if getattr(translator, key, None):
+                report[key] = getattr(translator, key)
         out_dir = (Path(translator.checkpoint) if model is not None
                    else Path(translator.cfg.run_dir)) / "eval"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stem = report_name(name, report)
-        (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-        (out_dir / f"{stem}.hyp.txt").write_text("".join(h + "\n" for h in hyps),
-                                                 encoding="utf-8")
+        _write_report(out_dir, report_name(name, report), report, hyps)
         typer.echo(json.dumps(report) if as_json else _report_text(report, name))
+
+
+def _write_report(out_dir: Path, stem: str, report: dict[str, Any], hyps: list[str]) -> None:
+    """Write an evaluation's report and translations into `out_dir` (atomically)."""
+    from translator.files import atomic_write
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TranslatorError(f"cannot create {out_dir}: {exc.strerror}") from exc
+    atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    atomic_write(out_dir / f"{stem}.hyp.txt", "".join(h + "\n" for h in hyps))
 
 
 def _evaluation_pairs(translator: Any, split: str | None, src: Path | None,
@@ -646,8 +657,9 @@ def export(
     quantization: Annotated[str, typer.Option(
         "--quantization", "-q", metavar="TYPE", help="int8, int8_float32, int16, float16, "
         "bfloat16 or float32.")] = "int8",
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")]
-    = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace --out if it holds a previous export (never a run folder, "
+        "the working or home folder, or a folder holding them).")] = False,
 ) -> None:
     """Export a trained run for another inference engine: a CTranslate2 model folder with the
     run's tokenizers and a translator.json, enough to translate without PyTorch."""

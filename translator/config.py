@@ -782,7 +782,9 @@ def save_run_config(cfg: Config, path: str | Path) -> None:
     d = cfg.to_dict()
     d["output"]["dir"] = None
     text = RUN_CONFIG_HEADER + yaml.safe_dump(d, sort_keys=False)
-    Path(path).write_text(text, encoding="utf-8")
+    from translator.files import atomic_write  # a full disk leaves the old file whole
+
+    atomic_write(path, text)
 
 
 # Keys that a resumed run may change: when and how long it trains, validates, logs and saves,
@@ -792,7 +794,7 @@ RESUME_SAFE_KEYS = frozenset({
     "training.valid_every", "training.valid_max_sentences", "training.decode_batch_size",
     "training.examples", "training.save_every", "training.keep_last", "training.log_every",
     "training.threads", "training.device", "training.dist_timeout", "training.max_bad_steps",
-    "training.compile", "data.num_proc",
+    "training.compile", "data.num_proc", "data.cache_dir",
 })
 
 
@@ -801,12 +803,6 @@ def config_diff(a: Config, b: Config) -> list[str]:
     da, db = a.to_dict(), b.to_dict()
     return [f"{section}.{key}" for section in da for key in da[section]
             if da[section][key] != db[section][key]]
-
-
-def unsafe_resume_changes(saved: Config, new: Config) -> list[str]:
-    """Keys that differ from the saved run config and may not change on resume."""
-    return [k for k in config_diff(saved, new)
-            if k not in RESUME_SAFE_KEYS and not k.startswith("decoding.")]
 
 
 # Model keys that fine-tuning may change: they change no parameter's shape (domain adaptation

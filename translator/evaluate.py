@@ -109,8 +109,10 @@ def report_name(name: str, report: dict[str, Any]) -> str:
     `test.beam4.lp0.6`, `test.greedy`, `test.averaged.ct2-int8.greedy`."""
     parts = [name]
     engine = report.get("engine", "native")
-    ckpt = Path(str(report.get("checkpoint") or ""))
-    if engine == "native" and ckpt.name and ckpt.stem not in ("best", "latest"):
+    # The checkpoint the weights came from: for an export, the one it was made from.
+    ckpt = Path(str((report.get("checkpoint") if engine == "native"
+                     else report.get("source_checkpoint")) or ""))
+    if ckpt.name and ckpt.stem not in ("best", "latest"):
         parts.append(ckpt.stem)
     if engine != "native":
         quant = report.get("quantization")

@@ -14,6 +14,7 @@ Matplotlib is used through its Agg canvas only (no pyplot, no display, no global
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from torch import Tensor
 from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer
 from translator.decode.search import beam_search, greedy_decode, max_output_lengths
 from translator.errors import TranslatorError
+from translator.files import atomic_write
 from translator.model.transformer import Transformer, padding_mask
 
 if TYPE_CHECKING:
@@ -199,8 +201,10 @@ def save_attention_images(maps: AttentionMaps, out_dir: str | Path) -> list[Path
     paths = []
     for name, fig in figures(maps).items():
         path = out / f"{name}.png"
+        image = io.BytesIO()
         with _quiet_glyphs():
-            fig.savefig(path)
+            fig.savefig(image, format="png")
+        atomic_write(path, image.getvalue())
         paths.append(path)
     return paths
 

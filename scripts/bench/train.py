@@ -254,7 +254,7 @@ def _load_data(args: argparse.Namespace):
         cfg = load_config(args.train_config, [*overrides, *args.train_set])
     else:  # no corpus given: the built-in one, at the Multi30k model size
         cfg = load_config(ROOT / "configs" / "toy.yaml", [
-            "model.d_model=256", "model.layers=3", "model.heads=4", "model.d_ff=1024",
+            "model.d_model=256", "model.layers=3", "model.heads=4", "model.d_ff=512",
             *args.train_set])
     pairs = load_splits(cfg.data)["train"]
     src_tok = build_tokenizer((s for s, _ in pairs), cfg.tokenizer)

@@ -68,6 +68,7 @@ class Corpus:
     parts: list[dict[str, Any]] = field(default_factory=list)
     temperature: float = 1.0
     corpora: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _hashes: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __getitem__(self, name: str) -> datasets.Dataset:
         return self.splits[name]
@@ -78,11 +79,20 @@ class Corpus:
         one's size and share of an epoch too."""
         record = {"split_seed": self.split_seed, "carved_ratios": dict(self.carved),
                   "sizes": {k: len(v) for k, v in self.splits.items()},
+                  "hashes": self.hashes(),
                   "dropped_empty": dict(self.dropped), "train_filters": dict(self.filtered)}
         if self.parts:
             record["corpora"] = self.corpora or {
                 p["label"]: {"size": p["size"], "weight": p["weight"]} for p in self.parts}
         return record
+
+    def hashes(self) -> dict[str, str]:
+        """A SHA-256 of each split's pairs (after cleaning and carving): what lets a moved
+        corpus resume, since equal hashes mean the same pairs in the same order. Computed
+        once per corpus (the record is written twice in a training start)."""
+        if not self._hashes:
+            self._hashes = {k: content_hash(v) for k, v in self.splits.items()}
+        return dict(self._hashes)
 
     def mix(self, data: Any) -> Any:
         """The `CorpusMix` of a dataset tokenized from this corpus' train split (None for a
@@ -103,6 +113,16 @@ class Corpus:
     def cleaning_summary(self) -> str:
         """The non-zero train filter counts, for log lines."""
         return cleaning_summary(self.filtered)
+
+
+def content_hash(ds: datasets.Dataset, batch_size: int = 50_000) -> str:
+    """SHA-256 of a split's (src, tgt) strings in order; streams the Arrow table in batches."""
+    digest = hashlib.sha256()
+    for batch in ds.with_format("arrow").iter(batch_size=batch_size):
+        for column in ("src", "tgt"):
+            digest.update("\0".join(batch.column(column).to_pylist()).encode("utf-8"))
+            digest.update(b"\1")
+    return digest.hexdigest()
 
 
 def _fingerprint(*parts: object) -> str:
@@ -166,7 +186,8 @@ def _load_file(builder: str, path: Path, cache_dir: str | None,
     try:
         with _quiet_datasets():
             return datasets.load_dataset(builder, data_files={"train": str(path)},
-                                         split="train", cache_dir=cache_dir, **options)
+                                         split="train", cache_dir=cache_dir,
+                                         trust_remote_code=False, **options)
     except Exception as exc:  # datasets wraps the reader's error; find the bad line ourselves
         reason = None if builder == "parquet" else _bad_utf8(path)
         if reason is None and builder == "json":
@@ -241,7 +262,10 @@ def _read_hub(cfg: DataConfig, split: str) -> datasets.Dataset:
         with _quiet_datasets():
             # cache_dir only when set: the library's own default applies otherwise.
             extra = {"cache_dir": cfg.cache_dir} if cfg.cache_dir else {}
-            return datasets.load_dataset(cfg.name, cfg.subset, split=split, **extra)
+            # trust_remote_code=False: a config naming a hub dataset with a loading script
+            # must not run that script (datasets >= 4 refuses them all; older ones asked).
+            return datasets.load_dataset(cfg.name, cfg.subset, split=split,
+                                         trust_remote_code=False, **extra)
     except Exception as exc:  # network, missing dataset, unknown split: all user-facing here
         raise DataError(f"cannot load dataset '{cfg.name}' ({cfg.subset}) split "
                         f"'{split}': {first_line(exc, 300)}") from exc
@@ -754,12 +778,16 @@ def tokenizer_sample(train: datasets.Dataset, limit: int, seed: int) -> datasets
             train._fingerprint, "tokenizer-sample", limit, seed))
 
 
-def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
+def check_split_record(path: str | Path, corpus: Corpus, resume: bool,
+                       moved: bool = False) -> None:
     """Write the corpus' split record to `path`; when resuming, first check that it matches
     the one the run started with, so training goes on over the same split. Training calls
     it twice: once after reading the corpus and again when the token-level filter counts are
     known; each time only the train filter counts present on both sides are compared (a
-    record from before the filters existed has none)."""
+    record from before the filters existed has none). Content hashes are compared when both
+    records have them; a `moved` corpus (data.dir changed) must have them to resume."""
+    from translator.files import atomic_write
+
     path = Path(path)
     record = corpus.record()
     if resume and path.is_file():
@@ -767,6 +795,10 @@ def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {path}: {first_line(exc, 300)}") from exc
+        if moved and not saved.get("hashes"):
+            raise DataError(f"--resume: data.dir changed, and {path} predates content "
+                            "hashes, so the new files cannot be shown to hold the same data; "
+                            "resume from the original data.dir")
         saved_filters = saved.get("train_filters") or {}
         compared = {"split_seed": (saved.get("split_seed"), record["split_seed"]),
                     "sizes": (saved.get("sizes"), record["sizes"]),
@@ -779,12 +811,19 @@ def check_split_record(path: str | Path, corpus: Corpus, resume: bool) -> None:
                                        if k in saved_filters},
                                       {k: v for k, v in record["train_filters"].items()
                                        if k in saved_filters})}
+        if saved.get("hashes"):
+            compared["content"] = (saved["hashes"], record["hashes"])
         for key, (old, new) in compared.items():
             if old != new:
+                if key == "content":
+                    differ = [k for k in new if old.get(k) != new[k]]
+                    raise DataError(f"--resume: the {', '.join(differ)} split's pairs differ "
+                                    f"from those {path} recorded (same sizes, other "
+                                    "content); resume with the same data or start a new run")
                 raise DataError(f"--resume: the corpus now gives {key} "
                                 f"{new} but {path} recorded {old}; resume "
                                 "with the same data or start a new run")
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write(path, json.dumps(record, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- plain Python views

@@ -131,8 +131,11 @@ class TextTokenizer:
         return detokenize([self.tok.id_to_token(i) or "[UNK]" for i in kept])
 
     def save(self, path: str | Path) -> None:
-        """Write the tokenizer as the `tokenizers` library's JSON file."""
-        self.tok.save(str(path))
+        """Write the tokenizer as the `tokenizers` library's JSON file (atomically; a failed
+        write is one WriteError line naming the file)."""
+        from translator.files import atomic_write
+
+        atomic_write(path, self.tok.to_str(pretty=True))
 
     @classmethod
     def load(cls, path: str | Path) -> TextTokenizer:

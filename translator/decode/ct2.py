@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from translator.config import Config, DecodingConfig
 from translator.data.tokenizer import SPECIAL_TOKENS, TextTokenizer
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError, first_line
+from translator.files import atomic_write, check_replaceable, replace_dir
 
 QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "bfloat16", "float32")
 META = "translator.json"
@@ -109,38 +109,33 @@ def build_spec(translator: Translator) -> Any:
 def export_ctranslate2(run_dir: str | Path, out_dir: str | Path, quantization: str = "int8",
                        checkpoint: str | Path | None = None, force: bool = False) -> Path:
     """Write a CTranslate2 model folder for a run (default checkpoint: best.pt, else latest.pt)
-    with `quantization` (one of QUANTIZATIONS), its tokenizers and `translator.json`."""
+    with `quantization` (one of QUANTIZATIONS), its tokenizers and `translator.json`. `force`
+    replaces only an empty folder or a previous export (`translator.files.check_replaceable`),
+    never the run folder or anything holding it."""
     if quantization not in QUANTIZATIONS:
         raise TranslatorError(f"unknown quantization '{quantization}' "
                               f"(choose from {', '.join(QUANTIZATIONS)})")
     _ct2()
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise TranslatorError(f"{out} exists and is not empty (add --force to replace it)")
+    check_replaceable(out_dir, force, (Path(run_dir),))
     translator = Translator.from_run(run_dir, checkpoint, device="cpu", dtype="fp32")
-    return save_ctranslate2(translator, out, quantization, force=force)
+    return save_ctranslate2(translator, out_dir, quantization, force=force,
+                            run_dirs=(Path(run_dir),))
 
 
 def save_ctranslate2(translator: Translator, out_dir: str | Path, quantization: str = "int8",
-                     force: bool = False) -> Path:
+                     force: bool = False, run_dirs: tuple[Path, ...] = ()) -> Path:
     """Write a loaded (fp32) translator as a CTranslate2 model folder; `export_ctranslate2`
-    does this for a run folder, the decode benchmark for a model it built itself."""
+    does this for a run folder, the decode benchmark for a model it built itself. The folder
+    is built under a fresh temp name beside `out_dir` and swapped in (`replace_dir`), so a
+    crash leaves the old export or the new one whole."""
     if quantization not in QUANTIZATIONS:
         raise TranslatorError(f"unknown quantization '{quantization}' "
                               f"(choose from {', '.join(QUANTIZATIONS)})")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise TranslatorError(f"{out} exists and is not empty (add --force to replace it)")
+    check_replaceable(out_dir, force, run_dirs)
     spec = build_spec(translator)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     spec.validate()
     spec.optimize(quantization=quantization)
-    tmp.mkdir(parents=True)
-    spec.save(str(tmp))
     cfg = translator.cfg
-    translator.src_tok.save(tmp / f"tokenizer_{cfg.data.src_lang}.json")
-    translator.tgt_tok.save(tmp / f"tokenizer_{cfg.data.tgt_lang}.json")
     ckpt = Path(translator.checkpoint) if translator.checkpoint else None
     meta = {
         "format": FORMAT,
@@ -159,11 +154,14 @@ def save_ctranslate2(translator: Translator, out_dir: str | Path, quantization: 
                   "decoder_layers": len(translator.model.decoder.blocks),
                   "norm": cfg.model.norm},
     }
-    (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+
+    def build(tmp: Path) -> None:
+        spec.save(str(tmp))
+        translator.src_tok.save(tmp / f"tokenizer_{cfg.data.src_lang}.json")
+        translator.tgt_tok.save(tmp / f"tokenizer_{cfg.data.tgt_lang}.json")
+        atomic_write(tmp / META, json.dumps(meta, indent=2) + "\n")
+
+    return replace_dir(out_dir, build)
 
 
 def cached_export(run_dir: str | Path, quantization: str = "int8",
@@ -197,6 +195,8 @@ class CT2Translator(Translator):
     engine_name = "ctranslate2"
     quantization: str | None = None
     """The weights' type the export was made with (from translator.json)."""
+    source_checkpoint: str | None = None
+    """The name of the checkpoint the export was made from (from translator.json)."""
 
     def __init__(self, model_dir: Path, cfg: Config, src_tok: TextTokenizer,
                  tgt_tok: TextTokenizer, engine: Any, device: str) -> None:
@@ -246,6 +246,7 @@ class CT2Translator(Translator):
         cfg.decoding = DecodingConfig(**meta.get("decoding", {}))
         translator = cls(path, cfg, src_tok, tgt_tok, engine, device)
         translator.quantization = meta.get("quantization")
+        translator.source_checkpoint = meta.get("checkpoint")
         return translator
 
     @classmethod

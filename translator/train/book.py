@@ -24,6 +24,7 @@ import torch
 
 from translator.checkpoint import (
     FORMAT_VERSION,
+    CheckpointError,
     RunLayout,
     atomic_link,
     atomic_save,
@@ -114,7 +115,9 @@ class Checkpointer:
             if is_best:
                 atomic_link(path, self.layout.best)
         except OSError as exc:
-            raise TranslatorError(f"could not write checkpoint {path} ({exc}); the previous "
+            what = (str(exc).removeprefix("cannot write ") if isinstance(exc, TranslatorError)
+                    else f"{path} ({exc})")
+            raise TranslatorError(f"could not write checkpoint {what}; the previous "
                                   f"checkpoints in {self.layout.checkpoints} are intact") from None
         prune_checkpoints(self.layout, self.tc.keep_last)
         return path
@@ -122,15 +125,28 @@ class Checkpointer:
     def restore(self, path: Path, device: torch.device) -> TrainState:
         """Load `path` into the parts and the RNGs (exact resume); returns its state."""
         ckpt = load_checkpoint(path, map_location=device)
+        lacking = [k for k in ("optimizer", "scheduler", "step", "epoch", "batch_in_epoch",
+                               "rng") if k not in ckpt]
+        if lacking:
+            made = (" (made by `translator average`: weights only, for translation)"
+                    if "averaged_from" in ckpt else "")
+            raise CheckpointError(f"--resume: {path} holds no training state ({lacking[0]} "
+                                  f"missing){made}; resume from a checkpoint that training "
+                                  "wrote, or fine-tune from it with --init-from")
         p = self.parts()
-        for key in ("model", "optimizer", "scheduler"):
-            p[key].load_state_dict(ckpt[key])
-        if ckpt.get("scaler"):
-            p["scaler"].load_state_dict(ckpt["scaler"])
-        state = TrainState(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"],
-                           ckpt.get("best_score"), ckpt.get("bad_validations", 0),
-                           list(ckpt.get("history", [])))
-        set_rng_state(ckpt["rng"])
+        try:
+            for key in ("model", "optimizer", "scheduler"):
+                p[key].load_state_dict(ckpt[key])
+            if ckpt.get("scaler"):
+                p["scaler"].load_state_dict(ckpt["scaler"])
+            state = TrainState(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"],
+                               ckpt.get("best_score"), ckpt.get("bad_validations", 0),
+                               list(ckpt.get("history", [])))
+            set_rng_state(ckpt["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            # A foreign or hand-edited file: its tensors or states do not fit this run.
+            raise CheckpointError(f"--resume: {path} does not fit this run: "
+                                  f"{str(exc).strip().splitlines()[0][:200]}") from exc
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, state.step,
                  state.epoch + 1, state.batch_in_epoch)
         return state

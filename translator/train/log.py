@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -20,6 +22,7 @@ from tqdm import tqdm
 
 from translator.checkpoint import RunLayout
 from translator.config import Config
+from translator.errors import first_line
 
 log = logging.getLogger("translator")
 
@@ -56,6 +59,46 @@ class _Window:
         self.steps, self.tokens, self.start = 0, 0, time.perf_counter()
 
 
+class _SafeWriter:
+    """A TensorBoard `SummaryWriter` whose write errors (a full disk, a file-size limit) become
+    one warning, after which the curves stop and training goes on: the checkpoints, not the
+    curves, are the run. Its background writer thread's error is reported the same way
+    instead of as a thread traceback."""
+
+    def __init__(self, writer: Any, folder: Path) -> None:
+        self._writer, self._folder, self._failed = writer, folder, False
+        previous = threading.excepthook
+
+        def hook(args: threading.ExceptHookArgs) -> None:
+            if isinstance(args.exc_value, OSError) and "tensorboard" in getattr(
+                    args.thread, "__module__", "") + type(args.thread).__module__:
+                self._fail(args.exc_value)
+            else:
+                previous(args)
+
+        threading.excepthook = hook
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._failed:
+            self._failed = True
+            log.warning("TensorBoard: cannot write events in %s (%s); training goes on "
+                        "without curves", self._folder, first_line(exc, 200))
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._writer, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._failed:
+                return None
+            try:
+                return method(*args, **kwargs)
+            except (OSError, RuntimeError) as exc:
+                self._fail(exc)
+                return None
+
+        return call
+
+
 class TrainLogger:
     """Progress output and TensorBoard for one run; only the main process writes anything
     (`quiet` drops the bar and progress lines, not validation results)."""
@@ -67,7 +110,8 @@ class TrainLogger:
         if main:
             from torch.utils.tensorboard import SummaryWriter  # slow import; only when training
 
-            self.writer = SummaryWriter(str(layout.tensorboard))
+            self.writer = _SafeWriter(SummaryWriter(str(layout.tensorboard)),
+                                      layout.tensorboard)
         # A redrawn bar on a terminal; plain progress lines in a file or pipe; neither quiet.
         self.bar_mode = not quiet and stderr_is_terminal()
         self.lines_mode = not quiet and not self.bar_mode

@@ -278,5 +278,10 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
           init_from: Path | None = None) -> TrainResult:
     """Train the model a config describes (from the weights of another run with
     `init_from`); returns where the run went and how it ended."""
-    return Trainer(cfg, resume=resume, overwrite=overwrite, device=device, quiet=quiet,
-                   init_from=init_from).run()
+    from translator.run import release_run
+
+    try:
+        return Trainer(cfg, resume=resume, overwrite=overwrite, device=device, quiet=quiet,
+                       init_from=init_from).run()
+    finally:
+        release_run(cfg.run_dir)

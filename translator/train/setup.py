@@ -23,12 +23,10 @@ import torch
 from translator.checkpoint import RunLayout, load_checkpoint
 from translator.config import (
     Config,
-    config_diff,
     init_changes,
     load_config,
     parse_override,
     save_run_config,
-    unsafe_resume_changes,
 )
 from translator.data.corpus import (
     check_data_files,
@@ -42,8 +40,10 @@ from translator.data.dataset import BilingualDataset, BucketBatchSampler
 from translator.data.tokenizer import TextTokenizer, build_tokenizers
 from translator.device import cpu_bf16_is_native, resolve_device
 from translator.errors import TranslatorError
+from translator.files import atomic_write
 from translator.model.transformer import Transformer
 from translator.modeling import build_model
+from translator.run import check_resume, lock_run
 from translator.train.book import Checkpointer, TrainState
 from translator.train.distributed import Dist, init_distributed
 from translator.train.step import Precision
@@ -70,13 +70,8 @@ def training_config(config: Path | None, run: Path | None, overrides: list[str],
         if any(parse_override(o)[0] == "output" for o in overrides):
             raise TranslatorError(f"--set output.*: the run folder is {run} itself")
         layout = RunLayout(run)
-        saved, cfg = layout.load_config(), layout.load_config(overrides)
-        unsafe = unsafe_resume_changes(saved, cfg)
-        if unsafe:
-            raise TranslatorError(
-                f"--resume: cannot change {', '.join(unsafe)} of a run (it changes what a "
-                "step computes); safe to change: training.epochs, max_steps, max_minutes, "
-                "patience, valid_every, save_every, keep_last, log_every and decoding.*")
+        cfg = layout.load_config(overrides)
+        check_resume(layout.load_config(), cfg, layout.root)
         return cfg
     cfg = load_config(config, overrides)
     owner = RunLayout.of_file(config) if config.name == "config.yaml" else None
@@ -85,29 +80,27 @@ def training_config(config: Path | None, run: Path | None, overrides: list[str],
     return cfg
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> RunLayout:
-    """Create the run folder, refusing to mix two different runs in one folder."""
+def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> tuple[RunLayout, list[str]]:
+    """Lock and create the run folder, refusing to mix two different runs in one folder and
+    a second trainer in a running one; returns the layout and, when resuming, the moved-data
+    keys (`translator.run.check_resume`) that the split record must confirm."""
     layout = RunLayout(cfg.run_dir)
+    lock_run(layout.root)  # before anything in the folder is read, replaced or deleted
     has_run = layout.latest.is_file() or layout.config.is_file()
+    moved: list[str] = []
     if resume:
         if not layout.latest.is_file():
             raise TranslatorError(f"--resume: no checkpoint to resume in {layout.checkpoints}")
+        moved = check_resume(load_config(layout.config), cfg, layout.root)
     elif has_run and not overwrite:
         raise TranslatorError(f"{layout.root} already holds a run; use --resume to continue it "
                               "or --overwrite to start again")
     elif has_run and overwrite:
         for sub in (layout.checkpoints, layout.tensorboard, layout.eval):
             shutil.rmtree(sub, ignore_errors=True)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    if resume:
-        saved = load_config(layout.config)
-        differ = [k for k in config_diff(saved, cfg)
-                  if k.split(".")[0] in ("data", "tokenizer", "model")]
-        if differ:
-            raise TranslatorError(f"--resume: the config differs from the run's saved "
-                                  f"{layout.config} in {', '.join(differ)}")
-    save_run_config(cfg, layout.config)
-    return layout
+    if not moved:  # a moved corpus is recorded once its split record has matched (_data)
+        save_run_config(cfg, layout.config)
+    return layout, moved
 
 
 def _init_base(path: Path) -> tuple[Path, RunLayout]:
@@ -179,7 +172,7 @@ def load_tokenizers(cfg: Config, layout: RunLayout, train: Any, reuse: bool,
         return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
     if base is not None:
         for lang, path in ((cfg.data.src_lang, src_path), (cfg.data.tgt_lang, tgt_path)):
-            shutil.copyfile(base.tokenizer(lang), path)
+            atomic_write(path, base.tokenizer(lang).read_bytes())
         return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
     train = tokenizer_sample(train, cfg.tokenizer.train_sample, cfg.data.split_seed)
     src_tok, tgt_tok = build_tokenizers(iter_texts(train, "src"), iter_texts(train, "tgt"),
@@ -233,7 +226,7 @@ def init_weights(model: Transformer, path: Path, base: RunLayout, layout: RunLay
     record = {"run": str(base.root.resolve()), "checkpoint": str(path.resolve()),
               "step": ckpt.get("step"), "epoch": ckpt.get("epoch")}
     if main:
-        layout.init.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        atomic_write(layout.init, json.dumps(record, indent=2) + "\n")
     log.info("initialised from %s (step %s of run %s); fresh optimizer and schedule",
              path, ckpt.get("step"), base.root)
 
@@ -294,7 +287,7 @@ class TrainingSetup:
 
 
 def _start(cfg: Config, resume: bool, overwrite: bool,
-           device: str | None) -> tuple[Dist, torch.device, RunLayout]:
+           device: str | None) -> tuple[Dist, torch.device, RunLayout, list[str]]:
     """Processes, device, run folder and seeds."""
     tc = cfg.training
     if tc.threads:
@@ -304,12 +297,12 @@ def _start(cfg: Config, resume: bool, overwrite: bool,
     if dist_info.enabled and dev.type == "cuda":
         dev = torch.device("cuda", dist_info.local_rank)
     check_data_files(cfg.data)  # before the run folder exists: a typo leaves nothing
-    layout = prepare_run_dir(cfg, resume, overwrite) if dist_info.main else \
-        RunLayout(cfg.run_dir)
+    layout, moved = (prepare_run_dir(cfg, resume, overwrite) if dist_info.main
+                     else (RunLayout(cfg.run_dir), []))
     dist_info.barrier()
     random.seed(tc.seed)
     torch.manual_seed(tc.seed)
-    return dist_info, dev, layout
+    return dist_info, dev, layout, moved
 
 
 def _valid_pairs(cfg: Config, valid: Any) -> list[tuple[str, str]]:
@@ -324,11 +317,16 @@ def _valid_pairs(cfg: Config, valid: Any) -> list[tuple[str, str]]:
 
 
 def _data(cfg: Config, dist_info: Dist, layout: RunLayout, resume: bool,
-          base: RunLayout | None) -> TrainingData:
-    """Corpus, tokenizers (made on the main process, read by the others) and datasets."""
+          base: RunLayout | None, moved: list[str]) -> TrainingData:
+    """Corpus, tokenizers (made on the main process, read by the others) and datasets; a
+    resumed run whose corpus moved is checked against its split record first."""
     corpus = load_corpus(cfg.data)
     if dist_info.main:
-        check_split_record(layout.splits, corpus, resume)
+        check_split_record(layout.splits, corpus, resume, moved=bool(moved))
+        if moved:
+            save_run_config(cfg, layout.config)
+            log.info("the corpus moved (%s): same split record, so the run now reads it "
+                     "from there", ", ".join(moved))
         src_tok, tgt_tok = load_tokenizers(cfg, layout, corpus["train"], resume, base)
     dist_info.barrier()
     if not dist_info.main:
@@ -401,8 +399,8 @@ def build_training(cfg: Config, resume: bool = False, overwrite: bool = False,
                               "--resume continues a run from its own: give one of them")
     # Checked before the run folder exists, as the data files are: a typo leaves nothing.
     init = init_source(init_from, cfg) if init_from is not None else None
-    dist_info, dev, layout = _start(cfg, resume, overwrite, device)
-    data = _data(cfg, dist_info, layout, resume, init[1] if init else None)
+    dist_info, dev, layout, moved = _start(cfg, resume, overwrite, device)
+    data = _data(cfg, dist_info, layout, resume, init[1] if init else None, moved)
     s = _setup(cfg, dist_info, dev, quiet, layout, data)
     if resume:
         s.state = s.checkpointer.restore(layout.latest, dev)
