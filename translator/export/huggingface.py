@@ -258,6 +258,7 @@ def _evaluations(run_dir: Path | None) -> list[dict[str, Any]]:
     return sorted(reports, key=lambda r: r.get("split") != "test")
 
 
+# shape: most of its lines are the card's Markdown template, read best in one piece.
 def model_card(translator: Translator, arch: str, run_dir: Path | None) -> str:
     """The README.md of the export: pair, corpus, training, scores with signatures, usage."""
     cfg = translator.cfg
