@@ -172,7 +172,10 @@ class TextTokenizer:
         except Exception as exc:  # the library raises plain Exception subclasses from Rust
             raise TranslatorError(f"cannot read tokenizer {path}: {exc}") from exc
         model = spm_path(path)
-        return cls(tok, model.read_bytes() if model.is_file() else None)
+        try:
+            return cls(tok, model.read_bytes() if model.is_file() else None)
+        except TranslatorError as exc:
+            raise TranslatorError(f"cannot read tokenizer {path}: {exc}") from exc
 
 
 def spm_path(path: str | Path) -> Path:
