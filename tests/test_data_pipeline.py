@@ -101,4 +101,4 @@ def test_new_keys_accept_names_and_indices(tmp_path: Path) -> None:
                             "tokenizer": {"kind": "unigram", "shared": True, "nfkc": True}})
     assert cfg.data.src_column == "en" and cfg.tokenizer.kind == "unigram"
     with pytest.raises(ConfigError, match="tokenizer.kind"):
-        config_from_dict({"tokenizer": {"kind": "sentencepiece"}})
+        config_from_dict({"tokenizer": {"kind": "wordpiece"}})

@@ -646,31 +646,34 @@ def attention(
 @app.command(cls=_Verb, epilog="Example: translator export --run runs/toy --out toy-ct2 "
              "--quantization int8")
 def export(
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR",
-                                      help="Folder to write the model to.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="PATH",
+                                      help="Folder (or .argosmodel file) to write.")],
     run: RunOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     checkpoint: CkptOpt = None,
-    to: Annotated[str, typer.Option("--to", metavar="FORMAT", help="Target format: ctranslate2.")]
-    = "ctranslate2",
+    to: Annotated[str, typer.Option(
+        "--to", metavar="FORMAT", help="ctranslate2 (a CTranslate2 folder), huggingface (a "
+        "transformers folder: Pegasus or Marian) or argos (an .argosmodel package for Argos "
+        "Translate / LibreTranslate).")] = "ctranslate2",
     quantization: Annotated[str, typer.Option(
-        "--quantization", "-q", metavar="TYPE", help="int8, int8_float32, int16, float16, "
-        "bfloat16 or float32.")] = "int8",
+        "--quantization", "-q", metavar="TYPE", help="ctranslate2 and argos: int8, "
+        "int8_float32, int16, float16, bfloat16 or float32.")] = "int8",
     force: Annotated[bool, typer.Option(
         "--force", help="Replace --out if it holds a previous export (never a run folder, "
         "the working or home folder, or a folder holding them).")] = False,
 ) -> None:
     """Export a trained run for another inference engine: a CTranslate2 model folder with the
-    run's tokenizers and a translator.json, enough to translate without PyTorch."""
+    run's tokenizers and a translator.json, enough to translate without PyTorch; a Hugging
+    Face transformers folder; or an Argos Translate package."""
     with _user_errors():
-        if to != "ctranslate2":
-            raise TranslatorError(f"unknown export target '{to}' (use ctranslate2)")
-        from translator.decode.ct2 import export_ctranslate2
+        from translator.export import export_run
 
-        path = export_ctranslate2(_find_run(run, config, set_, checkpoint)[0], out,
-                                  quantization, checkpoint, force)
-        typer.echo(f"wrote a CTranslate2 model ({quantization}) to {path}", err=True)
+        path = export_run(to, _find_run(run, config, set_, checkpoint)[0], out, quantization,
+                          checkpoint, force)
+        what = {"ctranslate2": f"a CTranslate2 model ({quantization})",
+                "huggingface": "a transformers model", "argos": "an Argos Translate package"}
+        typer.echo(f"wrote {what[to]} to {path}", err=True)
 
 
 # shape: a Typer command; its signature lists its options, the body is a few lines.

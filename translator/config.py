@@ -186,13 +186,17 @@ class CorpusConfig:
 class TokenizerConfig:
     """How text becomes token ids (built from the train split, saved in the run folder)."""
 
-    kind: Literal["word", "bpe", "unigram"] = "word"
+    kind: Literal["word", "bpe", "unigram", "sentencepiece"] = "word"
     """word: one id per word or punctuation mark (tokenizers' WordLevel); bpe: byte-pair
     encoding subwords; unigram: unigram-LM subwords (as SentencePiece). Subwords mark spaces
-    with ▁ and split punctuation off, so decoding restores the original text."""
+    with ▁ and split punctuation off, so decoding restores the original text. sentencepiece:
+    a model trained by the sentencepiece library (`model_type`), punctuation not split off,
+    exportable to Argos Translate / LibreTranslate (docs/tokenizers.md)."""
+    model_type: Literal["bpe", "unigram"] = "unigram"
+    """sentencepiece only: the SentencePiece model type."""
     vocab_size: int = 0
     """Vocabulary size (special tokens included): an upper bound for word (0: no bound), the
-    target size for bpe/unigram (0: 8000)."""
+    target size for bpe/unigram/sentencepiece (0: 8000)."""
     shared: bool = False
     """One joint vocabulary for both languages (saved as both tokenizer files); otherwise one
     tokenizer per language."""

@@ -172,7 +172,8 @@ def load_tokenizers(cfg: Config, layout: RunLayout, train: Any, reuse: bool,
         return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
     if base is not None:
         for lang, path in ((cfg.data.src_lang, src_path), (cfg.data.tgt_lang, tgt_path)):
-            atomic_write(path, base.tokenizer(lang).read_bytes())
+            # Through load and save, so that a sentencepiece model travels with its JSON.
+            TextTokenizer.load(base.tokenizer(lang)).save(path)
         return TextTokenizer.load(src_path), TextTokenizer.load(tgt_path)
     train = tokenizer_sample(train, cfg.tokenizer.train_sample, cfg.data.split_seed)
     src_tok, tgt_tok = build_tokenizers(iter_texts(train, "src"), iter_texts(train, "tgt"),
