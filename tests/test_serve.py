@@ -30,12 +30,10 @@ from starlette.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from translator.cli import app as cli_app  # noqa: E402
-from translator.config import config_from_dict  # noqa: E402
 from translator.decode.translator import Translator  # noqa: E402
 from translator.serve import INSTALL_HINT  # noqa: E402
 from translator.serve.app import STATIC, create_app  # noqa: E402
 from translator.serve.service import Limits, TranslationService  # noqa: E402
-from translator.train.loop import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "s3cret-key"

@@ -305,7 +305,10 @@ def _add_file_routes(app: FastAPI, service: TranslationService, store: FileStore
         source, target = (_field(form, "source"), _field(form, "target"))
         result = await while_connected(request, service.translate(
             [text], source, target, fmt=fmt, file=True))
-        data = result.variants[0][0].encode("utf-8")
+        out = result.variants[0][0]
+        if fmt == "text" and text.endswith("\n") and not out.endswith("\n"):
+            out += "\n"  # a file's last line end (splitting into lines drops it)
+        data = out.encode("utf-8")
         try:
             stored = await asyncio.to_thread(store.put, data, name)
         except TranslatorError as exc:
