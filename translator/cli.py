@@ -424,8 +424,7 @@ def translate(
     engine: EngineOpt = "native",
     model: ModelDirOpt = None,
     quantization: QuantOpt = "int8",
-    intra_threads: IntraThreadsOpt = 0,
-    inter_threads: InterThreadsOpt = 1,
+    intra_threads: IntraThreadsOpt = 0, inter_threads: InterThreadsOpt = 1,
 ) -> None:
     """Translate a sentence, stdin or a file (line by line, empty lines kept) with a trained
     run. A line holding several sentences is split, translated sentence by sentence and

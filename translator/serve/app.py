@@ -255,6 +255,12 @@ def _add_routes(app: FastAPI, service: TranslationService, api_key: str | None) 
         `via` maps a target reached through a pivot language to that pivot."""
         return service.languages()
 
+    _add_info_routes(app, service, api_key)
+
+
+def _add_info_routes(app: FastAPI, service: TranslationService, api_key: str | None) -> None:
+    """What a client reads before translating: settings and health."""
+
     @app.get("/frontend/settings")
     async def frontend_settings() -> dict[str, Any]:
         """LibreTranslate's settings for its page."""

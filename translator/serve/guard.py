@@ -106,20 +106,12 @@ class Guard:
             return
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if protected and header_key is None:
-            if ctype == "multipart/form-data":
-                scope = {**scope, KEY_PENDING: True}  # the endpoint reads it from the form
-            else:
-                refusal = self._judge(_body_key(body, ctype))
-                if refusal is not None:
-                    await send_error(send, *refusal)
-                    return
+            scope, refusal = self._judge_body(scope, body, ctype)
+            if refusal is not None:
+                await send_error(send, *refusal)
+                return
         if ctype == "application/x-www-form-urlencoded" and path in FORM_PATHS:
-            body = form_to_json(body)
-            scope = {**scope, "headers": [
-                (k, v) for k, v in scope.get("headers", [])
-                if k.lower() not in (b"content-type", b"content-length")] + [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode())]}
+            scope, body = _as_json(scope, body)
         await self.app(scope, _replay(body, receive), send)
 
     # -- CORS -----------------------------------------------------------------------------
@@ -150,6 +142,14 @@ class Guard:
         await send({"type": "http.response.body", "body": b""})
 
     # -- the key --------------------------------------------------------------------------
+
+    def _judge_body(self, scope: Scope, body: bytes, ctype: str,
+                    ) -> tuple[Scope, tuple[int, str] | None]:
+        """The key in the body: judged now, or (multipart) left to the endpoint, which reads
+        it from the parsed form."""
+        if ctype == "multipart/form-data":
+            return {**scope, KEY_PENDING: True}, None
+        return scope, self._judge(_body_key(body, ctype))
 
     def _judge(self, given: str | None) -> tuple[int, str] | None:
         assert self.api_key is not None
@@ -238,6 +238,16 @@ def _body_key(body: bytes, ctype: str) -> str | None:
         return None
     key = data.get("api_key") if isinstance(data, dict) else None
     return key if isinstance(key, str) else None
+
+
+def _as_json(scope: Scope, body: bytes) -> tuple[Scope, bytes]:
+    """A form request as the JSON request it stands for (LibreTranslate takes both)."""
+    body = form_to_json(body)
+    return {**scope, "headers": [
+        (k, v) for k, v in scope.get("headers", [])
+        if k.lower() not in (b"content-type", b"content-length")] + [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode())]}, body
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
