@@ -92,6 +92,9 @@ def test_libretranslatepy_translates_both_ways_detects_and_lists(
     assert lt.detect(DE[1])[0]["language"] == "de"
     assert lt.detect(EN[1])[0]["language"] == "en"
     assert all(0 <= c["confidence"] <= 100 for c in lt.detect(EN[1]))
+    # Only languages the server translates from: French text is still "de" or "en".
+    assert {c["language"] for c in lt.detect("Bonjour, comment allez-vous aujourd'hui ?")} \
+        <= {"de", "en"}
     with pytest.raises(Exception, match="403"):
         libretranslatepy.LibreTranslateAPI(server, api_key="wrong").translate(EN[0], "en", "de")
 
@@ -248,8 +251,9 @@ def test_a_pair_without_a_model_goes_through_a_pivot(en_de: Translator,
                                                                split_sentences=True)[0],
                             "via": "de"}
         r = client.post("/translate", json={"q": EN[0], "source": "fr", "target": "en"})
-        assert r.status_code == 400 and "from en, de" in r.json()["error"] or \
-            "fr" in r.json()["error"]
+        assert r.status_code == 400
+        assert r.json()["error"] == ("unsupported source language fr: this server translates "
+                                     "from de, en")
 
 
 def test_sentences_times_beam_over_the_budget_is_413(en_de: Translator) -> None:
