@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -104,3 +105,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def _train_serve_model(run_dir: Path, data: dict[str, Any]) -> Path:
+    """A tiny pre-norm model on the built-in corpus (about 10-25 s): enough to produce real,
+    varied words (and "." at sentence ends) with beam search."""
+    from translator.config import config_from_dict
+    from translator.train.loop import train
+
+    cfg = config_from_dict({
+        "data": {"max_len": 40, **data},
+        "tokenizer": {"min_frequency": 1},
+        "model": {"d_model": 64, "layers": 2, "heads": 4, "d_ff": 128, "dropout": 0.0,
+                  "norm": "pre"},
+        "training": {"epochs": 4, "max_tokens": 1500, "lr": 0.005, "warmup_steps": 10,
+                     "log_every": 10, "valid_max_sentences": 20, "examples": 0, "threads": 1},
+        "output": {"dir": str(run_dir)},
+    }, name=run_dir.name)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An en->de model for the server's tests (the built-in corpus, 2,000 pairs)."""
+    return _train_serve_model(tmp_path_factory.mktemp("serve") / "en-de",
+                              {"source": "builtin", "builtin_size": 2000})
+
+
+@pytest.fixture(scope="session")
+def serve_run_reverse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A de->en model: the same built-in corpus the other way round, as line-aligned text
+    files (the built-in source is English to German only)."""
+    from translator.data.builtin_corpus import builtin_splits
+
+    data = tmp_path_factory.mktemp("serve-data")
+    for split, pairs in builtin_splits(2000, valid_size=200, test_size=200).items():
+        (data / f"{split}.en").write_text("".join(en + "\n" for en, _ in pairs), "utf-8")
+        (data / f"{split}.de").write_text("".join(de + "\n" for _, de in pairs), "utf-8")
+    return _train_serve_model(tmp_path_factory.mktemp("serve") / "de-en", {
+        "source": "text", "dir": str(data), "src_lang": "de", "tgt_lang": "en",
+        "valid": "valid", "test": "test"})

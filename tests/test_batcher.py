@@ -10,7 +10,7 @@ from collections.abc import Hashable
 
 import pytest
 
-from translator.serve.batcher import Batcher, BatcherClosed
+from translator.serve.batcher import Batcher, BatcherClosed, QueueFull
 
 
 class Recorder:
@@ -94,8 +94,76 @@ def test_sentence_budget_splits_batches_and_keys_never_mix() -> None:
     assert ("beam", ["c1"]) in calls  # its own call: never beside greedy sentences
     assert all("c1" not in items for key, items in calls if key == "greedy")
     assert ("greedy", ["b1", "b2"]) in calls
-    assert all(len(items) <= 4 or len(items) == 9 for _, items in calls)
-    assert ("greedy", [f"x{i}" for i in range(9)]) in calls  # decoded whole, alone
+    assert all(len(items) <= 4 for _, items in calls)  # the big job went in chunks
+    assert [i for _, items in calls for i in items if i.startswith("x")] == \
+        [f"x{i}" for i in range(9)]
+
+
+def test_a_large_job_is_split_and_other_clients_get_batches_in_between() -> None:
+    decode = Recorder()
+    decode.release.clear()
+    batcher = Batcher(decode, max_batch=4, wait_ms=0)
+    try:
+        first = batcher.submit(["hold"])
+        assert decode.started.wait(5)
+        big = batcher.submit([f"x{i}" for i in range(10)])
+        small = batcher.submit(["s1"])
+        later = batcher.submit(["s2"])
+        decode.release.set()
+        assert big.result(5) == [f"None:X{i}" for i in range(10)]
+        assert small.result(5) == ["None:S1"] and later.result(5) == ["None:S2"]
+        first.result(5)
+    finally:
+        batcher.close()
+    calls = [items for _, items in decode.calls][1:]
+    # The big job's first chunk, then the small ones (which arrived after it) before its
+    # second chunk: one client's 10 sentences do not hold the model for 3 batches in a row.
+    assert calls == [["x0", "x1", "x2", "x3"], ["s1", "s2"], ["x4", "x5", "x6", "x7"],
+                     ["x8", "x9"]]
+
+
+def test_a_job_withdrawn_between_its_batches_is_not_decoded_further() -> None:
+    decode = Recorder()
+    batcher = Batcher(decode, max_batch=2, wait_ms=0)
+    gate = threading.Event()
+    original = decode.__call__
+
+    def slow_first(key: Hashable, items: list[str]) -> list[str]:
+        out = original(key, items)
+        if items[0] == "x0":
+            gate.wait(5)
+        return out
+
+    batcher._decode = slow_first
+    try:
+        job = batcher.submit([f"x{i}" for i in range(6)])
+        while not decode.calls:
+            time.sleep(0.01)
+        assert job.cancel()  # mid-job: its first chunk is being decoded
+        gate.set()
+        time.sleep(0.3)
+        assert batcher.submit(["after"]).result(5) == ["None:AFTER"]
+    finally:
+        batcher.close()
+    decoded = [i for _, items in decode.calls for i in items]
+    assert decoded == ["x0", "x1", "after"]
+
+
+def test_a_full_queue_refuses_with_a_retry_hint() -> None:
+    decode = Recorder()
+    decode.release.clear()
+    batcher = Batcher(decode, max_batch=2, wait_ms=0, max_queued=5)
+    try:
+        batcher.submit(["hold"])
+        assert decode.started.wait(5)
+        batcher.submit(["a", "b", "c"])
+        with pytest.raises(QueueFull) as refused:
+            batcher.submit(["d", "e", "f"])
+        assert refused.value.retry_after >= 1
+        batcher.submit(["d", "e"])  # still fits: 5
+    finally:
+        decode.release.set()
+        batcher.close()
 
 
 def test_a_failing_batch_fails_its_requests_only_and_the_worker_survives() -> None:

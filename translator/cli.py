@@ -124,7 +124,8 @@ def _user_errors() -> Iterator[None]:
 
 def _load_translator(run: Path | None, config: Path | None, set_: list[str] | None,
                      checkpoint: Path | None, device: str, dtype: str | None, engine: str,
-                     model: Path | None, quantization: str) -> Any:
+                     model: Path | None, quantization: str, intra_threads: int = 0,
+                     inter_threads: int = 1) -> Any:
     """The native Translator or a CT2Translator, as --engine and --model ask."""
     if model is not None:
         engine = "ctranslate2"
@@ -144,9 +145,11 @@ def _load_translator(run: Path | None, config: Path | None, set_: list[str] | No
         if checkpoint is not None:
             raise TranslatorError("--checkpoint does not go with --model (an export holds "
                                   "one checkpoint's weights)")
-        return CT2Translator.from_dir(model, device)
+        return CT2Translator.from_dir(model, device, threads=intra_threads,
+                                      inter_threads=inter_threads)
     found, overrides = _find_run(run, config, set_, checkpoint)
-    return CT2Translator.from_run(found, quantization, checkpoint, device, overrides)
+    return CT2Translator.from_run(found, quantization, checkpoint, device, overrides,
+                                  threads=intra_threads, inter_threads=inter_threads)
 
 
 def _find_run(run: Path | None, config: Path | None, overrides: list[str] | None,
@@ -303,6 +306,12 @@ ModelDirOpt = Annotated[Path | None, typer.Option(
 QuantOpt = Annotated[str, typer.Option(
     "--quantization", metavar="TYPE", help="ctranslate2 engine: the weights' type when a run "
     "is exported on the fly (int8, int8_float32, int16, float16, bfloat16, float32).")]
+IntraThreadsOpt = Annotated[int, typer.Option(
+    "--intra-threads", min=0, metavar="N", help="ctranslate2 engine: threads per batch "
+    "(CTranslate2's intra_threads; 0: its default).")]
+InterThreadsOpt = Annotated[int, typer.Option(
+    "--inter-threads", min=1, metavar="N", help="ctranslate2 engine: batches run at once "
+    "(CTranslate2's inter_threads).")]
 DtypeOpt = Annotated[str | None, typer.Option(
     "--dtype", metavar="DTYPE", help="Weights as fp32, bf16 (faster batched decoding on CPUs "
     "with AMX and on recent GPUs) or fp16 (GPUs) (default: the run's decoding.dtype).")]
@@ -407,6 +416,7 @@ def translate(
     engine: EngineOpt = "native",
     model: ModelDirOpt = None,
     quantization: QuantOpt = "int8",
+    intra_threads: IntraThreadsOpt = 0, inter_threads: InterThreadsOpt = 1,
 ) -> None:
     """Translate a sentence, stdin or a file (line by line, empty lines kept) with a trained
     run. A line holding several sentences is split, translated sentence by sentence and
@@ -421,7 +431,7 @@ def translate(
         parts, total = _translate_inputs(sentence, input_, max(16 * batch_size, 256),
                                          interactive)
         translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
-                                      model, quantization)
+                                      model, quantization, intra_threads, inter_threads)
         dec = translator.decoding(beam_size=beam, length_penalty=length_penalty,
                                   max_len_a=max_len_a, max_len_b=max_len_b)
         emit = _emitter(translator, batch_size, dec, n_best, beam, split=not no_split)
@@ -677,19 +687,27 @@ def export(
 
 
 # shape: a Typer command; its signature lists its options, the body is a few lines.
-@app.command(cls=_Verb, epilog="Example: translator serve --run runs/toy --port 5000")
+@app.command(cls=_Verb, epilog="Example: translator serve --run runs/en-de --run runs/de-en "
+             "--port 5000")
 def serve(
-    run: RunOpt = None,
+    run: Annotated[list[Path] | None, typer.Option(
+        "--run", metavar="DIR", help="A run folder to serve; repeat for several models "
+        "(default: from --config, else the newest run under runs/).")] = None,
+    models: Annotated[Path | None, typer.Option(
+        "--models", metavar="DIR", help="Serve every run folder and CTranslate2 export "
+        "directly under DIR.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     checkpoint: CkptOpt = None,
     engine: Annotated[str, typer.Option(
         "--engine", metavar="ENGINE",
-        help="native (PyTorch) or ctranslate2 (the run exported on the fly into "
-        "<run>/export/).")] = "native",
+        help="native (PyTorch) or ctranslate2 (each run exported on the fly into "
+        "<run>/export/); exports are always ctranslate2.")] = "native",
     quantization: QuantOpt = "int8",
     device: TranslateDeviceOpt = "auto",
     dtype: DtypeOpt = None,
+    intra_threads: IntraThreadsOpt = 0,
+    inter_threads: InterThreadsOpt = 1,
     host: Annotated[str, typer.Option(
         "--host", metavar="ADDRESS", help="Address to listen on; 0.0.0.0 opens it to the network.")]
     = "127.0.0.1",
@@ -712,33 +730,70 @@ def serve(
         "--max-beam", min=1, metavar="N",
         help="Largest beam size (and n-best) a request may ask for.")]
     = 16,
+    max_work: Annotated[int, typer.Option(
+        "--max-work", min=1, metavar="N",
+        help="Most sentences x beam size in one request (413 past it).")] = 1024,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", min=0, metavar="N",
+        help="Sentences waiting for one model before requests get 429 (0: no bound).")]
+    = 2048,
     timeout: Annotated[float, typer.Option(
         "--timeout", min=0.001, metavar="SECONDS",
         help="Seconds a request may wait before it gets 503.")]
     = 30.0,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", envvar="TRANSLATOR_API_KEY", show_envvar=True, metavar="KEY",
-        help="Require this key on /translate and /attention.")] = None,
+        help="Require this key on everything but the page, /health, /languages and "
+        "/frontend/settings.")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        "--cors-origin", metavar="ORIGIN", help="Let pages of this origin call the API from "
+        "a browser (repeatable; '*' for any). Default: only the server's own page.")] = None,
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", min=1, metavar="N",
+        help="Open connections (and requests) at once; more get 503.")] = 512,
+    read_timeout: Annotated[float, typer.Option(
+        "--read-timeout", min=0.1, metavar="SECONDS",
+        help="Seconds a request body may take to arrive (408 past it).")] = 10.0,
+    root_path: Annotated[str, typer.Option(
+        "--root-path", metavar="PATH", help="The URL prefix a reverse proxy serves the app "
+        "under, e.g. /translate-api.")] = "",
     access_log: Annotated[bool, typer.Option(
         "--access-log/--no-access-log", help="Log each request.")] = True,
 ) -> None:
-    """Serve a run over HTTP: a LibreTranslate-compatible API (/translate, /languages), a
-    translation page with attention heatmaps at /, OpenAPI docs at /docs. Concurrent
-    requests are decoded together in batches."""
+    """Serve one or several models over HTTP: LibreTranslate's API (/translate, /detect,
+    /languages, /translate_file), a translation page with attention heatmaps at /, the OpenAPI
+    schema at /openapi.json. A pair with no model of its own goes through a pivot language.
+    Concurrent requests are decoded together in batches, one queue per model."""
     with _user_errors():
-        from translator.serve import check_address, check_installed, run_server
+        from translator.serve import (
+            EngineOptions,
+            ServerOptions,
+            check_address,
+            check_installed,
+            find_models,
+            load_models,
+            run_server,
+        )
         from translator.serve.service import Limits
 
         check_installed()
         check_address(host, port)
-        run_dir, overrides = _find_run(run, config, set_, checkpoint)
-        translator = _load_translator(run_dir, None, overrides, checkpoint, device, dtype,
-                                      engine, None, quantization)
-        run_server(translator, run_dir=run_dir, checkpoint=checkpoint, host=host, port=port,
-                   max_batch=max_batch, wait_ms=batch_wait_ms, api_key=api_key or None,
-                   access_log=access_log,
-                   limits=Limits(max_chars=max_chars, max_lines=max_lines, max_beam=max_beam,
-                                 timeout=timeout))
+        folders = [*(run or []), *(find_models(models) if models is not None else [])]
+        overrides = list(set_ or [])
+        if not folders:
+            found, overrides = _find_run(None, config, set_, checkpoint)
+            folders = [found]
+        served = load_models(folders, EngineOptions(engine, quantization, device, dtype,
+                                                    intra_threads, inter_threads),
+                             checkpoint, overrides)
+        limits = Limits(max_chars=max_chars, max_lines=max_lines, max_beam=max_beam,
+                        max_work=max_work, timeout=timeout, max_queued=max_queue)
+        run_server(served, ServerOptions(
+            host=host, port=port, max_batch=max_batch, wait_ms=batch_wait_ms, limits=limits,
+            api_key=api_key or None, cors_origins=tuple(cors_origin or ()),
+            max_connections=max_connections, read_timeout=read_timeout,
+            root_path=root_path.rstrip("/"), access_log=access_log),
+            workers=inter_threads if engine == "ctranslate2" else 1)
 
 
 @app.command(cls=_Verb, epilog="Example: translator info runs/toy --json")

@@ -54,6 +54,11 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--decode-dtype", choices=DECODING_DTYPES, default="fp32",
                        help="Number format of the model's weights, for all four rows "
                        "(default fp32).")
+    group.add_argument("--decode-ct2-intra-threads", type=int, default=None,
+                       help="CTranslate2's intra_threads for the ct2 rows (threads per batch; "
+                       "0: CTranslate2's default; default: torch's thread count, as before).")
+    group.add_argument("--decode-ct2-inter-threads", type=int, default=1,
+                       help="CTranslate2's inter_threads for the ct2 rows (default 1).")
     group.add_argument("--decode-fast-step", action="store_true",
                        help="Also time every cached row with the textbook step instead of "
                        "fast_decode.FastStep (rows ..._plain): the A/B of the fast step.")
@@ -203,7 +208,9 @@ def _ct2_rows(args: argparse.Namespace, translator: object, trained: bool,
     import sacrebleu
 
     K, bs = args.decode_beam, args.decode_batch_size
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads() if args.decode_ct2_intra_threads is None \
+        else args.decode_ct2_intra_threads
+    inter = args.decode_ct2_inter_threads
     base = native["decode.cached_batched_sps"]
     results: dict[str, float] = {}
     table = []
@@ -215,7 +222,7 @@ def _ct2_rows(args: argparse.Namespace, translator: object, trained: bool,
 
     with tempfile.TemporaryDirectory() as tmp:
         engines = {q: CT2Translator.from_dir(export(q, Path(tmp) / q), args.decode_device,
-                                             threads=threads)
+                                             threads=threads, inter_threads=inter)
                    for q in ("float32", "int8")}
         greedy = translator.decoding(beam_size=1)
         beam = translator.decoding(beam_size=K, length_penalty=0.6)
@@ -244,7 +251,11 @@ def _ct2_rows(args: argparse.Namespace, translator: object, trained: bool,
         results["decode.ct2_int8_bleu"] = round(table[1][6], 2)
     results["decode.ct2_int8_b1_vs_cached_b1"] = round(
         results["decode.ct2_int8_b1_sps"] / native["decode.cached_b1_sps"], 2)
-    print(f"CTranslate2, {threads} threads, against our cached batched greedy "
+    results["decode.ct2_intra_threads"] = float(threads)
+    results["decode.ct2_inter_threads"] = float(inter)
+    print(f"CTranslate2, intra_threads {threads} (0: its default), inter_threads {inter} "
+          f"(torch: {torch.get_num_threads()} threads in this process), against our cached "
+          "batched greedy "
           f"({base:.1f} sentences/s); the classic tutorial code measured 10.4 sentences/s "
           "on this machine, for scale:\n")
     print(markdown_table(["decoder", "how", "sentences/s", "x ours batched", "seconds",

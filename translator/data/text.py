@@ -63,20 +63,35 @@ _ABBREVIATIONS = frozenset(
 def split_into_sentences(text: str) -> list[str]:
     """Cut a paragraph into sentences at . ! ? followed by white space and a word that does
     not start in lower case, except after common abbreviations ("Dr. Smith") and single
-    initials ("J. Smith"). Text without such a boundary comes back whole (stripped)."""
+    initials ("J. Smith"). Text without such a boundary comes back whole (stripped).
+
+    Linear in the text: each candidate end looks only at the word before it and a few
+    characters after it (a server splits what any client sends)."""
     parts, start = [], 0
     for m in _SENTENCE_END.finditer(text):
-        following = text[m.end():].lstrip(_OPENERS)
-        if not following or following[0].islower():
+        if not _next_word_may_start_sentence(text, m.end()):
             continue
-        words = text[start:m.start()].split()
-        word = words[-1].lstrip(_OPENERS).rstrip(".").lower() if words else ""
+        word_start = m.start()  # back to the white space before the word (or `start`)
+        while word_start > start and not text[word_start - 1].isspace():
+            word_start -= 1
+        word = text[word_start:m.start()].lstrip(_OPENERS).rstrip(".").lower()
         if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
             continue
         parts.append(text[start:m.end(1)].strip())  # closing quotes stay with the sentence
         start = m.end()
     parts.append(text[start:].strip())
     return [p for p in parts if p]
+
+
+def _next_word_may_start_sentence(text: str, pos: int, look: int = 16) -> bool:
+    """Whether the text after `pos`, past opening quotes and brackets (at most `look` of
+    them), is neither empty nor starts in lower case."""
+    end = min(len(text), pos + look)
+    while pos < end and text[pos] in _OPENERS:
+        pos += 1
+    if pos == len(text):
+        return False
+    return not text[pos].islower()
 
 
 def sentence_pieces(texts: Sequence[str], split: bool) -> tuple[list[str], list[int]]:

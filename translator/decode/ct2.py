@@ -208,9 +208,11 @@ class CT2Translator(Translator):
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "cpu",
-                 compute_type: str = "default", threads: int = 0) -> CT2Translator:
+                 compute_type: str = "default", threads: int = 0,
+                 inter_threads: int = 1) -> CT2Translator:
         """Load an exported folder; its config holds the languages, max_len and decoding
-        defaults of translator.json."""
+        defaults of translator.json. `threads` is CTranslate2's intra_threads (threads per
+        batch; 0: its default), `inter_threads` how many batches it runs at once."""
         ct2 = _ct2()
         path = Path(model_dir)
         meta_path = path / META
@@ -233,7 +235,8 @@ class CT2Translator(Translator):
             raise TranslatorError("device 'cuda' requested but CUDA is not available here")
         try:
             engine = ct2.Translator(str(path), device=device, device_index=index,
-                                    compute_type=compute_type, intra_threads=threads)
+                                    compute_type=compute_type, intra_threads=threads,
+                                    inter_threads=inter_threads)
         except (RuntimeError, ValueError) as exc:
             first = first_line(exc)
             raise TranslatorError(f"cannot load the CTranslate2 model in {path}: {first}")\
@@ -252,7 +255,8 @@ class CT2Translator(Translator):
     @classmethod
     def from_run(cls, run_dir: str | Path, quantization: str = "int8",
                  checkpoint: str | Path | None = None, device: str = "cpu",
-                 overrides: Sequence[str] = ()) -> CT2Translator:
+                 overrides: Sequence[str] = (), threads: int = 0,
+                 inter_threads: int = 1) -> CT2Translator:
         """A run through its cached export (`cached_export`), keeping the run's config so that
         evaluate can read its splits and write to <run>/eval/."""
         from translator.checkpoint import RunLayout
@@ -260,7 +264,8 @@ class CT2Translator(Translator):
 
         check_inference_overrides(overrides)
         cfg = RunLayout(Path(run_dir)).load_config(list(overrides))
-        translator = cls.from_dir(cached_export(run_dir, quantization, checkpoint), device)
+        translator = cls.from_dir(cached_export(run_dir, quantization, checkpoint), device,
+                                  threads=threads, inter_threads=inter_threads)
         translator.cfg.data, translator.cfg.output = cfg.data, cfg.output
         translator.cfg.decoding = cfg.decoding  # the run's, with any --set decoding.* applied
         return translator

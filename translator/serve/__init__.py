@@ -1,7 +1,9 @@
-"""`translator serve`: an HTTP translation server over one trained run.
+"""`translator serve`: an HTTP translation server over one or several trained models.
 
 - `batcher`: the queue that batches sentences of concurrent requests (no HTTP, no model);
-- `service`: limits, sentence splitting, rejoining, attention maps (no HTTP);
+- `service`: routing between models (and pivots), limits, sentence splitting, rejoining,
+  detection, attention maps (no HTTP); `html`, `detect`, `files`: its helpers;
+- `guard`: what is judged before a body is parsed (API key, size, CORS);
 - `app`: the FastAPI application (LibreTranslate-compatible API, the page in `static/`).
 
 FastAPI and uvicorn are an optional extra (`pip install 'translator[serve]'`); this module
@@ -11,6 +13,8 @@ imports neither, so that the CLI can say how to install them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +22,7 @@ from translator.errors import TranslatorError
 
 if TYPE_CHECKING:
     from translator.decode.translator import Translator
-    from translator.serve.service import Limits
+    from translator.serve.service import Limits, ServedModel
 
 log = logging.getLogger("translator")
 INSTALL_HINT = ("the server needs FastAPI and uvicorn: pip install 'translator[serve]' "
@@ -53,37 +57,137 @@ def check_address(host: str, port: int) -> None:
                                   f"{exc.strerror or exc}") from exc
 
 
-def run_server(translator: Translator, *, run_dir: str | Path | None = None,
-               checkpoint: str | Path | None = None, host: str = "127.0.0.1",
-               port: int = 5000, max_batch: int = 64, wait_ms: float = 5.0,
-               limits: Limits | None = None, api_key: str | None = None,
-               access_log: bool = True) -> None:
-    """Serve a loaded translator over HTTP until interrupted (Ctrl-C or SIGTERM).
+@dataclass
+class EngineOptions:
+    """How to load each model: the engine for run folders (an export is always CTranslate2),
+    device, weights' types, and CTranslate2's threads (intra: per batch, 0 its default;
+    inter: batches at once, which the server's batcher then runs as that many workers)."""
 
-    With an engine other than native, /attention loads the run's native model (of
-    `checkpoint`, default best.pt) on first use; `run_dir` is needed for that."""
+    engine: str = "native"
+    quantization: str = "int8"
+    device: str = "auto"
+    dtype: str | None = None
+    intra_threads: int = 0
+    inter_threads: int = 1
+
+
+def find_models(models_dir: Path) -> list[Path]:
+    """The model folders directly under `models_dir`: run folders (with a config.yaml) and
+    CTranslate2 exports (with a translator.json), in name order."""
+    from translator.decode.ct2 import META
+
+    if not models_dir.is_dir():
+        raise TranslatorError(f"models folder not found: {models_dir}")
+    found = sorted(p for p in models_dir.iterdir() if p.is_dir() and (
+        (p / "config.yaml").is_file() or (p / META).is_file()))
+    if not found:
+        raise TranslatorError(f"no run folder (config.yaml) or CTranslate2 export "
+                              f"(translator.json) under {models_dir}")
+    return found
+
+
+def load_models(folders: Sequence[Path], options: EngineOptions,
+                checkpoint: Path | None = None, overrides: Sequence[str] = (),
+                ) -> list[ServedModel]:
+    """Load every folder (a run or an export) as a ServedModel, at start-up: a folder that
+    does not load is an error now, not for the first user of its pair."""
+    from translator.decode.ct2 import META, CT2Translator
+    from translator.decode.translator import Translator
+    from translator.serve.service import ServedModel
+
+    if checkpoint is not None and len(folders) > 1:
+        raise TranslatorError("--checkpoint names one run's checkpoint; it does not go with "
+                              "several models")
+    if options.engine not in ("native", "ctranslate2"):
+        raise TranslatorError(f"unknown engine '{options.engine}' (use native or ctranslate2)")
+    served = []
+    for folder in folders:
+        if (folder / META).is_file() and not (folder / "config.yaml").is_file():
+            tr: Translator = CT2Translator.from_dir(
+                folder, options.device, threads=options.intra_threads,
+                inter_threads=options.inter_threads)
+            served.append(ServedModel(tr, str(folder)))
+            continue
+        if not (folder / "config.yaml").is_file():
+            raise TranslatorError(f"run folder not found: {folder}")
+        if options.engine == "native":
+            tr = Translator.from_run(folder, checkpoint, options.device, options.dtype,
+                                     overrides)
+            served.append(ServedModel(tr, str(folder)))
+            continue
+        if options.dtype is not None:
+            raise TranslatorError("--dtype is for the native engine; the ctranslate2 engine "
+                                  "takes --quantization")
+        tr = CT2Translator.from_run(folder, options.quantization, checkpoint, options.device,
+                                    overrides, threads=options.intra_threads,
+                                    inter_threads=options.inter_threads)
+        served.append(ServedModel(tr, str(folder), _native_loader(folder, checkpoint)))
+    return served
+
+
+def _native_loader(run_dir: Path, checkpoint: Path | None) -> Callable[[], Translator]:
+    """/attention with another engine loads the run's native model on first use."""
+    def load() -> Translator:
+        from translator.decode.translator import Translator
+
+        return Translator.from_run(run_dir, checkpoint, device="cpu")
+    return load
+
+
+@dataclass
+class ServerOptions:
+    """The HTTP side: address, batching, limits, key, CORS, connection bounds."""
+
+    host: str = "127.0.0.1"
+    port: int = 5000
+    max_batch: int = 64
+    wait_ms: float = 5.0
+    limits: Limits | None = None
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_connections: int = 512
+    read_timeout: float = 10.0
+    keep_alive: float = 5.0
+    root_path: str = ""
+    access_log: bool = True
+
+
+def run_server(models: Translator | Sequence[ServedModel], options: ServerOptions | None = None,
+               *, run_dir: str | Path | None = None, workers: int = 1) -> None:
+    """Serve loaded models over HTTP until interrupted (Ctrl-C or SIGTERM). One Translator
+    may be given alone (with its `run_dir`, from which /attention loads a native model when
+    the engine is another)."""
     check_installed()
     import uvicorn
 
-    from translator.decode.translator import Translator
     from translator.serve.app import create_app
-    from translator.serve.service import TranslationService
+    from translator.serve.service import ServedModel, TranslationService
 
-    loader = None
-    if getattr(translator, "model", None) is None and run_dir is not None:
-        def loader() -> Translator:
-            return Translator.from_run(run_dir, checkpoint, device="cpu")
-    service = TranslationService(translator, max_batch=max_batch, wait_ms=wait_ms,
-                                 limits=limits, attention_translator=loader,
-                                 run_dir=str(run_dir) if run_dir is not None else None)
-    app = create_app(service, api_key=api_key)
-    shown = f"[{host}]" if ":" in host else host
-    log.info("serving %s (%s engine, %s, %s->%s) on http://%s:%d%s",
-             run_dir or translator.checkpoint, translator.engine_name, translator.device,
-             service.src_lang, service.tgt_lang, shown, port,
-             "; API key required" if api_key else "")
+    opts = options or ServerOptions()
+    if not isinstance(models, Sequence):
+        loader = None
+        if getattr(models, "model", None) is None and run_dir is not None:
+            loader = _native_loader(Path(run_dir), None)
+        models = [ServedModel(models, str(run_dir) if run_dir else None, loader)]
+    service = TranslationService(list(models), max_batch=opts.max_batch, wait_ms=opts.wait_ms,
+                                 limits=opts.limits, workers=workers,
+                                 hide_paths=bool(opts.api_key))
+    app = create_app(service, api_key=opts.api_key, cors_origins=opts.cors_origins,
+                     read_timeout=opts.read_timeout, root_path=opts.root_path)
+    shown = f"[{opts.host}]" if ":" in opts.host else opts.host
+    for m in service.models.values():
+        log.info("model %s: %s (%s engine, %s)", m.name, m.run_dir or m.translator.checkpoint,
+                 m.translator.engine_name, m.translator.device)
+    for source, targets in sorted(service.via.items()):
+        for target, pivot in sorted(targets.items()):
+            log.info("pair %s->%s goes through %s", source, target, pivot)
+    log.info("serving on http://%s:%d%s%s; cross-origin calls from %s", shown, opts.port,
+             opts.root_path, "; API key required" if opts.api_key else "",
+             ", ".join(opts.cors_origins) or "no other origin (--cors-origin)")
     try:
-        uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info",
-                    timeout_graceful_shutdown=5)
+        uvicorn.run(app, host=opts.host, port=opts.port, access_log=opts.access_log,
+                    log_level="info", timeout_graceful_shutdown=5,
+                    limit_concurrency=opts.max_connections,
+                    timeout_keep_alive=int(max(1, opts.keep_alive)))
     finally:
         service.close()

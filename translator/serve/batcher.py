@@ -1,11 +1,16 @@
 """A queue that batches work from many concurrent callers into few decode calls.
 
-Each HTTP request submits its sentences as one job. A single worker thread takes the oldest
-job, waits up to `wait_ms` for more jobs with the same decoding key (beam size, n-best) until
-`max_batch` sentences are gathered, decodes them all with one call and hands each job its
-own results, in order. Decoding on the worker thread keeps the event loop free (a health
-check answers while a batch runs), and one worker means the model is never used by two
-batches at once.
+Each HTTP request submits its sentences as one job. A worker thread takes the oldest job,
+waits up to `wait_ms` for more jobs with the same decoding key (beam size, n-best) until
+`max_batch` sentences are gathered, decodes them with one call and hands each job its own
+results, in order. Decoding on worker threads keeps the event loop free (a health check
+answers while a batch runs).
+
+A job larger than what is left of a batch is split: its first chunk goes into this batch and
+the job goes to the back of the queue, so that a client sending 1,000 sentences shares the
+model with the others batch by batch instead of holding it for the whole job. A job is
+withdrawn by cancelling its future (a timeout, a client that went away): queued, it is never
+decoded; running, its remaining chunks are skipped.
 
 Nothing here knows about HTTP or models: `decode(key, items) -> results` is any function.
 """
@@ -15,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("translator")
 Item = TypeVar("Item")
@@ -31,104 +37,152 @@ class BatcherClosed(RuntimeError):
     """The batcher was closed before the job could run."""
 
 
-@dataclass
+class QueueFull(RuntimeError):
+    """The queue holds too many sentences to take this job now; `retry_after` seconds is a
+    guess of when it will have room."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(eq=False)
 class _Job(Generic[Item, Result]):
     key: Hashable
     items: list[Item]
     future: concurrent.futures.Future[list[Result]] = field(
         default_factory=concurrent.futures.Future)
     enqueued: float = field(default_factory=time.monotonic)
+    handed: int = 0  # items given to batches so far
+    decoded: int = 0  # items whose results are in
+    results: list[Any] = field(default_factory=list)
+
+    @property
+    def left(self) -> int:
+        return len(self.items) - self.handed
+
+
+@dataclass
+class _Chunk:
+    job: _Job[Any, Any]
+    start: int
+    stop: int
 
 
 class Batcher(Generic[Item, Result]):
     """Batches jobs from many threads or event loops into calls of `decode(key, items)`.
 
     `decode` must return one result per item, in order; jobs with different keys are never
-    mixed in one call. A job larger than `max_batch` is decoded whole, alone (its decode call
-    may batch internally). An exception from `decode` fails the jobs of that call only.
+    mixed in one call, and no call holds more than `max_batch` items. An exception from
+    `decode` fails the jobs of that call only. `workers` threads decode at once (for an
+    engine that runs concurrent batches, such as CTranslate2 with inter_threads > 1);
+    `max_queued` bounds the items waiting (0: no bound).
     """
 
     def __init__(self, decode: Callable[[Hashable, list[Item]], Sequence[Result]], *,
-                 max_batch: int = 64, wait_ms: float = 5.0, name: str = "batcher") -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
-        if wait_ms < 0:
-            raise ValueError("wait_ms must not be negative")
+                 max_batch: int = 64, wait_ms: float = 5.0, name: str = "batcher",
+                 workers: int = 1, max_queued: int = 0) -> None:
+        if max_batch < 1 or workers < 1:
+            raise ValueError("max_batch and workers must be at least 1")
+        if wait_ms < 0 or max_queued < 0:
+            raise ValueError("wait_ms and max_queued must not be negative")
         self._decode = decode
         self.max_batch = max_batch
         self.wait = wait_ms / 1000.0
+        self.max_queued = max_queued
         self._pending: deque[_Job[Item, Result]] = deque()
+        self._queued = 0  # items not yet handed to a batch, over all pending jobs
         self._cond = threading.Condition()
         self._closed = False
-        # Counters for /health and tests; written by the worker only.
+        # Counters for /health and tests; written under the lock.
         self.batches = 0
         self.items_decoded = 0
         self.largest_batch = 0
-        self._busy = False
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
+        self._running = 0
+        self._decode_seconds = 0.0
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     # -- callers --------------------------------------------------------------------------
 
     def submit(self, items: Sequence[Item], key: Hashable = None,
                ) -> concurrent.futures.Future[list[Result]]:
         """Queue `items` as one job; the future gives their results in order. Cancelling the
-        future before its batch starts takes the job out of the queue."""
+        future withdraws the job: queued, it is never decoded; running, its later chunks are
+        not. Raises QueueFull past `max_queued` (an empty queue takes any job)."""
         job: _Job[Item, Result] = _Job(key, list(items))
         if not job.items:
             job.future.set_result([])
             return job.future
+        job.results = [None] * len(job.items)
         with self._cond:
             if self._closed:
                 raise BatcherClosed("the batcher is closed")
+            if self.max_queued and self._queued and \
+                    self._queued + len(job.items) > self.max_queued:
+                raise QueueFull(f"the queue holds {self._queued} sentences; it takes at most "
+                                f"{self.max_queued}", self._retry_after())
             self._pending.append(job)
+            self._queued += len(job.items)
             self._cond.notify()
         return job.future
 
     async def run(self, items: Sequence[Item], key: Hashable = None,
                   timeout: float | None = None) -> list[Result]:
         """`submit` for asyncio code: await the results. After `timeout` seconds raises
-        TimeoutError and withdraws the job if it has not started yet (a job already being
-        decoded finishes, and its results are dropped)."""
-        future = asyncio.wrap_future(self.submit(items, key))
-        # wait_for cancels the wrapper on timeout, and wrap_future passes the cancellation on
-        # to the concurrent future, which the worker then skips.
-        return await asyncio.wait_for(future, timeout)
+        TimeoutError (asyncio's, which is the builtin from Python 3.11) and withdraws the
+        job; cancelling the awaiting task withdraws it too."""
+        future = self.submit(items, key)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        finally:
+            future.cancel()  # no-op once done; otherwise the worker skips what is left
 
     @property
     def queued(self) -> int:
-        """Items waiting in the queue (not counting a batch being decoded)."""
-        with self._cond:
-            return sum(len(job.items) for job in self._pending)
+        """Items waiting in the queue (not counting batches being decoded)."""
+        return self._queued
 
     @property
     def busy(self) -> bool:
         """Whether a batch is being decoded right now."""
-        return self._busy
+        return self._running > 0
+
+    def _retry_after(self) -> int:
+        """Seconds until the queue has drained at the rate seen so far (at least 1)."""
+        if not self.items_decoded or self._decode_seconds <= 0:
+            return 1
+        rate = self.items_decoded / self._decode_seconds
+        return max(1, min(60, math.ceil(self._queued / rate)))
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Stop taking jobs, fail the queued ones with BatcherClosed, and wait up to `timeout`
-        seconds for a running batch to finish."""
+        seconds for running batches to finish."""
         with self._cond:
             self._closed = True
             left = list(self._pending)
             self._pending.clear()
+            self._queued = 0
             self._cond.notify_all()
         for job in left:
-            if job.future.set_running_or_notify_cancel():
-                job.future.set_exception(BatcherClosed("the server is shutting down"))
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+            _fail(job, BatcherClosed("the server is shutting down"))
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
 
-    # -- the worker -----------------------------------------------------------------------
+    # -- the workers ----------------------------------------------------------------------
 
-    def _take(self) -> list[_Job[Item, Result]] | None:
-        """Block until a batch is ready; return its jobs (all with one key), or None when the
+    def _take(self) -> list[_Chunk] | None:
+        """Block until a batch is ready; return its chunks (all of one key), or None when the
         batcher is closed."""
         with self._cond:
             while True:
+                self._drop_withdrawn()
                 while not self._pending and not self._closed:
                     self._cond.wait()
+                    self._drop_withdrawn()
                 if self._closed:
                     return None
                 # Gather for `wait` seconds after the oldest job arrived: under load the
@@ -143,57 +197,100 @@ class Batcher(Generic[Item, Result]):
                     self._cond.wait(remaining)
                 if self._closed:
                     return None
-                jobs = self._pop_batch()
-                if jobs:
-                    return jobs
-                # Every job taken had been cancelled (timed out): look again.
+                chunks = self._pop_batch()
+                if chunks:
+                    self._running += 1
+                    return chunks
+
+    def _drop_withdrawn(self) -> None:
+        """Forget cancelled jobs (called with the lock held)."""
+        if any(job.future.done() for job in self._pending):
+            for job in [j for j in self._pending if j.future.done()]:
+                self._queued -= job.left
+            self._pending = deque(j for j in self._pending if not j.future.done())
 
     def _ready_size(self, key: Hashable) -> int:
-        return sum(len(job.items) for job in self._pending if job.key == key)
+        return sum(job.left for job in self._pending if job.key == key)
 
-    def _pop_batch(self) -> list[_Job[Item, Result]]:
-        """Take the oldest job and, in order, the later jobs of its key that still fit the
-        sentence budget; cancelled jobs are dropped on the way. Called with the lock held."""
+    def _pop_batch(self) -> list[_Chunk]:
+        """The oldest job's key; in queue order, every job of that key that fits whole in
+        what is left of `max_batch`. The first job, when larger than the batch, gives its
+        first `max_batch` items and goes to the back of the queue, behind the others.
+        Called with the lock held."""
+        self._drop_withdrawn()
+        if not self._pending:
+            return []
         key = self._pending[0].key
-        taken: list[_Job[Item, Result]] = []
-        size = 0
+        chunks: list[_Chunk] = []
+        space = self.max_batch
         keep: deque[_Job[Item, Result]] = deque()
-        while self._pending:
-            job = self._pending.popleft()
-            if job.future.cancelled():
-                continue
-            fits = job.key == key and (not taken or size + len(job.items) <= self.max_batch)
-            if fits and job.future.set_running_or_notify_cancel():
-                taken.append(job)
-                size += len(job.items)
-            elif not job.future.cancelled():
+        requeue: list[_Job[Item, Result]] = []
+        for job in self._pending:
+            if job.key == key and (job.left <= space or not chunks):
+                n = min(job.left, space)
+                chunks.append(_Chunk(job, job.handed, job.handed + n))
+                job.handed += n
+                space -= n
+                self._queued -= n
+                if job.left:
+                    requeue.append(job)
+            else:
                 keep.append(job)
+        keep.extend(requeue)
         self._pending = keep
-        return taken
+        return chunks
 
     def _work(self) -> None:
         while True:
-            jobs = self._take()
-            if jobs is None:
+            chunks = self._take()
+            if chunks is None:
                 return
-            items = [item for job in jobs for item in job.items]
-            self._busy = True
+            items = [item for c in chunks for item in c.job.items[c.start:c.stop]]
+            start = time.monotonic()
             try:
-                results = list(self._decode(jobs[0].key, items))
+                results = list(self._decode(chunks[0].job.key, items))
                 if len(results) != len(items):
                     raise RuntimeError(f"decode returned {len(results)} results for "
                                        f"{len(items)} items")
-            except Exception as exc:  # the worker must survive any failure of one batch
+            except Exception as exc:  # a worker must survive any failure of one batch
                 log.exception("decoding a batch of %d items failed", len(items))
-                for job in jobs:
-                    job.future.set_exception(exc)
+                with self._cond:
+                    self._running -= 1
+                for c in chunks:
+                    _fail(c.job, exc)
                 continue
-            finally:
-                self._busy = False
-            self.batches += 1
-            self.items_decoded += len(items)
-            self.largest_batch = max(self.largest_batch, len(items))
-            start = 0
-            for job in jobs:
-                job.future.set_result(results[start:start + len(job.items)])
-                start += len(job.items)
+            with self._cond:
+                self._running -= 1
+                self._decode_seconds += time.monotonic() - start
+                self.batches += 1
+                self.items_decoded += len(items)
+                self.largest_batch = max(self.largest_batch, len(items))
+                finished = self._store(chunks, results)
+            for job in finished:
+                if job.future.set_running_or_notify_cancel():
+                    job.future.set_result(job.results)
+
+    @staticmethod
+    def _store(chunks: list[_Chunk], results: list[Any]) -> list[_Job[Any, Any]]:
+        """Put each chunk's results into its job; the jobs now complete."""
+        finished, offset = [], 0
+        for c in chunks:
+            n = c.stop - c.start
+            c.job.results[c.start:c.stop] = results[offset:offset + n]
+            offset += n
+            c.job.decoded += n
+            if c.job.decoded == len(c.job.items):
+                finished.append(c.job)
+        return finished
+
+
+def _fail(job: _Job[Any, Any], exc: BaseException) -> None:
+    """Fail a job's future unless it is already done (cancelled, or failed by an earlier
+    chunk)."""
+    if job.future.done():
+        return
+    try:
+        if job.future.set_running_or_notify_cancel():
+            job.future.set_exception(exc)
+    except RuntimeError:  # finished meanwhile (another worker's chunk of the same job)
+        pass

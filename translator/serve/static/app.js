@@ -5,13 +5,14 @@
 
 const TYPE_DELAY_MS = 400;
 const $ = (id) => document.getElementById(id);
-const state = { source: null, target: null, seq: 0, timer: null };
+const state = { source: null, target: null, seq: 0, timer: null, languages: [] };
+// Paths are relative so that the page works when the server is mounted under a prefix.
 
 async function post(path, body) {
   const headers = { "Content-Type": "application/json" };
   const key = $("apikey").value.trim();
   if (key) headers["X-API-Key"] = key;
-  const response = await fetch(path, { method: "POST", headers, body: JSON.stringify(body) });
+  const response = await fetch(path.replace(/^\//, ""), { method: "POST", headers, body: JSON.stringify(body) });
   let data;
   try {
     data = await response.json();
@@ -40,11 +41,18 @@ async function translateNow() {
   }
   setStatus("translating…");
   const request = { q: text, source: state.source, target: state.target };
+  // A pair through a pivot has no single model whose attention could be drawn.
+  const direct = !viaOf(state.source, state.target);
   const [translated, attention] = await Promise.allSettled(
-    [post("/translate", request), post("/attention", request)]);
+    [post("/translate", request),
+     direct ? post("/attention", request) : Promise.resolve({ sentences: [] })]);
   if (mine !== state.seq) return;
   if (translated.status === "fulfilled") {
-    $("translation").textContent = translated.value.translatedText;
+    const answer = translated.value;
+    $("translation").textContent = answer.translatedText;
+    const detected = answer.detectedLanguage;
+    $("via").textContent = detected ? `detected: ${nameOf(detected.language)}` :
+      (answer.via ? `through ${nameOf(answer.via)}` : "");
   } else {
     $("translation").textContent = "";
   }
@@ -195,18 +203,89 @@ function draw(view) {
 
 // -- start ------------------------------------------------------------------------------------
 
+// -- languages ------------------------------------------------------------------------------
+
+function nameOf(code) {
+  const found = state.languages.find((l) => l.code === code);
+  return found ? found.name : code;
+}
+
+function viaOf(source, target) {
+  if (source === "auto") return null;
+  const found = state.languages.find((l) => l.code === source);
+  return (found && found.via && found.via[target]) || null;
+}
+
+function targetsOf(source) {
+  if (source !== "auto") {
+    const found = state.languages.find((l) => l.code === source);
+    return found ? found.targets : [];
+  }
+  return [...new Set(state.languages.flatMap((l) => l.targets))].sort();
+}
+
+function option(value, text) {
+  const el = document.createElement("option");
+  el.value = value;
+  el.textContent = text;
+  return el;
+}
+
+function fillTargets(preferred) {
+  const targets = targetsOf(state.source);
+  const select = $("target-lang");
+  select.replaceChildren(...targets.map((code) => {
+    const via = viaOf(state.source, code);
+    return option(code, via ? `${nameOf(code)} (through ${nameOf(via)})` : nameOf(code));
+  }));
+  state.target = targets.includes(preferred) ? preferred : targets[0] || null;
+  select.value = state.target || "";
+  showPair();
+}
+
+function showPair() {
+  const src = state.source === "auto" ? "Detect language" : nameOf(state.source);
+  $("pair").textContent = `${src} → ${state.target ? nameOf(state.target) : "?"}`;
+  $("source-label").textContent = src;
+  $("target-label").textContent = state.target ? nameOf(state.target) : "Translation";
+  $("via").textContent = viaOf(state.source, state.target) ?
+    `through ${nameOf(viaOf(state.source, state.target))}` : "";
+  $("swap").disabled = state.source === "auto" || !targetsOf(state.target).includes(state.source);
+}
+
+function pickPair(source, target) {
+  state.source = source;
+  $("source-lang").value = source;
+  fillTargets(target);
+  if ($("source").value.trim()) translateNow();
+}
+
+function setupLanguages(languages) {
+  state.languages = languages;
+  const sources = languages.filter((l) => l.targets.length);
+  const select = $("source-lang");
+  select.replaceChildren(option("auto", "Detect language"),
+                         ...sources.map((l) => option(l.code, l.name)));
+  const first = sources[0] || languages[0];
+  pickPair(first.code, first.targets[0]);
+  select.addEventListener("change", () => pickPair(select.value, state.target));
+  $("target-lang").addEventListener("change", () => {
+    state.target = $("target-lang").value;
+    showPair();
+    if ($("source").value.trim()) translateNow();
+  });
+  $("swap").addEventListener("click", () => pickPair(state.target, state.source));
+}
+
+// -- start ------------------------------------------------------------------------------------
+
 async function start() {
   try {
     const [languages, health] = await Promise.all([
-      fetch("/languages").then((r) => r.json()), fetch("/health").then((r) => r.json())]);
-    const src = languages.find((l) => l.targets.length) || languages[0];
-    const tgt = languages.find((l) => l.code === src.targets[0]) || { code: src.targets[0] };
-    state.source = src.code;
-    state.target = tgt.code;
-    $("pair").textContent = `${src.name} → ${tgt.name || tgt.code}`;
-    $("source-label").textContent = src.name;
-    $("target-label").textContent = tgt.name || tgt.code;
-    $("engine").textContent = `${health.engine} engine on ${health.device}`;
+      fetch("languages").then((r) => r.json()), fetch("health").then((r) => r.json())]);
+    setupLanguages(languages);
+    const engines = [...new Set(health.models.map((m) => `${m.engine} engine on ${m.device}`))];
+    $("engine").textContent = engines.join(", ");
     $("keyrow").hidden = !health.api_key_required;
   } catch (error) {
     setStatus(`cannot reach the server: ${error.message}`, true);
