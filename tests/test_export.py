@@ -215,6 +215,9 @@ def test_huggingface_cli_round_trip_of_a_trained_run(spm_run: Path, tmp_path: Pa
     model = AutoModelForSeq2SeqLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     enc = tok(SENTENCES, return_tensors="pt", padding=True)
+    # Only what the model takes: transformers 4 refuses `generate(**tok(...))` with
+    # token_type_ids (the folder must load there too).
+    assert set(enc) == {"input_ids", "attention_mask"}
     with torch.no_grad():
         gen = model.generate(**enc, num_beams=1, do_sample=False, max_new_tokens=30)
     assert tok.batch_decode(gen, skip_special_tokens=True) == translator.translate(

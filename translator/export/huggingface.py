@@ -241,6 +241,9 @@ def _portable_tokenizer_config(path: Path) -> None:
     data = json.loads(path.read_text())
     data["tokenizer_class"] = "PreTrainedTokenizerFast"
     data.pop("backend", None)
+    # Without it transformers 4's fast tokenizer also returns token_type_ids, which
+    # `model.generate(**tok(...))` refuses (seen with 4.57.6).
+    data["model_input_names"] = ["input_ids", "attention_mask"]
     atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
