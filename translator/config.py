@@ -143,6 +143,32 @@ class DataConfig:
     sharpen it towards the largest."""
 
 
+@dataclass(frozen=True)
+class SourceKind:
+    """What config validation knows of one `data.source`: the facts its keys are checked
+    against. The readers' table (`translator.data.sources.SOURCES`) builds on this one, so
+    that config.py needs nothing from the data package."""
+
+    needs: tuple[str, str] = ("dir", "")
+    """The data key this source cannot do without, and an example for the error message."""
+    columns: bool = True
+    """Whether data.src_column/tgt_column apply (text and builtin name their own)."""
+    delimited: bool = False
+    """TSV/CSV: a file that may have no header line (columns then named by index)."""
+
+
+SOURCE_KINDS: dict[str, SourceKind] = {
+    "builtin": SourceKind(needs=("", ""), columns=False),
+    "hub": SourceKind(needs=("name", " (e.g. Helsinki-NLP/opus_books)")),
+    "text": SourceKind(columns=False),
+    "tsv": SourceKind(delimited=True),
+    "csv": SourceKind(delimited=True),
+    "jsonl": SourceKind(),
+    "parquet": SourceKind(),
+}
+"""Every `data.source` (the keys are DataConfig.source's choices)."""
+
+
 @dataclass
 class CorpusConfig:
     """One entry of `data.corpora`: a corpus' own source keys (each with the default of the
@@ -613,17 +639,15 @@ Problem = tuple[str, str]
 
 
 def _data_relations(d: DataConfig) -> typing.Iterator[Problem]:
-    from translator.data.corpus import SOURCES  # the data sources' table lives with their readers
-
     if d.valid_ratio + d.test_ratio >= 1.0:
         yield "valid_ratio", "valid_ratio + test_ratio must be < 1"
     if d.src_lang == d.tgt_lang:
         yield "tgt_lang", f"must differ from data.src_lang ('{d.src_lang}')"
-    source = SOURCES[d.source]
-    needed, example = source.needs
+    kind = SOURCE_KINDS[d.source]
+    needed, example = kind.needs
     if needed and not getattr(d, needed):
         yield needed, f"required when data.source is '{d.source}'{example}"
-    yield from _column_relations(d, source.columns, source.delimiter is not None)
+    yield from _column_relations(d, kind.columns, kind.delimited)
 
 
 def _column_relations(d: DataConfig, takes_columns: bool,

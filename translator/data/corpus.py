@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from translator.config import ConfigError, DataConfig
+from translator.config import SOURCE_KINDS, ConfigError, DataConfig, SourceKind
 from translator.errors import TranslatorError, first_line
 
 if TYPE_CHECKING:
@@ -292,36 +292,40 @@ def _text_files(cfg: DataConfig, name: str) -> list[Path]:
 
 @dataclass(frozen=True)
 class Source:
-    """What one `data.source` is: how a split of it is read, which files hold one, and which
-    data keys apply to it (config validation, evaluate and training read this table)."""
+    """What one `data.source` is: its validation facts (`kind`, from the config's table), how
+    a split of it is read and which files hold one (evaluate and training read this table)."""
 
+    kind: SourceKind
+    """Which key it needs, whether columns apply, whether it is delimited (config.py)."""
     read: Callable[[DataConfig, str], datasets.Dataset | None] | None
     """The raw dataset of a split by name, None for an empty file; None for the built-in
     corpus, which is generated whole (`_builtin`)."""
     files: Callable[[DataConfig, str], list[Path]] | None = None
     """The files holding a split, in `data.dir`; None: the source reads no files."""
-    needs: tuple[str, str] = ("dir", "")
-    """The data key this source cannot do without, and an example for the error message."""
-    columns: bool = True
-    """Whether data.src_column/tgt_column apply (text and builtin name their own)."""
     delimiter: tuple[str, int] | None = None
     """TSV/CSV: the field separator and the csv quoting; such files may have no header."""
     text: bool = True
     """Whether the files are text (a bad byte is then found and named by line)."""
+
+    @property
+    def columns(self) -> bool:
+        """Whether data.src_column/tgt_column apply."""
+        return self.kind.columns
 
     def split_files(self, cfg: DataConfig, name: str) -> list[Path]:
         """The files of split `name` (none for a source that reads no files)."""
         return self.files(cfg, name) if self.files is not None else []
 
 
+_KINDS = SOURCE_KINDS
 SOURCES: dict[str, Source] = {
-    "builtin": Source(None, needs=("", ""), columns=False),
-    "hub": Source(_read_hub, needs=("name", " (e.g. Helsinki-NLP/opus_books)")),
-    "text": Source(_read_text, _text_files, columns=False),
-    "tsv": Source(_read_delimited, _one_file, delimiter=("\t", csv.QUOTE_NONE)),
-    "csv": Source(_read_delimited, _one_file, delimiter=(",", csv.QUOTE_MINIMAL)),
-    "jsonl": Source(_read_single("json"), _one_file),
-    "parquet": Source(_read_single("parquet"), _one_file, text=False),
+    "builtin": Source(_KINDS["builtin"], None),
+    "hub": Source(_KINDS["hub"], _read_hub),
+    "text": Source(_KINDS["text"], _read_text, _text_files),
+    "tsv": Source(_KINDS["tsv"], _read_delimited, _one_file, ("\t", csv.QUOTE_NONE)),
+    "csv": Source(_KINDS["csv"], _read_delimited, _one_file, (",", csv.QUOTE_MINIMAL)),
+    "jsonl": Source(_KINDS["jsonl"], _read_single("json"), _one_file),
+    "parquet": Source(_KINDS["parquet"], _read_single("parquet"), _one_file, text=False),
 }
 """Every `data.source` (the keys are DataConfig.source's choices)."""
 
