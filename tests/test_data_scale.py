@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 
 from translator.config import ConfigError, DataConfig, TokenizerConfig, config_from_dict
-from translator.data.corpus import load_corpus, to_pairs, tokenizer_sample
+from translator.data.corpus import CorpusMix, load_corpus, to_pairs, tokenizer_sample
 from translator.data.dataset import (
     BatchList,
     BilingualDataset,
     BucketBatchSampler,
-    CorpusMix,
     _budget_starts,
     collate,
     tokenize,
@@ -164,7 +163,7 @@ def test_bad_corpora_keys_name_the_key(data: dict[str, Any], message: str) -> No
 
 
 def test_corpora_files_are_checked_with_their_key(tmp_path: Path) -> None:
-    from translator.data.corpus import ConfigError as CorpusConfigError
+    from translator.data.sources import ConfigError as CorpusConfigError
 
     raw = {"data": {"corpora": [{}, {"source": "text", "dir": str(tmp_path / "gone")}]}}
     with pytest.raises(CorpusConfigError, match=r"data\.corpora\[1\]\.dir: folder not found"):
