@@ -191,6 +191,25 @@ def test_training_records_every_count_in_splits_json_and_the_log(
     assert "1 over data.max_len" in startup[0]
 
 
+def test_a_training_start_writes_the_split_record_once(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """splits.json is checked as soon as the corpus is read but written once, complete (with
+    the token-level counts), not a partial record first."""
+    import translator.files as files
+
+    _tsv(tmp_path / "train.tsv", GOOD)
+    real, writes = files.atomic_write, []
+
+    def counting(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).name == "splits.json":
+            writes.append(json.loads(args[0]))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "atomic_write", counting)
+    Trainer(_run_config(tmp_path), quiet=True)
+    assert len(writes) == 1 and {"ratio", "too_long"} <= set(writes[0]["train_filters"])
+
+
 def test_cleaning_is_deterministic_and_resume_checks_its_counts(tmp_path: Path,
                                                                 cache: str) -> None:
     pairs = [*GOOD, *GOOD[:5], ("c", "c"), ("a\x01", "b")]

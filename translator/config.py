@@ -4,7 +4,7 @@ Every key a user can write lives in one of the dataclasses below, with its type,
 meaning (the README's config reference is written from them). Loading is strict: an unknown
 key, a wrong type or an impossible value raises `ConfigError` with a one-line message that
 names the key, so nothing is silently ignored. Loading parses and validates values only:
-files and folders are checked where they are used (`corpus.check_data_files` for the data).
+files and folders are checked where they are used (`data.sources.check_data_files` for the data).
 Every section is validated the same way, by `check_section`: a table of rules per key
 (`RULES`), then the relations between a section's keys (`RELATIONS`).
 """
