@@ -13,8 +13,10 @@ import pytest
 
 from translator.checkpoint import RunLayout
 from translator.config import ConfigError, DataConfig, config_from_dict
-from translator.data.corpus import DataError, check_split_record, load_corpus, to_pairs
+from translator.data.corpus import load_corpus, to_pairs
 from translator.data.dataset import BilingualDataset
+from translator.data.sources import DataError
+from translator.data.split_record import check_split_record
 from translator.train.loop import Trainer
 
 GOOD = [(f"source sentence {i} .", f"target satz {i} .") for i in range(12)]
@@ -187,6 +189,25 @@ def test_training_records_every_count_in_splits_json_and_the_log(
     startup = [r.getMessage() for r in caplog.records if "train pairs" in r.getMessage()]
     assert startup and "1 duplicates" in startup[0] and "1 over data.max_ratio" in startup[0]
     assert "1 over data.max_len" in startup[0]
+
+
+def test_a_training_start_writes_the_split_record_once(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """splits.json is checked as soon as the corpus is read but written once, complete (with
+    the token-level counts), not a partial record first."""
+    import translator.files as files
+
+    _tsv(tmp_path / "train.tsv", GOOD)
+    real, writes = files.atomic_write, []
+
+    def counting(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).name == "splits.json":
+            writes.append(json.loads(args[0]))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(files, "atomic_write", counting)
+    Trainer(_run_config(tmp_path), quiet=True)
+    assert len(writes) == 1 and {"ratio", "too_long"} <= set(writes[0]["train_filters"])
 
 
 def test_cleaning_is_deterministic_and_resume_checks_its_counts(tmp_path: Path,

@@ -131,7 +131,7 @@ def test_every_data_source_has_an_entry_in_the_source_table() -> None:
     import typing
 
     from translator.config import DataConfig
-    from translator.data.corpus import SOURCES
+    from translator.data.sources import SOURCES
 
     choices = typing.get_args(typing.get_type_hints(DataConfig)["source"])
     assert set(SOURCES) == set(choices)

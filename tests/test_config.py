@@ -17,7 +17,7 @@ from translator.config import (
     load_config,
     parse_override,
 )
-from translator.data.corpus import check_data_files
+from translator.data.sources import check_data_files
 
 
 def _error(raw: Any, overrides: tuple[str, ...] = ()) -> str:

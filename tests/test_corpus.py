@@ -15,14 +15,9 @@ import pytest
 
 from translator.config import ConfigError, DataConfig
 from translator.data.builtin_corpus import builtin_splits
-from translator.data.corpus import (
-    DataError,
-    check_split_record,
-    iter_texts,
-    load_corpus,
-    load_splits,
-    to_pairs,
-)
+from translator.data.corpus import iter_texts, load_corpus, load_splits, to_pairs
+from translator.data.sources import DataError
+from translator.data.split_record import check_split_record
 
 EN = ["The dog sleeps.", "The cat eats.", "A bird sings.", "Where is it?"]
 IT = ["Il cane dorme.", "Il gatto mangia.", "Un uccello canta.", "Dov'è?"]

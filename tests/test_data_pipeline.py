@@ -11,7 +11,7 @@ import pytest
 
 from translator.checkpoint import RunLayout
 from translator.config import ConfigError, config_from_dict
-from translator.data.corpus import DataError, check_data_files
+from translator.data.sources import DataError, check_data_files
 from translator.decode.translator import Translator
 from translator.train.loop import train
 

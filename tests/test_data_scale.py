@@ -5,9 +5,11 @@ lists, compact batch lists, the tokenization map in two processes, and the bench
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,11 @@ import numpy as np
 import pytest
 
 from translator.config import ConfigError, DataConfig, TokenizerConfig, config_from_dict
-from translator.data.corpus import load_corpus, to_pairs, tokenizer_sample
+from translator.data.corpus import CorpusMix, load_corpus, to_pairs, tokenizer_sample
 from translator.data.dataset import (
     BatchList,
     BilingualDataset,
     BucketBatchSampler,
-    CorpusMix,
     _budget_starts,
     collate,
     tokenize,
@@ -164,7 +165,7 @@ def test_bad_corpora_keys_name_the_key(data: dict[str, Any], message: str) -> No
 
 
 def test_corpora_files_are_checked_with_their_key(tmp_path: Path) -> None:
-    from translator.data.corpus import ConfigError as CorpusConfigError
+    from translator.data.sources import ConfigError as CorpusConfigError
 
     raw = {"data": {"corpora": [{}, {"source": "text", "dir": str(tmp_path / "gone")}]}}
     with pytest.raises(CorpusConfigError, match=r"data\.corpora\[1\]\.dir: folder not found"):
@@ -306,3 +307,24 @@ def test_padding_fraction_of_a_batch_list_equals_that_of_its_lists() -> None:
     assert padding_fraction(data, batches) == pytest.approx(padding_fraction(data, list(batches)))
     assert padding_fraction(data, batches[::3]) == pytest.approx(
         padding_fraction(data, list(batches)[::3]))
+
+
+def test_one_corpus_and_a_list_of_one_are_the_same_corpus(tmp_path: Path) -> None:
+    """A data section without `corpora` is a list of one corpus: the same keys, the same
+    pairs, the same checks; only its messages name `data.` instead of `data.corpora[0].`."""
+    from translator.config import corpus_parts
+
+    keys = {"source": "builtin", "builtin_size": 120, "valid_ratio": 0.1}
+    single = config_from_dict({"data": keys}).data
+    listed = config_from_dict({"data": {"corpora": [keys]}}).data
+    (one,), (entry,) = corpus_parts(single), corpus_parts(listed)
+    assert (one.key, entry.key) == ("data", "data.corpora[0]")
+    assert one.data == dataclasses.replace(entry.data, corpora=[], valid_corpus=None)
+    a, b = load_corpus(single), load_corpus(listed)
+    assert {k: to_pairs(v) for k, v in a.splits.items()} == \
+        {k: to_pairs(v) for k, v in b.splits.items()}
+    assert a.mix is None and b.mix is not None and b.mix.sizes.tolist() == [len(a["train"])]
+    for raw, key in (({"valid_ratio": 2.0}, "data.valid_ratio"),
+                     ({"corpora": [{"valid_ratio": 2.0}]}, "data.corpora[0].valid_ratio")):
+        with pytest.raises(ConfigError, match=rf"^config error: {re.escape(key)}: must be in"):
+            config_from_dict({"data": raw})

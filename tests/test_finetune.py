@@ -20,7 +20,8 @@ from translator.data.builtin_corpus import builtin_splits
 from translator.data.dataset import BilingualDataset
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError
-from translator.train.loop import train, validation_loss
+from translator.train.loop import train
+from translator.train.step import validation_loss
 
 MODEL = {"d_model": 32, "layers": 1, "heads": 2, "d_ff": 64, "dropout": 0.1}
 TRAINING = {"max_tokens": 800, "lr": 0.003, "warmup_steps": 5, "log_every": 1,
@@ -98,7 +99,7 @@ def test_init_from_a_checkpoint_file(base: Path, tmp_path: Path) -> None:
     record = json.loads(tuned.init.read_text())
     assert record["checkpoint"] == str(latest.resolve()) and record["step"] == 30
     # the fine-tuned run resumes from its own checkpoint and keeps its record
-    from translator.train.loop import training_config
+    from translator.train.setup import training_config
 
     resumed = train(training_config(None, tuned.root, ["training.max_steps=2"], True),
                     resume=True, quiet=True)

@@ -32,7 +32,7 @@ from tests.helpers import TINY_RUN, raw_config, save_config
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save, load_checkpoint
 from translator.cli import app
 from translator.config import ConfigError, config_from_dict, load_config
-from translator.data.corpus import check_data_files
+from translator.data.sources import check_data_files
 from translator.data.tokenizer import UNK_ID, build_tokenizer
 from translator.decode.search import translate_ids
 from translator.decode.translator import Translator

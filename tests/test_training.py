@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from translator.checkpoint import RunLayout, load_checkpoint
 from translator.cli import app
 from translator.errors import TranslatorError
-from translator.train.loop import Trainer, lr_factor, train
+from translator.train.loop import Trainer, train
+from translator.train.setup import lr_factor
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {

@@ -60,7 +60,7 @@ def test_collectives_use_the_backends_device() -> None:
     (the stop check all-reduced a CPU tensor, which fails at the first stop on GPUs)."""
     import torch
 
-    from translator.train.loop import Dist
+    from translator.train.distributed import Dist
 
     assert Dist(0, 2, 1, "nccl").collective_device == torch.device("cuda", 1)
     assert Dist(0, 2, 0, "gloo").collective_device == torch.device("cpu")

@@ -213,7 +213,7 @@ def train(
     terminal, plain log lines every training.log_every steps in a file or pipe."""
     with _user_errors():
         from translator.train.loop import train as run_training
-        from translator.train.loop import training_config
+        from translator.train.setup import training_config
 
         cfg = training_config(config, run, set_ or [], resume)
         if nproc > 1 and "WORLD_SIZE" not in os.environ:

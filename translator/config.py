@@ -4,7 +4,7 @@ Every key a user can write lives in one of the dataclasses below, with its type,
 meaning (the README's config reference is written from them). Loading is strict: an unknown
 key, a wrong type or an impossible value raises `ConfigError` with a one-line message that
 names the key, so nothing is silently ignored. Loading parses and validates values only:
-files and folders are checked where they are used (`corpus.check_data_files` for the data).
+files and folders are checked where they are used (`data.sources.check_data_files` for the data).
 Every section is validated the same way, by `check_section`: a table of rules per key
 (`RULES`), then the relations between a section's keys (`RELATIONS`).
 """
@@ -498,69 +498,115 @@ CORPUS_KEYS = tuple(f.name for f in dataclasses.fields(CorpusConfig)
 _VALID_ONLY_KEYS = ("valid", "test", "valid_ratio", "test_ratio")
 
 
+@dataclass(frozen=True)
+class CorpusPart:
+    """One corpus of a run, in the one shape that validation, reading and messages use: a
+    run's corpora are always a list of these (`corpus_parts`), a `data` section without
+    `corpora` being a list of one. The YAML keeps both ways of writing them."""
+
+    key: str
+    """How messages name its keys: `data` (a single corpus) or `data.corpora[i]`."""
+    label: str
+    """Its name in logs and splits.json (`corpus1`, ... unless given)."""
+    weight: float
+    """Its sampling weight (1 for a single corpus)."""
+    data: DataConfig
+    """Its own source keys with the run's shared ones (languages, lengths, cleaning, cache);
+    `corpora` empty."""
+    gives_valid: bool
+    """Whether its valid and test splits are the run's (data.valid_corpus, else the first)."""
+
+
 def corpus_labels(data: DataConfig) -> list[str]:
     """The labels of `data.corpora`, `corpus<i>` (1-based) where none is given."""
     return [c.label or f"corpus{i + 1}" for i, c in enumerate(data.corpora)]
 
 
-def valid_corpus_index(data: DataConfig) -> int:
-    """Position in `data.corpora` of the corpus that gives valid and test (the first one
-    unless `data.valid_corpus` names another)."""
+def corpus_parts(data: DataConfig) -> list[CorpusPart]:
+    """The corpora of a data section as `CorpusPart`s: one for a single corpus (the section
+    itself), else one per `data.corpora` entry."""
+    if not data.corpora:
+        return [CorpusPart("data", "corpus1", 1.0, data, True)]
     labels = corpus_labels(data)
-    return labels.index(data.valid_corpus) if data.valid_corpus in labels else 0
+    valid_at = labels.index(data.valid_corpus) if data.valid_corpus in labels else 0
+    return [CorpusPart(f"data.corpora[{i}]", label, entry.weight,
+                       dataclasses.replace(data, corpora=[], valid_corpus=None,
+                                           **{k: getattr(entry, k) for k in CORPUS_KEYS}),
+                       i == valid_at)
+            for i, (label, entry) in enumerate(zip(labels, data.corpora, strict=True))]
 
 
-def corpus_data_config(data: DataConfig, i: int) -> DataConfig:
-    """Corpus i of `data.corpora` as a single-corpus DataConfig: its own source keys, the
-    shared ones (languages, lengths, cleaning, cache) of `data`."""
-    entry = data.corpora[i]
-    return dataclasses.replace(data, corpora=[], valid_corpus=None,
-                               **{k: getattr(entry, k) for k in CORPUS_KEYS})
+def valid_part(data: DataConfig) -> CorpusPart:
+    """The corpus whose valid and test splits a run uses."""
+    return next(p for p in corpus_parts(data) if p.gives_valid)
 
 
-def _check_corpora(cfg: Config) -> None:
-    """Checks of `data.corpora`: each corpus passes the single-corpus checks, its messages
-    naming `data.corpora[i].key`."""
+def _check_data(d: DataConfig) -> None:
+    """The data section: its shared keys, the list of corpora, then each corpus under the key
+    messages name it by (`CorpusPart.key`)."""
+    check_section("data", d)
+    parts = corpus_parts(d)
+    if not d.corpora and d.valid_corpus is not None:
+        raise ConfigError("data.valid_corpus: only used with data.corpora")
+    if d.corpora:
+        _check_corpus_list(d, [p.label for p in parts])
+    valid_label = valid_part(d).label
+    for part in parts:
+        if d.corpora:
+            _check_entry(part, valid_label)
+        check_section(part.key, part.data, rules="corpus")
 
-    def fail(key: str, msg: str) -> None:
-        raise ConfigError(f"{key}: {msg}")
 
-    d = cfg.data
-    if not d.corpora:
-        if d.valid_corpus is not None:
-            fail("data.valid_corpus", "only used with data.corpora")
-        return
+def _check_corpus_list(d: DataConfig, labels: list[str]) -> None:
+    """With `data.corpora`: no per-corpus key at the top, labels unique, valid_corpus known."""
     defaults = DataConfig()
     for key in CORPUS_KEYS:
         if getattr(d, key) != getattr(defaults, key):
-            fail(f"data.{key}", "not used with data.corpora; give it in each corpus")
-    labels = corpus_labels(d)
+            raise ConfigError(f"data.{key}: not used with data.corpora; give it in each corpus")
     for i, label in enumerate(labels):
         if label in labels[:i]:
-            fail(f"data.corpora[{i}].label", f"'{label}' is used by two corpora")
+            raise ConfigError(f"data.corpora[{i}].label: '{label}' is used by two corpora")
     if d.valid_corpus is not None and d.valid_corpus not in labels:
-        fail("data.valid_corpus", f"'{d.valid_corpus}' names no corpus (labels: "
-             f"{', '.join(labels)})")
-    valid_at = valid_corpus_index(d)
-    for i in range(len(d.corpora)):
-        _check_corpus(cfg, i, labels[valid_at] if i != valid_at else None)
+        raise ConfigError(f"data.valid_corpus: '{d.valid_corpus}' names no corpus (labels: "
+                          f"{', '.join(labels)})")
 
 
-def _check_corpus(cfg: Config, i: int, valid_label: str | None) -> None:
-    """Corpus i of `data.corpora`: its weight, no valid/test keys unless it is the valid
-    corpus (`valid_label` None; else the valid corpus' label, for the message), and the
-    single-corpus checks with messages naming `data.corpora[i].key`."""
-    entry, defaults, key = cfg.data.corpora[i], DataConfig(), f"data.corpora[{i}]"
-    if not (math.isfinite(entry.weight) and entry.weight > 0):
-        raise ConfigError(f"{key}.weight: must be > 0, got {entry.weight}")
-    for name in _VALID_ONLY_KEYS if valid_label is not None else ():
-        if getattr(entry, name) != getattr(defaults, name):
-            raise ConfigError(f"{key}.{name}: only the valid corpus ('{valid_label}', see "
-                              "data.valid_corpus) gives valid and test splits")
-    try:
-        _validate(dataclasses.replace(cfg, data=corpus_data_config(cfg.data, i)))
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("config error: data.", f"{key}.", 1)) from exc
+def _check_entry(part: CorpusPart, valid_label: str) -> None:
+    """A `data.corpora` entry's own keys: its weight, and no valid/test keys unless it is the
+    valid corpus."""
+    if not (math.isfinite(part.weight) and part.weight > 0):
+        raise ConfigError(f"{part.key}.weight: must be > 0, got {part.weight}")
+    defaults = DataConfig()
+    for name in () if part.gives_valid else _VALID_ONLY_KEYS:
+        if getattr(part.data, name) != getattr(defaults, name):
+            raise ConfigError(f"{part.key}.{name}: only the valid corpus ('{valid_label}', "
+                              "see data.valid_corpus) gives valid and test splits")
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """What config validation knows of one `data.source`: the facts its keys are checked
+    against. The readers' table (`translator.data.sources.SOURCES`) builds on this one, so
+    that config.py needs nothing from the data package."""
+
+    needs: tuple[str, str] = ("dir", "")
+    """The data key this source cannot do without, and an example for the error message."""
+    columns: bool = True
+    """Whether data.src_column/tgt_column apply (text and builtin name their own)."""
+    delimited: bool = False
+    """TSV/CSV: a file that may have no header line (columns then named by index)."""
+
+
+SOURCE_KINDS: dict[str, SourceKind] = {
+    "builtin": SourceKind(needs=("", ""), columns=False),
+    "hub": SourceKind(needs=("name", " (e.g. Helsinki-NLP/opus_books)")),
+    "text": SourceKind(columns=False),
+    "tsv": SourceKind(delimited=True),
+    "csv": SourceKind(delimited=True),
+    "jsonl": SourceKind(),
+    "parquet": SourceKind(),
+}
+"""Every `data.source` (the keys are DataConfig.source's choices)."""
 
 
 # -- validation: one rule table per section, then the relations between keys ----------------
@@ -578,10 +624,14 @@ _OPEN_UNIT: Rule = (lambda v: 0.0 < v < 1.0, "in (0, 1)")
 
 RULES: dict[str, dict[str, Rule]] = {
     "data": {
-        "max_len": _POSITIVE, "builtin_size": _POSITIVE,
-        "valid_ratio": _HALF_OPEN_UNIT, "test_ratio": _HALF_OPEN_UNIT,
+        "max_len": _POSITIVE,
         "max_ratio": (lambda v: v == 0 or 1.0 <= v < math.inf, "0 (off) or >= 1"),
         "num_proc": _NON_NEGATIVE, "sampling_temperature": _POSITIVE,
+    },
+    # One corpus' keys (CORPUS_KEYS), checked per corpus under its key (`_check_data`).
+    "corpus": {
+        "builtin_size": _POSITIVE,
+        "valid_ratio": _HALF_OPEN_UNIT, "test_ratio": _HALF_OPEN_UNIT,
     },
     "tokenizer": {"vocab_size": _NON_NEGATIVE, "min_frequency": _AT_LEAST_1,
                   "train_sample": _NON_NEGATIVE},
@@ -613,17 +663,18 @@ Problem = tuple[str, str]
 
 
 def _data_relations(d: DataConfig) -> typing.Iterator[Problem]:
-    from translator.data.corpus import SOURCES  # the data sources' table lives with their readers
-
-    if d.valid_ratio + d.test_ratio >= 1.0:
-        yield "valid_ratio", "valid_ratio + test_ratio must be < 1"
     if d.src_lang == d.tgt_lang:
         yield "tgt_lang", f"must differ from data.src_lang ('{d.src_lang}')"
-    source = SOURCES[d.source]
-    needed, example = source.needs
+
+
+def _corpus_relations(d: DataConfig) -> typing.Iterator[Problem]:
+    if d.valid_ratio + d.test_ratio >= 1.0:
+        yield "valid_ratio", "valid_ratio + test_ratio must be < 1"
+    kind = SOURCE_KINDS[d.source]
+    needed, example = kind.needs
     if needed and not getattr(d, needed):
         yield needed, f"required when data.source is '{d.source}'{example}"
-    yield from _column_relations(d, source.columns, source.delimiter is not None)
+    yield from _column_relations(d, kind.columns, kind.delimited)
 
 
 def _column_relations(d: DataConfig, takes_columns: bool,
@@ -658,19 +709,22 @@ def _decoding_relations(dec: DecodingConfig) -> typing.Iterator[Problem]:
 
 RELATIONS: dict[str, typing.Callable[[Any], typing.Iterator[Problem]]] = {
     "data": _data_relations,
+    "corpus": _corpus_relations,
     "model": _model_relations,
     "decoding": _decoding_relations,
 }
 
 
-def check_section(name: str, section: Any) -> None:
-    """Raise a one-line ConfigError naming the key for the first value of config section
-    `name` that breaks its rule (`RULES`) or a relation between its keys (`RELATIONS`)."""
-    for key, (ok, rule) in RULES.get(name, {}).items():
+def check_section(name: str, section: Any, rules: str | None = None) -> None:
+    """Raise a one-line ConfigError naming the key (`name.key`) for the first value of config
+    section `name` that breaks its rule (`RULES`) or a relation between its keys
+    (`RELATIONS`); `rules` picks the tables when they are not the section's own (a corpus)."""
+    rules = rules or name
+    for key, (ok, rule) in RULES.get(rules, {}).items():
         value = getattr(section, key)
         if not ok(value):
             raise ConfigError(f"{name}.{key}: must be {rule}, got {value!r}")
-    relations = RELATIONS.get(name)
+    relations = RELATIONS.get(rules)
     problem = next(relations(section), None) if relations else None
     if problem is not None:
         raise ConfigError(f"{name}.{problem[0]}: {problem[1]}")
@@ -679,7 +733,10 @@ def check_section(name: str, section: Any) -> None:
 def _validate(cfg: Config) -> None:
     """Every section's checks, then those across sections."""
     for name in SECTIONS:
-        check_section(name, getattr(cfg, name))
+        if name == "data":
+            _check_data(cfg.data)
+        else:
+            check_section(name, getattr(cfg, name))
     if cfg.training.max_tokens and cfg.training.max_tokens < cfg.data.max_len:
         raise ConfigError(f"training.max_tokens: must be 0 or >= data.max_len "
                           f"({cfg.data.max_len}) so that the longest sentence fits in a batch")
@@ -726,7 +783,6 @@ def config_from_dict(raw: Any, name: str = "run", overrides: typing.Sequence[str
     sections = {s: _build_section(s, cls, raw.get(s)) for s, cls in SECTIONS.items()}
     cfg = Config(name=name, **sections)
     _validate(cfg)
-    _check_corpora(cfg)
     if cfg.data.dir:
         # Absolute, so that a run's saved config still finds its data from any folder.
         cfg.data.dir = str(Path(cfg.data.dir).expanduser().resolve())

@@ -146,12 +146,13 @@ def load_split(data: DataConfig, name: str) -> list[tuple[str, str]]:
     """The pairs of split `name` of a run's corpus: train, valid or test as configured, or,
     for file and hub corpora, any other split of the same corpus by its name (a file prefix,
     a file name or a hub split)."""
-    from translator.config import corpus_data_config, valid_corpus_index
-    from translator.data.corpus import load_splits, source_of
+    from translator.config import valid_part
+    from translator.data.corpus import load_splits
+    from translator.data.sources import source_of
 
-    if data.corpora and name not in ("train", "valid", "test"):
+    if name not in ("train", "valid", "test"):
         # Other splits by name come from the corpus that gives valid and test.
-        data = corpus_data_config(data, valid_corpus_index(data))
+        data = valid_part(data).data
     if name in ("train", "valid", "test"):
         pairs = load_splits(data)[name]
     else:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import datasets
     import pyarrow as pa
 
+    from translator.data.corpus import CorpusMix
+
 log = logging.getLogger("translator")
 # Part of the tokenized-corpus cache key: bump it when `_encode_batch` changes its output.
 _TOKENIZE_VERSION = "ids-1"
@@ -70,11 +72,22 @@ class BilingualDataset(torch.utils.data.Dataset):
 
     Built from lists (valid, test, tests) the ids live in flat int32 tensors; built from an
     Arrow split (`from_dataset`, the train split) they stay in the memory-mapped Arrow file and
-    only numpy arrays are kept per pair: which rows survived the filters (`_keep`), both
-    lengths, and the padded size used for batching (`token_counts`), about 16 bytes a pair.
-    `mix`, when set (several corpora), tells the batch sampler what each epoch draws."""
+    only numpy arrays are kept per pair (`kept`, `src_lengths`, `tgt_lengths`,
+    `token_counts`), about 16 bytes a pair."""
 
+    kept: np.ndarray
+    """Positions in the input of the pairs kept (ascending int64): row i of the dataset is
+    input pair `kept[i]`."""
+    src_lengths: np.ndarray
+    """Source lengths in tokens (specials excluded) of the pairs kept (int32)."""
+    tgt_lengths: np.ndarray
+    """Target lengths in tokens (specials excluded) of the pairs kept (int32)."""
+    token_counts: np.ndarray
+    """Padded size of each pair kept in a batch: the longer of its encoder ([SOS] x [EOS])
+    and decoder ([SOS] y) inputs."""
     mix: CorpusMix | None = None
+    """With several corpora (`data.corpora`): where each one's pairs lie in this dataset and
+    its weight, from which the batch sampler draws each epoch; None: every pair once."""
 
     def __init__(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
                  max_len: int, name: str = "data", max_ratio: float = 0.0) -> None:
@@ -105,11 +118,11 @@ class BilingualDataset(torch.utils.data.Dataset):
                 log.warning("%s: dropped %d of %d pairs whose length ratio exceeds "
                             "data.max_ratio=%g (in tokens)", name, self.dropped_ratio, n,
                             max_ratio)
-        self._keep = np.flatnonzero(fits)
-        self._src_lens = src_lens[self._keep].astype(np.int32)
-        self._tgt_lens = tgt_lens[self._keep].astype(np.int32)
+        self.kept = np.flatnonzero(fits)
+        self.src_lengths = src_lens[self.kept].astype(np.int32)
+        self.tgt_lengths = tgt_lens[self.kept].astype(np.int32)
         # What a pair costs in a padded batch: the longer of its encoder and decoder inputs.
-        self.token_counts = np.maximum(self._src_lens + 2, self._tgt_lens + 1)
+        self.token_counts = np.maximum(self.src_lengths + 2, self.tgt_lengths + 1)
         self._lists: dict[str, list[int]] = {}
         self._arrow: tuple[_ArrowIds, _ArrowIds] | None = None
         return fits
@@ -134,10 +147,12 @@ class BilingualDataset(torch.utils.data.Dataset):
     @classmethod
     def from_dataset(cls, ds: datasets.Dataset, src_tok: TextTokenizer, tgt_tok: TextTokenizer,
                      max_len: int, name: str = "data", max_ratio: float = 0.0,
-                     num_proc: int = 0) -> BilingualDataset:
+                     num_proc: int = 0, mix: CorpusMix | None = None) -> BilingualDataset:
         """Tokenize an Arrow split with columns `src`/`tgt` (see `translator.data.corpus`) through a
         cached batched `datasets.map` (`num_proc` processes, 0: see `map_processes`) and read
-        the ids in place from its memory-mapped result, without Python lists."""
+        the ids in place from its memory-mapped result, without Python lists. `mix` (the
+        corpus' `Corpus.mix`, over `ds`'s rows) becomes this dataset's `mix`, over the pairs
+        the length filters keep."""
         if len(ds) == 0:
             return cls([], [], max_len, name, max_ratio)
         table = tokenize(ds, src_tok, tgt_tok, num_proc).data
@@ -147,6 +162,7 @@ class BilingualDataset(torch.utils.data.Dataset):
         self._arrow = sides
         self._src = self._tgt = None
         self._table = table  # keeps the mapped files open while the views are in use
+        self.mix = mix.kept_only(self.kept) if mix is not None else None
         return self
 
     # Python lists of the per-pair numbers, made on first use (small splits and tests use
@@ -159,17 +175,17 @@ class BilingualDataset(torch.utils.data.Dataset):
     @property
     def kept_index(self) -> list[int]:
         """Positions in the input of the pairs kept, ascending."""
-        return self._as_list("kept_index", self._keep)
+        return self._as_list("kept_index", self.kept)
 
     @property
     def src_lens(self) -> list[int]:
         """Source lengths in tokens (specials excluded) of the pairs kept."""
-        return self._as_list("src_lens", self._src_lens)
+        return self._as_list("src_lens", self.src_lengths)
 
     @property
     def tgt_lens(self) -> list[int]:
         """Target lengths in tokens (specials excluded) of the pairs kept."""
-        return self._as_list("tgt_lens", self._tgt_lens)
+        return self._as_list("tgt_lens", self.tgt_lengths)
 
     def _flat(self, side: int) -> tuple[Tensor, Tensor]:
         """One side as a flat int32 tensor and offsets; built (a copy of every id) on first
@@ -191,11 +207,11 @@ class BilingualDataset(torch.utils.data.Dataset):
     tgt_off = property(lambda self: self._flat(1)[1], doc="Target offsets into tgt_flat.")
 
     def __len__(self) -> int:
-        return len(self._keep)
+        return len(self.kept)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         if self._arrow is not None:
-            r = int(self._keep[i])
+            r = int(self.kept[i])
             src, tgt = self._arrow
             # A copy: Arrow's mapped buffers are read-only, and a batch is small.
             return (torch.from_numpy(src.row(r).copy()), torch.from_numpy(tgt.row(r).copy()))
@@ -205,64 +221,6 @@ class BilingualDataset(torch.utils.data.Dataset):
     def token_count(self, i: int) -> int:
         """Padded size of pair i in a batch: the longer of its encoder and decoder inputs."""
         return int(self.token_counts[i])
-
-
-@dataclass
-class CorpusMix:
-    """How an epoch mixes several corpora concatenated in one dataset: corpus k holds the
-    dataset positions `bounds[k]:bounds[k + 1]`; each epoch draws `counts()[k]` of them."""
-
-    labels: list[str]
-    weights: list[float]
-    bounds: np.ndarray
-    temperature: float = 1.0
-
-    @property
-    def sizes(self) -> np.ndarray:
-        """Pairs of each corpus in the dataset."""
-        return np.diff(self.bounds)
-
-    def counts(self) -> np.ndarray:
-        """Pairs drawn from each corpus per epoch: the total is the dataset size, split in
-        proportion to weight * size ** (1 / temperature)."""
-        sizes = self.sizes.astype(np.float64)
-        score = np.asarray(self.weights, dtype=np.float64) * sizes ** (1.0 / self.temperature)
-        score[sizes == 0] = 0.0  # an empty corpus cannot be drawn from
-        total = float(sizes.sum())
-        if total == 0 or score.sum() == 0:
-            return np.zeros(len(sizes), dtype=np.int64)
-        return np.rint(score / score.sum() * total).astype(np.int64)
-
-    def draw(self, rng: np.random.Generator) -> np.ndarray:
-        """This epoch's dataset positions (with repeats for a corpus drawn more than its
-        size): whole copies of the corpus, then a random subset for the remainder."""
-        parts = []
-        for k, count in enumerate(self.counts().tolist()):
-            lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
-            n = hi - lo
-            if n == 0 or count == 0:
-                continue
-            full, rest = divmod(count, n)
-            parts += [np.arange(lo, hi, dtype=np.int64)] * full
-            if rest:
-                parts.append(lo + np.sort(rng.choice(n, rest, replace=False)))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def record(self) -> dict[str, dict[str, float]]:
-        """Per corpus: pairs kept (after the token-level filters), weight, pairs drawn per
-        epoch and their share of it (splits.json)."""
-        counts = self.counts()
-        total = max(int(counts.sum()), 1)
-        return {label: {"kept": int(n), "weight": float(w), "pairs_per_epoch": int(c),
-                        "share": round(int(c) / total, 6)}
-                for label, n, w, c in zip(self.labels, self.sizes.tolist(), self.weights,
-                                          counts.tolist(), strict=True)}
-
-    def summary(self) -> str:
-        """'a 9000 pairs x weight 1 -> 9000 a epoch (75.0%), ...' for the log."""
-        return ", ".join(f"{label} {r['kept']} pairs x weight {r['weight']:g} -> "
-                         f"{r['pairs_per_epoch']} an epoch ({r['share']:.1%})"
-                         for label, r in self.record().items())
 
 
 def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -462,7 +420,7 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
             random.Random(f"batches:{self.seed}:{self.epoch}").getrandbits(64))
         sizes = np.asarray(self.dataset.token_counts)
         pool = None
-        mix = getattr(self.dataset, "mix", None)
+        mix = self.dataset.mix
         if mix is not None:
             # A stream of its own, so that a single corpus keeps exactly its old batches.
             pool = mix.draw(np.random.default_rng(
@@ -536,8 +494,8 @@ def padding_fraction(dataset: BilingualDataset, batches: Sequence[Sequence[int]]
     idx = np.concatenate(parts)
     counts = np.array([len(p) for p in parts], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    s = dataset._src_lens[idx] + 2
-    t = dataset._tgt_lens[idx] + 1
+    s = dataset.src_lengths[idx] + 2
+    t = dataset.tgt_lengths[idx] + 1
     real = int(s.sum() + t.sum())
     padded = int((counts * (np.maximum.reduceat(s, starts) + np.maximum.reduceat(t, starts))).sum())
     return 1.0 - real / padded if padded else 0.0

@@ -35,19 +35,3 @@ def export_run(to: str, run_dir: str | Path, out: str | Path, quantization: str 
 
         return export_argos(run_dir, out, quantization, checkpoint, force)
     raise TranslatorError(f"unknown export target '{to}' (use {', '.join(TARGETS)})")
-
-
-LANGUAGE_NAMES = {
-    "ar": "Arabic", "bg": "Bulgarian", "ca": "Catalan", "cs": "Czech", "da": "Danish",
-    "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "et": "Estonian",
-    "fa": "Persian", "fi": "Finnish", "fr": "French", "ga": "Irish", "he": "Hebrew",
-    "hi": "Hindi", "hu": "Hungarian", "id": "Indonesian", "it": "Italian", "ja": "Japanese",
-    "ko": "Korean", "lt": "Lithuanian", "lv": "Latvian", "nl": "Dutch", "pl": "Polish",
-    "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sk": "Slovak", "sl": "Slovenian",
-    "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
-}
-
-
-def language_name(code: str) -> str:
-    """A human name for a language code (the code itself when unknown)."""
-    return LANGUAGE_NAMES.get(code.split("_")[0].split("-")[0].lower(), code)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError
-from translator.export import language_name
+from translator.export.languages import language_name
 from translator.files import atomic_write_with, protected_reason
 
 PACKAGE_VERSION = "1.0"

@@ -37,7 +37,7 @@ import torch
 from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID, SPECIAL_TOKENS, TextTokenizer
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError
-from translator.export import language_name
+from translator.export.languages import language_name
 from translator.files import EXPORT_MARKER, atomic_write, check_replaceable, replace_dir
 
 INSTALL_HINT = ("Hugging Face export needs transformers: pip install 'translator[hf]' "

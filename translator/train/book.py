@@ -10,6 +10,7 @@ the loop in `translator.train.loop` only asks them.
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import signal
@@ -181,8 +182,15 @@ class BestTracker:
 
 # -- why training stops --------------------------------------------------------------------
 
-SIGNAL, MAX_STEPS, MAX_MINUTES, EARLY_STOPPING = "signal", "max_steps", "max_minutes", \
-    "early_stopping"
+class StopReason(enum.Enum):
+    """Why training stops before its last epoch ends."""
+
+    SIGNAL = "signal"
+    """Ctrl-C or SIGTERM: the step finishes, a checkpoint is written, the run can resume."""
+    MAX_STEPS = "max_steps"
+    MAX_MINUTES = "max_minutes"
+    EARLY_STOPPING = "early_stopping"
+    """`training.patience` validations in a row without a better `best_metric`."""
 
 
 class StopRules:
@@ -193,17 +201,17 @@ class StopRules:
         self.tc, self.dist, self.flag = tc, dist_info, flag
         self.start = time.perf_counter()
 
-    def reason(self, step: int) -> str:
-        """The stop reason after optimizer step `step`, or "" to go on."""
+    def reason(self, step: int) -> StopReason | None:
+        """The stop reason after optimizer step `step`, or None to go on."""
         tc = self.tc
         if self.dist.any(self.flag["stop"]):
-            return SIGNAL
+            return StopReason.SIGNAL
         if tc.max_steps and step >= tc.max_steps:
-            return MAX_STEPS
+            return StopReason.MAX_STEPS
         if tc.max_minutes and self.dist.any(
                 time.perf_counter() - self.start >= 60 * tc.max_minutes):
-            return MAX_MINUTES
-        return ""
+            return StopReason.MAX_MINUTES
+        return None
 
     def minutes_used(self) -> float:
         """Wall time since this call's training loop began, the clock `max_minutes` reads."""

@@ -28,15 +28,10 @@ from translator.config import (
     parse_override,
     save_run_config,
 )
-from translator.data.corpus import (
-    check_data_files,
-    check_split_record,
-    iter_texts,
-    load_corpus,
-    to_pairs,
-    tokenizer_sample,
-)
+from translator.data.corpus import iter_texts, load_corpus, to_pairs, tokenizer_sample
 from translator.data.dataset import BilingualDataset, BucketBatchSampler
+from translator.data.sources import check_data_files
+from translator.data.split_record import check_split_record
 from translator.data.tokenizer import TextTokenizer, build_tokenizers
 from translator.device import cpu_bf16_is_native, resolve_device
 from translator.errors import TranslatorError
@@ -319,11 +314,12 @@ def _valid_pairs(cfg: Config, valid: Any) -> list[tuple[str, str]]:
 
 def _data(cfg: Config, dist_info: Dist, layout: RunLayout, resume: bool,
           base: RunLayout | None, moved: list[str]) -> TrainingData:
-    """Corpus, tokenizers (made on the main process, read by the others) and datasets; a
-    resumed run whose corpus moved is checked against its split record first."""
+    """Corpus, tokenizers (made on the main process, read by the others) and datasets. A
+    resumed run's corpus is checked against its split record before anything is tokenized;
+    the record is written once, when the token-level filters have counted."""
     corpus = load_corpus(cfg.data)
     if dist_info.main:
-        check_split_record(layout.splits, corpus, resume, moved=bool(moved))
+        check_split_record(layout.splits, corpus, resume, moved=bool(moved), write=False)
         if moved:
             save_run_config(cfg, layout.config)
             log.info("the corpus moved (%s): same split record, so the run now reads it "
@@ -333,11 +329,13 @@ def _data(cfg: Config, dist_info: Dist, layout: RunLayout, resume: bool,
     if not dist_info.main:
         src_tok, tgt_tok = load_tokenizers(cfg, layout, corpus["train"], True)
     train = BilingualDataset.from_dataset(corpus["train"], src_tok, tgt_tok, cfg.data.max_len,
-                                          "train", cfg.data.max_ratio, cfg.data.num_proc)
-    train.mix = corpus.mix(train)  # several corpora: each epoch's draw
+                                          "train", cfg.data.max_ratio, cfg.data.num_proc,
+                                          mix=corpus.mix)
+    if train.mix is not None:
+        log.info("corpora, per epoch: %s", train.mix.summary())
     corpus.filtered.update(ratio=train.dropped_ratio, too_long=train.dropped)
-    if dist_info.main:  # again, now with the token-level counts
-        check_split_record(layout.splits, corpus, resume)
+    if dist_info.main:  # the record, once: now with the token-level counts and shares
+        check_split_record(layout.splits, corpus, resume, moved=bool(moved), mix=train.mix)
     if len(train) == 0:
         raise TranslatorError("no training pair fits data.max_len and data.max_ratio")
     pairs = _valid_pairs(cfg, corpus["valid"])
