@@ -67,7 +67,7 @@ class Engine(ABC):
         only k hypotheses)."""
         changes = {k: v for k, v in overrides.items() if v is not None}
         beam = changes.get("beam_size")
-        if beam is not None and int(beam) < n_best:
+        if n_best > 1 and beam is not None and int(beam) < n_best:
             raise TranslatorError(f"--n-best {n_best} needs a beam of at least {n_best} "
                                   f"hypotheses, got --beam {beam}")
         if beam is None and n_best > self.cfg.decoding.beam_size:
