@@ -73,13 +73,13 @@ def hf_greedy(folder: Path, translator: object, lines: list[str],
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from translator.data.tokenizer import EOS_ID
-    from translator.decode.search import output_cap
+    from translator.decode.search import output_caps
 
     model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     dec = translator.decoding(beam_size=1)
     src_ids = translator.encode(lines)
-    caps = [output_cap(len(s), dec.max_len_a, dec.max_len_b) for s in src_ids]
+    caps = output_caps([len(s) for s in src_ids], dec.max_len_a, dec.max_len_b)
     outs: list[list[int]] = []
     for start in range(0, len(lines), batch_size):
         part = lines[start:start + batch_size]

@@ -232,3 +232,19 @@ def test_rows_finishing_at_eos_do_not_change_the_others(seed: int, eos_bias: flo
     assert together == alone
     assert together == greedy_decode(model, src, max_len_a=2.0, max_len_b=5,
                                      make_step=uncached_step)
+
+
+def test_every_engine_caps_with_the_same_rule() -> None:
+    """`output_caps` (CTranslate2's caps, per source) and `max_output_lengths` (the searches',
+    per batch row) agree, also at lengths where float32 and float64 floor a * n differently
+    (0.7 * 90: 63 in float32, as the searches always capped, 62 in float64)."""
+    from translator.decode.search import output_caps
+
+    rows = [[4] * n for n in range(0, 100, 11)] + [[4] * 88]
+    for a, b in [(0.7, 0), (1.3, 1), (1.5, 10), (0.0, 0), (2.1, 0)]:
+        src = torch.full((len(rows), 101), PAD_ID, dtype=torch.long)
+        for r, ids in enumerate(rows):
+            src[r, :len(ids) + 2] = torch.tensor([SOS_ID, *ids, EOS_ID])
+        assert max_output_lengths(src, a, b).tolist() == output_caps(
+            [len(x) for x in rows], a, b), (a, b)
+    assert output_caps([88, 0], 0.7, 0) == [63, 1]

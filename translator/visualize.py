@@ -27,7 +27,7 @@ from torch import Tensor
 
 from translator.config import DecodingConfig
 from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer
-from translator.decode.search import nbest_ids, output_cap, translate_ids
+from translator.decode.search import nbest_ids, output_caps, translate_ids
 from translator.errors import TranslatorError
 from translator.files import atomic_write
 from translator.model.transformer import Transformer, padding_mask
@@ -107,7 +107,7 @@ def attention_for_ids(model: Transformer, src_ids: list[int], src_tok: TextToken
             out, ended = best.tokens, best.length > len(best.tokens)
         else:
             out = translate_ids(model, [src_ids], device, dec)[0]
-            ended = len(out) < output_cap(len(src_ids), dec.max_len_a, dec.max_len_b)
+            ended = len(out) < output_caps([len(src_ids)], dec.max_len_a, dec.max_len_b)[0]
     finally:
         model.train(was_training)
     src = torch.tensor([[SOS_ID, *src_ids, EOS_ID]], dtype=torch.long, device=device)

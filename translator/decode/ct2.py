@@ -19,7 +19,7 @@ from typing import Any
 from translator.config import Config, DecodingConfig
 from translator.data.tokenizer import SPECIAL_TOKENS, TextTokenizer
 from translator.decode.engine import Engine, Scored
-from translator.decode.search import in_batches, output_cap
+from translator.decode.search import in_batches, output_caps
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError, first_line
 from translator.files import atomic_write, check_replaceable, replace_dir
@@ -288,7 +288,7 @@ class CT2Translator(Engine):
         k = n_best or 1
 
         def run(rows: list[Sequence[int]]) -> list[Scored]:
-            caps = [output_cap(len(ids), decoding.max_len_a, decoding.max_len_b) for ids in rows]
+            caps = output_caps([len(ids) for ids in rows], decoding.max_len_a, decoding.max_len_b)
             results = self._decode(rows, caps, batch_size, decoding, k)
             if decoding.beam_size > 1:
                 at_cap = [i for i, r in enumerate(results) if len(r[0][0]) >= caps[i]]
