@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -74,12 +73,13 @@ def hf_greedy(folder: Path, translator: object, lines: list[str],
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from translator.data.tokenizer import EOS_ID
+    from translator.decode.search import output_caps
 
     model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     dec = translator.decoding(beam_size=1)
     src_ids = translator.encode(lines)
-    caps = [max(1, math.floor(dec.max_len_a * (len(s) + 2) + dec.max_len_b)) for s in src_ids]
+    caps = output_caps([len(s) for s in src_ids], dec.max_len_a, dec.max_len_b)
     outs: list[list[int]] = []
     for start in range(0, len(lines), batch_size):
         part = lines[start:start + batch_size]
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = load_split(native.cfg.data, args.split)[:args.sentences]
     lines, refs = [s for s, _ in pairs], [t for _, t in pairs]
 
-    ours = [list(ids) for ids in native._search(native.encode(lines), args.batch_size,
-                                                native.decoding(beam_size=1))]
+    ours = [list(hyps[0][0]) for hyps in native.search(
+        native.encode(lines), native.decoding(beam_size=1), None, args.batch_size)]
     from translator.data.tokenizer import EOS_ID
 
     ours = [ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids for ids in ours]

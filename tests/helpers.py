@@ -34,3 +34,18 @@ def raw_config(base: dict[str, dict[str, Any]], run_dir: Path,
     raw["training"].update(training)
     raw["output"] = {"dir": str(run_dir)}
     return raw
+
+
+def uncached_step(model: Any) -> Any:
+    """A search step (`translator.decode.search.Step`) that re-runs the decoder over the whole
+    prefix at every step, the tutorial way, keeping no cache of its own: the reference the
+    cached path must equal. The prefix so far rides in the cache's first layer, so that the
+    searches' `reorder_cache` keeps it in step with the beams and the rows that remain."""
+    import torch
+
+    def step(memory: Any, src_mask: Any, tokens: Any, cache: list, t: int) -> Any:
+        new = tokens.view(-1, 1)
+        prefix = new if t == 0 else torch.cat([cache[0]["uncached_prefix"], new], dim=1)
+        cache[0]["uncached_prefix"] = prefix
+        return model.project(model.decode(memory, src_mask, prefix)[:, -1])
+    return step

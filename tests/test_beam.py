@@ -12,13 +12,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from tests.helpers import uncached_step
 from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID
 from translator.decode.search import (
     Hypothesis,
     beam_search,
     greedy_decode,
-    length_penalty,
+    length_norm,
     max_output_lengths,
+    module_step,
 )
 from translator.model.transformer import Transformer, build_transformer, padding_mask
 
@@ -114,25 +116,26 @@ def test_beam_finds_the_best_sequence_where_greedy_does_not() -> None:
     model = TableModel({1: GREEDY_TRAP})
     src = _src([1])
     assert greedy_decode(model, src) == [[A, C]]
-    best = beam_search(model, src, beam_size=2, alpha=0.0, n_best=2)[0]
+    best = beam_search(model, src, beam_size=2, length_penalty=0.0, n_best=2)[0]
     assert [h.tokens for h in best] == [[B, C], [A, C]]
     assert best[0].log_prob == pytest.approx(math.log(0.4 * 0.9 * 1.0), abs=1e-5)
     assert best[1].log_prob == pytest.approx(math.log(0.5 * 0.4 * 1.0), abs=1e-5)
     assert best[0].length == 3  # B C [EOS]
     # beam 1 falls into the same trap as greedy
-    assert _tokens(beam_search(model, src, beam_size=1, alpha=0.0)) == [[[A, C]]]
+    assert _tokens(beam_search(model, src, beam_size=1, length_penalty=0.0)) == [[[A, C]]]
 
 
 def test_sentences_with_different_tables_in_one_batch() -> None:
     model = TableModel({1: GREEDY_TRAP, 2: SHORT_OR_LONG, 3: {(): {D: 0.9, EOS_ID: 0.1}}})
     src = _src([2, 1, 3, 1])
-    together = beam_search(model, src, beam_size=3, alpha=0.0)
+    together = beam_search(model, src, beam_size=3, length_penalty=0.0)
     assert _tokens(together) == [[[]], [[B, C]], [[D]], [[B, C]]]
-    alone = [beam_search(model, src[i:i + 1], beam_size=3, alpha=0.0)[0] for i in range(4)]
+    alone = [beam_search(model, src[i:i + 1], beam_size=3, length_penalty=0.0)[0]
+             for i in range(4)]
     assert together == alone
 
 
-def test_length_penalty_changes_the_ranking_as_the_formula_says() -> None:
+def test_length_norm_changes_the_ranking_as_the_formula_says() -> None:
     model = TableModel({1: SHORT_OR_LONG})
     src = _src([1])
     short_lp, long_lp = math.log(0.52), math.log(0.48 * 0.99**3)
@@ -141,25 +144,25 @@ def test_length_penalty_changes_the_ranking_as_the_formula_says() -> None:
     crossover = math.log(long_lp / short_lp) / math.log(10 / 6)
     assert 0.2 < crossover < 1.0
     for alpha in (0.0, crossover - 0.05, crossover + 0.05, 1.0):
-        hyps = beam_search(model, src, beam_size=2, alpha=alpha, n_best=2)[0]
-        expected = {(): short_lp / length_penalty(1, alpha),
-                    (A, B, C, D): long_lp / length_penalty(5, alpha)}
+        hyps = beam_search(model, src, beam_size=2, length_penalty=alpha, n_best=2)[0]
+        expected = {(): short_lp / length_norm(1, alpha),
+                    (A, B, C, D): long_lp / length_norm(5, alpha)}
         winner = max(expected, key=expected.__getitem__)
         assert tuple(hyps[0].tokens) == winner, alpha
         for h in hyps:  # every score is the formula applied to its log-probability
             assert h.score == pytest.approx(h.log_prob / ((5 + h.length) / 6) ** alpha)
             assert h.log_prob == pytest.approx(expected[tuple(h.tokens)]
-                                               * length_penalty(h.length, alpha), abs=1e-5)
+                                               * length_norm(h.length, alpha), abs=1e-5)
         assert hyps[0].score >= hyps[1].score
 
 
-def test_length_penalty_formula() -> None:
-    assert length_penalty(1, 0.0) == 1.0
-    assert length_penalty(1, 0.6) == pytest.approx(1.0)
-    assert length_penalty(7, 1.0) == pytest.approx(2.0)
-    assert length_penalty(13, 0.5) == pytest.approx(math.sqrt(3.0))
+def test_length_norm_formula() -> None:
+    assert length_norm(1, 0.0) == 1.0
+    assert length_norm(1, 0.6) == pytest.approx(1.0)
+    assert length_norm(7, 1.0) == pytest.approx(2.0)
+    assert length_norm(13, 0.5) == pytest.approx(math.sqrt(3.0))
     lengths = torch.tensor([1.0, 7.0])
-    assert torch.allclose(length_penalty(lengths, 1.0), torch.tensor([1.0, 2.0]))
+    assert torch.allclose(length_norm(lengths, 1.0), torch.tensor([1.0, 2.0]))
 
 
 def test_search_stops_once_no_live_hypothesis_can_win() -> None:
@@ -173,14 +176,15 @@ def test_search_stops_once_no_live_hypothesis_can_win() -> None:
         return original(*args, **kwargs)
 
     model.decode = counting  # type: ignore[method-assign]
-    out = beam_search(model, _src([1]), beam_size=2, alpha=1.0, max_len_a=0.0, max_len_b=40)
+    out = beam_search(model, _src([1]), beam_size=2, length_penalty=1.0, max_len_a=0.0,
+                      max_len_b=40)
     assert _tokens(out) == [[[A]]]
     assert len(steps) <= 4
 
 
 def test_hypothesis_at_the_cap_keeps_its_last_token() -> None:
     model = TableModel({1: {(): {A: 1.0}, (A,): {A: 1.0}, (A, A): {A: 1.0}}})
-    out = beam_search(model, _src([1]), beam_size=2, alpha=0.0, max_len_a=0.0, max_len_b=3,
+    out = beam_search(model, _src([1]), beam_size=2, length_penalty=0.0, max_len_a=0.0, max_len_b=3,
                       n_best=2)[0]
     assert out[0].tokens == [A, A, A] and out[0].length == 3  # cut at the cap, no [EOS]
     assert greedy_decode(model, _src([1]), max_len_a=0.0, max_len_b=3) == [[A, A, A]]
@@ -219,7 +223,8 @@ def test_beam_size_1_equals_greedy_on_random_models(norm: str, seed: int) -> Non
     model = _random_model(norm, seed)
     src = _src_batch([5, 1, 8, 3, 2, 6], seed=seed)
     greedy = greedy_decode(model, src, max_len_a=2.0, max_len_b=5)
-    beam = beam_search(model, src, beam_size=1, alpha=0.0, max_len_a=2.0, max_len_b=5)
+    beam = beam_search(model, src, beam_size=1, length_penalty=0.0, max_len_a=2.0,
+                       max_len_b=5)
     assert [hyps[0].tokens for hyps in beam] == greedy
     limits = max_output_lengths(src, 2.0, 5).tolist()
     assert any(len(g) < lim for g, lim in zip(greedy, limits, strict=True))  # some hit [EOS]
@@ -227,14 +232,14 @@ def test_beam_size_1_equals_greedy_on_random_models(norm: str, seed: int) -> Non
 
 def test_beam_size_1_equals_greedy_on_trained_model(overfit: Overfit) -> None:
     src = overfit.batch.src
-    beam = beam_search(overfit.model, src, beam_size=1, alpha=0.0)
+    beam = beam_search(overfit.model, src, beam_size=1, length_penalty=0.0)
     assert [hyps[0].tokens for hyps in beam] == greedy_decode(overfit.model, src)
 
 
 def test_beam_on_trained_model_reproduces_targets(overfit: Overfit) -> None:
     src = overfit.batch.src
     for alpha in (0.0, 0.6):
-        out = beam_search(overfit.model, src, beam_size=4, alpha=alpha, n_best=4)
+        out = beam_search(overfit.model, src, beam_size=4, length_penalty=alpha, n_best=4)
         assert [hyps[0].tokens for hyps in out] == overfit.tgt
         assert all(len(hyps) == 4 for hyps in out)
 
@@ -243,14 +248,16 @@ def test_beam_on_trained_model_reproduces_targets(overfit: Overfit) -> None:
 def test_cached_beam_equals_uncached(alpha: float) -> None:
     model = _random_model(seed=3)
     src = _src_batch([4, 7, 1, 3], seed=3)
-    kwargs = {"beam_size": 3, "alpha": alpha, "max_len_a": 1.5, "max_len_b": 3, "n_best": 3}
-    cached = beam_search(model, src, fast=False, **kwargs)  # the textbook modules' cache
-    uncached = beam_search(model, src, use_cache=False, **kwargs)
+    kwargs = {"beam_size": 3, "length_penalty": alpha, "max_len_a": 1.5, "max_len_b": 3,
+              "n_best": 3}
+    # the textbook modules' cache
+    cached = beam_search(model, src, make_step=module_step, **kwargs)
+    uncached = beam_search(model, src, make_step=uncached_step, **kwargs)
     assert _tokens(cached) == _tokens(uncached)
     for c_hyps, u_hyps in zip(cached, uncached, strict=True):
         for c, u in zip(c_hyps, u_hyps, strict=True):
             assert c.score == pytest.approx(u.score, abs=1e-9)
-    fast = beam_search(model, src, **kwargs)  # the default: fast_decode.FastStep
+    fast = beam_search(model, src, **kwargs)  # the default: model.fast_step.FastStep
     assert _tokens(fast) == _tokens(cached)
     for f_hyps, c_hyps in zip(fast, cached, strict=True):
         for f, c in zip(f_hyps, c_hyps, strict=True):
@@ -261,7 +268,7 @@ def test_cached_beam_equals_uncached(alpha: float) -> None:
 def test_each_sentence_alone_equals_in_batch(beam_size: int) -> None:
     model = _random_model(seed=4, eos_bias=1.5)
     src = _src_batch([5, 1, 8, 3, 2, 6], seed=4)
-    kwargs = {"beam_size": beam_size, "alpha": 0.6, "max_len_a": 2.0, "max_len_b": 4,
+    kwargs = {"beam_size": beam_size, "length_penalty": 0.6, "max_len_a": 2.0, "max_len_b": 4,
               "n_best": beam_size}
     together = beam_search(model, src, **kwargs)
     alone = [beam_search(model, row, **kwargs)[0] for row in _alone(src)]
@@ -275,7 +282,8 @@ def test_scores_are_the_models_log_probabilities() -> None:
     model = _random_model(seed=5, eos_bias=1.0)
     src = _src_batch([3, 6], seed=5)
     limits = max_output_lengths(src, 1.5, 3).tolist()
-    out = beam_search(model, src, beam_size=3, alpha=0.8, max_len_a=1.5, max_len_b=3, n_best=3)
+    out = beam_search(model, src, beam_size=3, length_penalty=0.8, max_len_a=1.5, max_len_b=3,
+                      n_best=3)
     for i, hyps in enumerate(out):
         row = _alone(src)[i]
         memory = model.encode(row, padding_mask(row, PAD_ID))
@@ -288,7 +296,7 @@ def test_scores_are_the_models_log_probabilities() -> None:
             logp = logp.double().log_softmax(-1)[0]
             expected = sum(float(logp[t, tok]) for t, tok in enumerate(target))
             assert h.log_prob == pytest.approx(expected, abs=1e-9)
-            assert h.score == pytest.approx(expected / length_penalty(h.length, 0.8))
+            assert h.score == pytest.approx(expected / length_norm(h.length, 0.8))
         assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
         assert len({tuple(h.tokens) for h in hyps}) == len(hyps)
 
@@ -301,11 +309,11 @@ def test_beam_respects_caps_and_eos_first() -> None:
         model.projection.proj.bias.zero_()
         model.projection.proj.bias[7] = 10.0  # always 7, never [EOS]
     src = _src_batch([1, 4, 2])
-    out = beam_search(model, src, beam_size=3, alpha=0.6, max_len_a=1.0, max_len_b=2)
+    out = beam_search(model, src, beam_size=3, length_penalty=0.6, max_len_a=1.0, max_len_b=2)
     assert [len(h[0].tokens) for h in out] == max_output_lengths(src, 1.0, 2).tolist()
     with torch.no_grad():
         model.projection.proj.bias[EOS_ID] = 20.0  # [EOS] first
-    out = beam_search(model, src, beam_size=3, alpha=0.6)
+    out = beam_search(model, src, beam_size=3, length_penalty=0.6)
     assert [h[0].tokens for h in out] == [[], [], []]
     assert all(h[0].length == 1 for h in out)
 

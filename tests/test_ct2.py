@@ -72,8 +72,8 @@ def test_float32_export_decodes_token_for_token_as_ours(
     ids = native.encode(src)
     for beam in (1, 4):
         dec = native.decoding(beam_size=beam, length_penalty=0.0)
-        ours = native._search(ids, 32, dec)
-        theirs = ct2._search(ids, 32, dec)
+        ours = [h[0][0] for h in native.search(ids, dec, None, 32)]
+        theirs = [h[0][0] for h in ct2.search(ids, dec, None, 32)]
         same = sum(a == b for a, b in zip(ours, theirs, strict=True))
         assert same == len(src), f"beam {beam}: {same}/{len(src)} identical"
     # Something was actually decoded: the run learned to translate most of its test split.

@@ -9,6 +9,7 @@ import pytest
 import sacrebleu
 import torch
 
+from tests.helpers import uncached_step
 from translator.checkpoint import RunLayout, load_checkpoint
 from translator.config import Config, config_from_dict
 from translator.decode.search import greedy_decode, pack_sources
@@ -68,8 +69,8 @@ def test_cached_greedy_equals_uncached_on_cuda() -> None:
     torch.manual_seed(0)
     model = build_transformer(50, 50, 64, 64, d_model=64, N=2, h=4, d_ff=128).cuda().eval()
     src = pack_sources([[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16]], torch.device("cuda"))
-    cached = greedy_decode(model, src, use_cache=True)
-    plain = greedy_decode(model, src, use_cache=False)
+    cached = greedy_decode(model, src)
+    plain = greedy_decode(model, src, make_step=uncached_step)
     assert cached == plain
 
 

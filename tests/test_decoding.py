@@ -3,13 +3,14 @@ sentences in one batch do not influence each other."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
 
+from tests.helpers import uncached_step
 from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID
-from translator.decode.search import greedy_decode, max_output_lengths
+from translator.decode.search import cached_step, greedy_decode, max_output_lengths, module_step
 from translator.model.transformer import Transformer, build_transformer
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def test_cached_greedy_equals_uncached_on_random_model(norm: str, seed: int) -> 
     model = _random_model(norm, seed)
     src = _src_batch([1, 7, 3, 5, 2, 9], seed=seed)
     cached = greedy_decode(model, src, max_len_a=1.0, max_len_b=4)
-    uncached = greedy_decode(model, src, max_len_a=1.0, max_len_b=4, use_cache=False)
+    uncached = greedy_decode(model, src, max_len_a=1.0, max_len_b=4, make_step=uncached_step)
     assert cached == uncached
     assert len(cached) == src.size(0)
     assert any(len(out) > 1 for out in cached)
@@ -97,10 +98,10 @@ def test_cached_steps_equal_the_whole_prefix(norm: str) -> None:
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_fast_step_gives_the_logits_of_the_whole_prefix(norm: str) -> None:
-    """`fast_decode.FastStep` (newest token in, logits out) equals projecting the last
+    """`model.fast_step.FastStep` (newest token in, logits out) equals projecting the last
     position of the uncached decoder, at every step of a padded batch, and fills the model's
     own cache layout."""
-    from translator.decode.fast_step import FastStep
+    from translator.model.fast_step import FastStep
     from translator.model.transformer import padding_mask
 
     model = _random_model(norm, seed=4, layers=2)
@@ -125,21 +126,21 @@ def test_fast_step_gives_the_logits_of_the_whole_prefix(norm: str) -> None:
 def test_fast_greedy_equals_the_module_path(norm: str) -> None:
     model = _random_model(norm, seed=6)
     src = _src_batch([1, 7, 3, 5, 2, 9], seed=6)
-    assert greedy_decode(model, src, max_len_a=1.0, max_len_b=4, fast=True) == greedy_decode(
-        model, src, max_len_a=1.0, max_len_b=4, fast=False)
+    assert greedy_decode(model, src, max_len_a=1.0, max_len_b=4) == greedy_decode(
+        model, src, max_len_a=1.0, max_len_b=4, make_step=module_step)
 
 
 def test_cached_greedy_equals_uncached_in_float32() -> None:
     torch.manual_seed(0)
     model = build_transformer(V, V, 8, 8, d_model=16, N=2, h=2, dropout=0.0, d_ff=32).eval()
     src = _src_batch([2, 6, 4], seed=5)
-    assert greedy_decode(model, src) == greedy_decode(model, src, use_cache=False)
+    assert greedy_decode(model, src) == greedy_decode(model, src, make_step=uncached_step)
 
 
 def test_cached_greedy_equals_uncached_on_trained_model(overfit: Overfit) -> None:
     src = overfit.batch.src
     assert greedy_decode(overfit.model, src) == greedy_decode(overfit.model, src,
-                                                              use_cache=False)
+                                                              make_step=uncached_step)
 
 
 # ---------------------------------------------------------------- stopping
@@ -158,7 +159,7 @@ def test_eos_first_gives_empty_output() -> None:
     model = _constant_model(EOS_ID)
     src = _src_batch([3, 1, 5])
     assert greedy_decode(model, src, max_len_a=2.0, max_len_b=10) == [[], [], []]
-    assert greedy_decode(model, src, use_cache=False) == [[], [], []]
+    assert greedy_decode(model, src, make_step=uncached_step) == [[], [], []]
 
 
 def test_without_eos_output_length_is_the_cap() -> None:
@@ -167,7 +168,7 @@ def test_without_eos_output_length_is_the_cap() -> None:
     out = greedy_decode(model, src, max_len_a=1.0, max_len_b=2)
     assert [len(o) for o in out] == [5, 8, 6]
     assert all(set(o) == {7} for o in out)
-    out = greedy_decode(model, src, max_len_a=0.5, max_len_b=1, use_cache=False)
+    out = greedy_decode(model, src, max_len_a=0.5, max_len_b=1, make_step=uncached_step)
     assert [len(o) for o in out] == [2, 4, 3]
 
 
@@ -203,12 +204,12 @@ def test_each_sentence_alone_equals_in_batch_trained(overfit: Overfit) -> None:
     assert len({len(o) for o in together}) > 2  # sentences really finish at different steps
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_each_sentence_alone_equals_in_batch_random(use_cache: bool) -> None:
+@pytest.mark.parametrize("make_step", [cached_step, uncached_step])
+def test_each_sentence_alone_equals_in_batch_random(make_step: Any) -> None:
     model = _random_model(seed=2)
     src = _src_batch([5, 1, 8, 3, 2], seed=3)
-    together = greedy_decode(model, src, max_len_a=1.0, max_len_b=3, use_cache=use_cache)
-    alone = [greedy_decode(model, row, max_len_a=1.0, max_len_b=3, use_cache=use_cache)[0]
+    together = greedy_decode(model, src, max_len_a=1.0, max_len_b=3, make_step=make_step)
+    alone = [greedy_decode(model, row, max_len_a=1.0, max_len_b=3, make_step=make_step)[0]
              for row in _rows(src)]
     assert together == alone
 
@@ -229,4 +230,21 @@ def test_rows_finishing_at_eos_do_not_change_the_others(seed: int, eos_bias: flo
     assert len(early) >= 2 and any(n == lim for n, lim in zip(lengths, limits, strict=True))
     alone = [greedy_decode(model, row, max_len_a=2.0, max_len_b=5)[0] for row in _rows(src)]
     assert together == alone
-    assert together == greedy_decode(model, src, max_len_a=2.0, max_len_b=5, use_cache=False)
+    assert together == greedy_decode(model, src, max_len_a=2.0, max_len_b=5,
+                                     make_step=uncached_step)
+
+
+def test_every_engine_caps_with_the_same_rule() -> None:
+    """`output_caps` (CTranslate2's caps, per source) and `max_output_lengths` (the searches',
+    per batch row) agree, also at lengths where float32 and float64 floor a * n differently
+    (0.7 * 90: 63 in float32, as the searches always capped, 62 in float64)."""
+    from translator.decode.search import output_caps
+
+    rows = [[4] * n for n in range(0, 100, 11)] + [[4] * 88]
+    for a, b in [(0.7, 0), (1.3, 1), (1.5, 10), (0.0, 0), (2.1, 0)]:
+        src = torch.full((len(rows), 101), PAD_ID, dtype=torch.long)
+        for r, ids in enumerate(rows):
+            src[r, :len(ids) + 2] = torch.tensor([SOS_ID, *ids, EOS_ID])
+        assert max_output_lengths(src, a, b).tolist() == output_caps(
+            [len(x) for x in rows], a, b), (a, b)
+    assert output_caps([88, 0], 0.7, 0) == [63, 1]

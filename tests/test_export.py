@@ -181,8 +181,9 @@ def test_huggingface_export_generates_what_we_generate(norm: str, tie: bool, cls
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == [cls]
     texts = ["Zwei junge Männer sind im Freien.", "Ein Mädchen klettert."]
-    ours = translator._search(translator.encode(texts), 8,
-                              translator.decoding(beam_size=1, max_len_a=0, max_len_b=12))
+    ours = [h[0][0] for h in translator.search(
+        translator.encode(texts), translator.decoding(beam_size=1, max_len_a=0, max_len_b=12),
+        None, 8)]
     ours = [ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids for ids in map(list, ours)]
     theirs = _hf_generate(folder, texts, translator)
     assert theirs == ours

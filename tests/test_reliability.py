@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from tests.helpers import TINY_RUN, raw_config, save_config
 from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save, load_checkpoint
 from translator.cli import app
-from translator.config import ConfigError, config_from_dict, load_config
+from translator.config import ConfigError, DecodingConfig, config_from_dict, load_config
 from translator.data.sources import check_data_files
 from translator.data.tokenizer import UNK_ID, build_tokenizer
 from translator.decode.search import translate_ids
@@ -320,7 +320,8 @@ def test_only_control_characters_translate_to_an_empty_line(trained_run: Path) -
     raw_ids = translator.src_tok.encode(text)  # what the model would get, uncleaned
     assert raw_ids and set(raw_ids) == {UNK_ID}
     beam = translator.cfg.decoding.beam_size
-    unk_output = translate_ids(translator.model, [raw_ids], translator.device, beam_size=beam)
+    unk_output = translate_ids(translator.model, [raw_ids], translator.device,
+                               DecodingConfig(beam_size=beam, length_penalty=0.6))
     assert translator.tgt_tok.decode(unk_output[0]).strip()
     code, out, err = _cli("translate", text, "--run", str(trained_run))
     assert code == 0, err

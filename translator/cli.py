@@ -432,9 +432,9 @@ def translate(
                                          interactive)
         translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
                                       model, quantization, intra_threads, inter_threads)
-        dec = translator.decoding(beam_size=beam, length_penalty=length_penalty,
+        dec = translator.decoding(n_best, beam_size=beam, length_penalty=length_penalty,
                                   max_len_a=max_len_a, max_len_b=max_len_b)
-        emit = _emitter(translator, batch_size, dec, n_best, beam, split=not no_split)
+        emit = _emitter(translator, batch_size, dec, n_best, split=not no_split)
         if interactive:
             typer.echo("type a sentence and press Enter; Ctrl-D ends", err=True)
             for n, line in enumerate(sys.stdin, start=1):
@@ -478,23 +478,18 @@ Emit = Callable[[Any, list[str], int], None]
 """Translate a part of the input and write it out: (stream, lines, number of the first)."""
 
 
-def _emitter(translator: Any, batch_size: int, dec: Any, n_best: int, beam: int | None,
-             split: bool) -> Emit:
+def _emitter(translator: Any, batch_size: int, dec: Any, n_best: int, split: bool) -> Emit:
     """How `translate` writes the translations of a part of its input: a line each, or with
     `n_best` > 1, `line number, score, text` for each of a line's best translations."""
-    settings = {"beam_size": dec.beam_size, "length_penalty": dec.length_penalty,
-                "max_len_a": dec.max_len_a, "max_len_b": dec.max_len_b}
 
     def emit(out: Any, part: list[str], first_line: int) -> None:
         if n_best > 1:
-            # beam: the user's, else the run's widened to n_best (translate_nbest).
-            nbest = translator.translate_nbest(part, n_best, batch_size,
-                                               **{**settings, "beam_size": beam},
+            nbest = translator.translate_nbest(part, n_best, batch_size, decoding=dec,
                                                split_sentences=split)
             for n, hyps in enumerate(nbest, start=first_line):
                 out.writelines(f"{n}\t{s:.4f}\t{text}\n" for text, s in hyps)
         else:
-            texts = translator.translate(part, batch_size, split_sentences=split, **settings)
+            texts = translator.translate(part, batch_size, decoding=dec, split_sentences=split)
             out.writelines(text + "\n" for text in texts)
         out.flush()
 
@@ -563,9 +558,9 @@ def evaluate(
         translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
                                       model, quantization)
         pairs, name, where = _evaluation_pairs(translator, split, src, ref)
-        report, hyps = evaluate_pairs(translator, pairs, batch_size, beam_size=beam,
-                                      length_penalty=length_penalty, max_len_a=max_len_a,
-                                      max_len_b=max_len_b)
+        dec = translator.decoding(beam_size=beam, length_penalty=length_penalty,
+                                  max_len_a=max_len_a, max_len_b=max_len_b)
+        report, hyps = evaluate_pairs(translator, pairs, batch_size, decoding=dec)
         report.update(where, checkpoint=str(translator.checkpoint),
                       engine=translator.engine_name)
         for key in ("quantization", "source_checkpoint"):
@@ -646,8 +641,8 @@ def attention(
             raise TranslatorError("nothing to translate: the sentence is empty")
         found, overrides = _find_run(run, config, set_, checkpoint)
         translator = Translator.from_run(found, checkpoint, device, overrides=overrides)
-        maps = attention_maps(translator, sentence, beam_size=beam,
-                              length_penalty=length_penalty)
+        maps = attention_maps(translator, sentence,
+                              translator.decoding(beam_size=beam, length_penalty=length_penalty))
         paths = save_attention_images(maps, out)
         typer.echo(maps.translation)
         typer.echo(f"wrote {len(paths)} images to {out}", err=True)

@@ -15,7 +15,7 @@ from translator.data.text import read_lines
 from translator.errors import TranslatorError
 
 if TYPE_CHECKING:  # training scores with this module and imports no inference module
-    from translator.decode.translator import Translator
+    from translator.decode.engine import Engine
 
 TOK_LC_LABEL = "tokenized lowercased BLEU (comparable to papers, not to sacreBLEU)"
 
@@ -70,21 +70,18 @@ def score(hypotheses: Sequence[str], references: Sequence[str],
     return report
 
 
-def evaluate_pairs(translator: Translator, pairs: Sequence[tuple[str, str]],
-                   batch_size: int = 64, *, beam_size: int | None = None,
-                   length_penalty: float | None = None, max_len_a: float | None = None,
-                   max_len_b: int | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Translate the source side of `pairs`, score against the target side.
+def evaluate_pairs(translator: Engine, pairs: Sequence[tuple[str, str]],
+                   batch_size: int = 64, *, decoding: DecodingConfig | None = None,
+                   **overrides: float | int | None) -> tuple[dict[str, Any], list[str]]:
+    """Translate the source side of `pairs` with any engine, score against the target side.
 
-    Decoding settings default to the run's `decoding` section. Returns the report (bleu, chrf,
+    Decoding settings: `decoding`, else the engine's with `overrides` (`beam_size`,
+    `length_penalty`, `max_len_a`, `max_len_b`) applied. Returns the report (bleu, chrf,
     sentences, signatures, the decoding settings, seconds) and the hypotheses.
     """
-    dec = translator.decoding(beam_size=beam_size, length_penalty=length_penalty,
-                              max_len_a=max_len_a, max_len_b=max_len_b)
+    dec = decoding if decoding is not None else translator.decoding(**overrides)
     start = time.perf_counter()
-    hyps = translator.translate([s for s, _ in pairs], batch_size=batch_size,
-                                beam_size=dec.beam_size, length_penalty=dec.length_penalty,
-                                max_len_a=dec.max_len_a, max_len_b=dec.max_len_b)
+    hyps = translator.translate([s for s, _ in pairs], batch_size, decoding=dec)
     seconds = time.perf_counter() - start
     report = score(hyps, [t for _, t in pairs], lang=translator.cfg.data.tgt_lang)
     report.update(

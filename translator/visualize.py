@@ -14,6 +14,7 @@ Matplotlib is used through its Agg canvas only (no pyplot, no display, no global
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import warnings
@@ -24,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from translator.config import DecodingConfig
 from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID, TextTokenizer
-from translator.decode.search import beam_search, greedy_decode, max_output_lengths
+from translator.decode.search import nbest_ids, output_caps, translate_ids
 from translator.errors import TranslatorError
 from translator.files import atomic_write
 from translator.model.transformer import Transformer, padding_mask
@@ -88,23 +90,27 @@ def collect_attention(model: Transformer, src: Tensor, tgt_in: Tensor) -> dict[s
 
 
 def attention_for_ids(model: Transformer, src_ids: list[int], src_tok: TextTokenizer,
-                      tgt_tok: TextTokenizer, device: torch.device | str = "cpu", *,
-                      beam_size: int = 1, alpha: float = 0.6, max_len_a: float = 1.5,
-                      max_len_b: int = 10) -> AttentionMaps:
-    """Translate one sentence given as source ids (no specials), greedy or with beam search,
-    and collect the attention of that translation."""
-    src = torch.tensor([[SOS_ID, *src_ids, EOS_ID]], dtype=torch.long, device=device)
+                      tgt_tok: TextTokenizer, device: torch.device | str = "cpu",
+                      decoding: DecodingConfig | None = None, **overrides: float | int
+                      ) -> AttentionMaps:
+    """Translate one sentence given as source ids (no specials) with the searches the engines
+    use (greedy at beam size 1, else beam search) and collect the attention of that
+    translation. Settings: `decoding` (default: greedy; length penalty 0.6 for a beam), with
+    `overrides` (`beam_size`, `length_penalty`, `max_len_a`, `max_len_b`) applied."""
+    dec = dataclasses.replace(decoding or DecodingConfig(beam_size=1, length_penalty=0.6),
+                              **overrides)
+    device = torch.device(device)
     was_training = model.training  # the searches switch to eval mode; training wants it back
     try:
-        if beam_size > 1:
-            best = beam_search(model, src, beam_size=beam_size, alpha=alpha,
-                               max_len_a=max_len_a, max_len_b=max_len_b)[0][0]
+        if dec.beam_size > 1:
+            best = nbest_ids(model, [src_ids], device, dec)[0][0]
             out, ended = best.tokens, best.length > len(best.tokens)
         else:
-            out = greedy_decode(model, src, max_len_a=max_len_a, max_len_b=max_len_b)[0]
-            ended = len(out) < int(max_output_lengths(src, max_len_a, max_len_b)[0])
+            out = translate_ids(model, [src_ids], device, dec)[0]
+            ended = len(out) < output_caps([len(src_ids)], dec.max_len_a, dec.max_len_b)[0]
     finally:
         model.train(was_training)
+    src = torch.tensor([[SOS_ID, *src_ids, EOS_ID]], dtype=torch.long, device=device)
     # Position t of the decoder input produces output token t; a translation cut at its
     # length cap produced no [EOS], so its last token is not fed back in.
     produced = out + [EOS_ID] if ended else out
@@ -119,18 +125,17 @@ def attention_for_ids(model: Transformer, src_ids: list[int], src_tok: TextToken
     )
 
 
-def attention_maps(translator: Translator, sentence: str, *, beam_size: int | None = None,
-                   length_penalty: float | None = None) -> AttentionMaps:
-    """Translate `sentence` with a loaded run (its decoding settings unless overridden) and
-    collect the attention of that translation."""
-    dec = translator.decoding(beam_size=beam_size, length_penalty=length_penalty)
+def attention_maps(translator: Translator, sentence: str,
+                   decoding: DecodingConfig | None = None, **overrides: float | int | None,
+                   ) -> AttentionMaps:
+    """Translate `sentence` with a loaded run's native model (`decoding`, else the run's
+    settings with `overrides` applied) and collect the attention of that translation."""
+    dec = decoding if decoding is not None else translator.decoding(**overrides)
     ids = translator.encode([sentence])[0]
     if not ids:
         raise TranslatorError("nothing to translate: the sentence is empty")
     return attention_for_ids(translator.model, ids, translator.src_tok, translator.tgt_tok,
-                             translator.device, beam_size=dec.beam_size,
-                             alpha=dec.length_penalty, max_len_a=dec.max_len_a,
-                             max_len_b=dec.max_len_b)
+                             translator.device, dec)
 
 
 def plot_heads(weights: Tensor, rows: list[str], cols: list[str], title: str) -> Figure:

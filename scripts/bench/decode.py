@@ -2,15 +2,15 @@
 model, on identical weights:
 
 - `tutorial`: one sentence at a time, the decoder re-run over the whole prefix at every step
-  (what the classic tutorials do; `greedy_decode(use_cache=False)` at batch 1);
+  (what the classic tutorials do; `greedy_decode` with this file's `uncached_step`, batch 1);
 - `cached_b1`: one sentence at a time with the key/value cache;
 - `cached_batched`: cached greedy over length-sorted batches (`--decode-batch-size`);
-- `beam<K>`: batched beam search with the cache (`--decode-beam`, GNMT alpha 0.6).
+- `beam<K>`: batched beam search with the cache (`--decode-beam`, GNMT length penalty 0.6).
 
-The cached rows use the searches' default step, `translator.decode.fast_step.FastStep`. With
+The cached rows use the searches' step, `translator.model.fast_step.FastStep`. With
 `--decode-fast-step`, each is followed by a `..._plain` row that runs the textbook modules
-instead (`fast=False`): the A/B of FastStep's gain (`decode.<row>_fast_gain`), in one process,
-on the same sentences.
+instead (`translator.decode.search.module_step`): the A/B of FastStep's gain
+(`decode.<row>_fast_gain`), in one process, on the same sentences.
 
 With `ctranslate2` installed, four more rows decode the same sentences with the same model
 exported to CTranslate2 (float32 batched greedy; int8 batched greedy, batch 1 and beam; same
@@ -32,11 +32,12 @@ import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from bench.common import markdown_table
-from translator.config import DECODING_DTYPES
+from translator.config import DECODING_DTYPES, DecodingConfig
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
@@ -61,7 +62,19 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="CTranslate2's inter_threads for the ct2 rows (default 1).")
     group.add_argument("--decode-fast-step", action="store_true",
                        help="Also time every cached row with the textbook step instead of "
-                       "fast_decode.FastStep (rows ..._plain): the A/B of the fast step.")
+                       "model.fast_step.FastStep (rows ..._plain): the A/B of the fast step.")
+
+
+def uncached_step(model: Any) -> Any:
+    """The tutorial way as a search step: re-run the decoder over the whole prefix at every
+    step, no cache (the prefix rides in the cache's first layer so that the search keeps it
+    in step with its rows). The package has only the cached path; this is the baseline."""
+    def step(memory: Any, src_mask: Any, tokens: Any, cache: list, t: int) -> Any:
+        new = tokens.view(-1, 1)
+        prefix = new if t == 0 else torch.cat([cache[0]["uncached_prefix"], new], dim=1)
+        cache[0]["uncached_prefix"] = prefix
+        return model.project(model.decode(memory, src_mask, prefix)[:, -1])
+    return step
 
 
 def _sentences(data_dir: Path | None) -> tuple[list[str], list[str], str]:
@@ -125,7 +138,13 @@ def _timed(fn: Callable[[], list[list[int]]]) -> tuple[list[list[int]], float]:
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Time the four decoders on the same sentences; print a table; return `decode.*`."""
-    from translator.decode.search import greedy_decode, pack_sources, translate_ids
+    from translator.decode.search import (
+        cached_step,
+        greedy_decode,
+        module_step,
+        pack_sources,
+        translate_ids,
+    )
 
     n = 200 if args.quick and args.decode_sentences == 1000 else args.decode_sentences
     sources, refs, where = _sentences(args.data_dir)
@@ -136,27 +155,27 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.decode_device)
     K, bs = args.decode_beam, args.decode_batch_size
 
-    def one_by_one(use_cache: bool, fast: bool = False) -> list[list[int]]:
-        return [greedy_decode(model, pack_sources([x], device), use_cache=use_cache, fast=fast)[0]
+    def one_by_one(make_step: Any) -> list[list[int]]:
+        return [greedy_decode(model, pack_sources([x], device), make_step=make_step)[0]
                 for x in ids]
 
     for x in ids[:50]:  # warm-up: allocator, kernels, positional table
         greedy_decode(model, pack_sources([x], device))
         if args.decode_fast_step:
-            greedy_decode(model, pack_sources([x], device), fast=False)
+            greedy_decode(model, pack_sources([x], device), make_step=module_step)
+    greedy, beam = DecodingConfig(beam_size=1), DecodingConfig(beam_size=K, length_penalty=0.6)
     kinds = {
-        "cached_b1": ("batch 1, KV cache", lambda fast: one_by_one(True, fast)),
-        "cached_batched": (f"batch {bs}, KV cache",
-                           lambda fast: translate_ids(model, ids, device, bs, fast=fast)),
-        f"beam{K}": (f"beam {K}, batch {bs}, KV cache",
-                     lambda fast: translate_ids(model, ids, device, bs, beam_size=K, alpha=0.6,
-                                                fast=fast)),
+        "cached_b1": ("batch 1, KV cache", one_by_one),
+        "cached_batched": (f"batch {bs}, KV cache", lambda step: translate_ids(
+            model, ids, device, greedy, batch_size=bs, make_step=step)),
+        f"beam{K}": (f"beam {K}, batch {bs}, KV cache", lambda step: translate_ids(
+            model, ids, device, beam, batch_size=bs, make_step=step)),
     }
-    rows = {"tutorial": ("batch 1, recompute prefix", lambda: one_by_one(False))}
+    rows = {"tutorial": ("batch 1, recompute prefix", lambda: one_by_one(uncached_step))}
     for name, (how, fn) in kinds.items():  # with --decode-fast-step, A then B per kind
-        rows[name] = (how, lambda fn=fn: fn(True))  # the default: FastStep
+        rows[name] = (how, lambda fn=fn: fn(cached_step))  # the package's: FastStep
         if args.decode_fast_step:
-            rows[f"{name}_plain"] = (f"{how}, textbook step", lambda fn=fn: fn(False))
+            rows[f"{name}_plain"] = (f"{how}, textbook step", lambda fn=fn: fn(module_step))
     outputs, seconds = {}, {}
     for name, (_, fn) in rows.items():
         outputs[name], seconds[name] = _timed(fn)
@@ -233,10 +252,10 @@ def _ct2_rows(args: argparse.Namespace, translator: object, trained: bool,
             f"ct2_int8_beam{K}": ("int8", beam, bs),
         }
         for x in ids[:50]:  # warm-up
-            engines["int8"]._search([x], 1, greedy)
+            engines["int8"].search([x], greedy, None, 1)
         for name, (q, dec, batch) in rows.items():
             outs, secs = _timed(lambda q=q, dec=dec, batch=batch:
-                                engines[q]._search(ids, batch, dec))
+                                [h[0][0] for h in engines[q].search(ids, dec, None, batch)])
             sps = len(ids) / secs
             results[f"decode.{name}_sps"] = round(sps, 2)
             results[f"decode.{name}_vs_native"] = round(sps / base, 2)

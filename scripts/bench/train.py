@@ -65,21 +65,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        "ratio is the median over rounds (default 3, --quick 1).")
     group.add_argument("--no-tutorial", action="store_true",
                        help="Skip the tutorial baseline (slow at large sizes).")
-    group.add_argument("--train-plain-dropout", action="store_true",
-                       help="Also time ours with torch's nn.Dropout in place of the byte-mask "
-                       "dropout (translator.model.fast_dropout): the A/B of its gain.")
 
-
-
-def with_plain_dropout(model: nn.Module) -> nn.Module:
-    """`model` with every `translator.model.fast_dropout.Dropout` replaced by `nn.Dropout(p)`."""
-    from translator.model.fast_dropout import Dropout
-
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Dropout):
-                setattr(parent, name, nn.Dropout(child.p))
-    return model
 
 
 def measure_peak_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10,
@@ -389,14 +375,6 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     results = [median_run(ours_runs)]
     del stock
-    if args.train_plain_dropout:
-        torch.manual_seed(0)
-        plain = with_plain_dropout(build_transformer(
-            dims.src_vocab, dims.tgt_vocab, max_src, max_tgt, m.d_model, m.layers, m.heads,
-            m.dropout, m.d_ff, decoder_layers=m.decoder_layers or None, norm=m.norm,
-            tie_embeddings=m.tie_embeddings, attention_dropout=m.attention_dropout)).to(device)
-        results.append(measure("ours+nn.Dropout", plain, ours_step, batches, lens))
-        del plain
     if args.compile:
         compiled = torch.compile(ours, dynamic=True)
         results.append(measure("ours+compile", compiled, ours_step, batches, lens))
@@ -468,7 +446,4 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         out["train.ratio_vs_tutorial"] = by["ours"]["tps"] / by["tutorial"]["tps"]
     if "ours+compile" in by:
         out["train.ours_compiled_tps"] = by["ours+compile"]["tps"]
-    if "ours+nn.Dropout" in by:
-        out["train.ours_plain_dropout_tps"] = by["ours+nn.Dropout"]["tps"]
-        out["train.byte_mask_dropout_gain"] = by["ours"]["tps"] / by["ours+nn.Dropout"]["tps"]
     return out

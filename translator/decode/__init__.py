@@ -1,2 +1,3 @@
-"""Decoding: greedy and beam search (`search`), the fast cached step (`fast_step`), the Translator
-(`translator`) and the CTranslate2 engine (`ct2`)."""
+"""Decoding: the one engine interface (`engine`), its native implementation (`translator`) and
+its CTranslate2 one (`ct2`), greedy and beam search over the model (`search`), and cutting texts
+into sentences and joining translations back (`pieces`)."""

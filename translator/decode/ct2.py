@@ -18,6 +18,8 @@ from typing import Any
 
 from translator.config import Config, DecodingConfig
 from translator.data.tokenizer import SPECIAL_TOKENS, TextTokenizer
+from translator.decode.engine import Engine, Scored
+from translator.decode.search import in_batches, output_caps
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError, first_line
 from translator.files import atomic_write, check_replaceable, replace_dir
@@ -185,12 +187,14 @@ def cached_export(run_dir: str | Path, quantization: str = "int8",
     return export_ctranslate2(run_dir, out, quantization, checkpoint, force=True)
 
 
-class CT2Translator(Translator):
-    """A CTranslate2 export loaded for translation, with the native Translator's interface
-    (`translate`, `translate_nbest`, `decoding`), so the CLI and evaluate use either.
+class CT2Translator(Engine):
+    """A CTranslate2 export loaded for translation: the engine interface
+    (`translator.decode.engine.Engine`) over a `ctranslate2.Translator`, so the CLI, evaluate
+    and the server use it as they use the native one.
 
-    Length penalty: CTranslate2 divides a hypothesis' log-probability by length ** alpha, where
-    ours uses GNMT's ((5 + length) / 6) ** alpha; with alpha 0 both rank by the plain sum."""
+    Length penalty: CTranslate2 divides a hypothesis' log-probability by
+    length ** length_penalty, where ours uses GNMT's ((5 + length) / 6) ** length_penalty;
+    with 0 both rank by the plain sum."""
 
     engine_name = "ctranslate2"
     quantization: str | None = None
@@ -200,9 +204,8 @@ class CT2Translator(Translator):
 
     def __init__(self, model_dir: Path, cfg: Config, src_tok: TextTokenizer,
                  tgt_tok: TextTokenizer, engine: Any, device: str) -> None:
-        self.cfg, self.src_tok, self.tgt_tok = cfg, src_tok, tgt_tok
-        self.engine, self.device, self.checkpoint = engine, device, model_dir
-        self.model = None
+        super().__init__(cfg, src_tok, tgt_tok, device, model_dir)
+        self.engine = engine
         self._src_vocab = _vocabulary(src_tok)
         self._tgt_index = {t: i for i, t in enumerate(_vocabulary(tgt_tok))}
 
@@ -270,51 +273,46 @@ class CT2Translator(Translator):
         translator.cfg.decoding = cfg.decoding  # the run's, with any --set decoding.* applied
         return translator
 
-    def _run(self, src_ids: Sequence[Sequence[int]], batch_size: int, dec: DecodingConfig,
-             n_best: int) -> list[list[tuple[list[int], float]]]:
-        """Per sentence, its n_best (ids, score) pairs. Each sentence keeps our output cap
-        floor(a * (len + 2) + b) tokens: a batch decodes to its longest cap and the rest are
-        cut, which leaves greedy output exactly as ours.
+    def search(self, src_ids: Sequence[Sequence[int]], decoding: DecodingConfig,
+               n_best: int | None, batch_size: int) -> list[Scored]:
+        """Per sentence, its n_best (ids, score) pairs (the best when `n_best` is None), in
+        the length-sorted batches and with the output cap of `translator.decode.search`: a
+        batch decodes to its longest cap and each sentence is cut at its own, which leaves
+        greedy output exactly as ours.
 
         A beam's output cut at a cap is not what a search stopped there gives, but only a
         sentence whose best hypothesis reaches its cap can tell: those few are decoded again,
         grouped by cap, with the cap as the search's own limit. Deciding per cap for the whole
         batch instead would split a batch of mixed lengths into one call per length, a
         fraction of the batched speed (the server's batches are such mixes)."""
-        order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
-        caps = [max(1, math.floor(dec.max_len_a * (len(ids) + 2) + dec.max_len_b))
-                for ids in src_ids]
-        results: list[list[tuple[list[int], float]]] = [[] for _ in src_ids]
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            self._decode_rows(rows, src_ids, caps, batch_size, dec, n_best, results)
-            if dec.beam_size > 1:
-                at_cap = [i for i in rows if len(results[i][0][0]) >= caps[i]]
+        k = n_best or 1
+
+        def run(rows: list[Sequence[int]]) -> list[Scored]:
+            caps = output_caps([len(ids) for ids in rows], decoding.max_len_a, decoding.max_len_b)
+            results = self._decode(rows, caps, batch_size, decoding, k)
+            if decoding.beam_size > 1:
+                at_cap = [i for i, r in enumerate(results) if len(r[0][0]) >= caps[i]]
                 for cap in sorted({caps[i] for i in at_cap}):
                     group = [i for i in at_cap if caps[i] == cap]
-                    self._decode_rows(group, src_ids, caps, batch_size, dec, n_best, results)
-        return results
+                    again = self._decode([rows[i] for i in group], [cap] * len(group),
+                                         batch_size, decoding, k)
+                    for i, r in zip(group, again, strict=True):
+                        results[i] = r
+            return results
 
-    def _decode_rows(self, rows: list[int], src_ids: Sequence[Sequence[int]], caps: list[int],
-                     batch_size: int, dec: DecodingConfig, n_best: int,
-                     results: list[list[tuple[list[int], float]]]) -> None:
-        """Decode sentences `rows` in one call to their longest cap; store each one's n-best,
-        cut at its own cap, in `results`."""
-        tokens = [[SOS, *(self._src_vocab[t] for t in src_ids[i]), EOS] for i in rows]
+        return in_batches(src_ids, batch_size, run)
+
+    def _decode(self, rows: Sequence[Sequence[int]], caps: list[int], batch_size: int,
+                dec: DecodingConfig, n_best: int) -> list[Scored]:
+        """Decode sentences `rows` in one call to their longest cap; each one's n-best, cut
+        at its own cap."""
+        tokens = [[SOS, *(self._src_vocab[t] for t in ids), EOS] for ids in rows]
         outs = self.engine.translate_batch(
             tokens, max_batch_size=batch_size, beam_size=dec.beam_size,
             num_hypotheses=n_best,
             length_penalty=dec.length_penalty if dec.beam_size > 1 else 0.0,
-            max_decoding_length=max(caps[i] for i in rows), min_decoding_length=0,
+            max_decoding_length=max(caps), min_decoding_length=0,
             return_scores=True, max_input_length=0)
-        for i, out in zip(rows, outs, strict=True):
-            results[i] = [([self._tgt_index[t] for t in hyp[:caps[i]]], float(score))
-                          for hyp, score in zip(out.hypotheses, out.scores, strict=True)]
-
-    def _search(self, src_ids: Sequence[Sequence[int]], batch_size: int,
-                dec: DecodingConfig) -> list[list[int]]:
-        return [hyps[0][0] for hyps in self._run(src_ids, batch_size, dec, 1)]
-
-    def _nbest(self, src_ids: Sequence[Sequence[int]], batch_size: int, dec: DecodingConfig,
-               n_best: int) -> list[list[tuple[list[int], float]]]:
-        return self._run(src_ids, batch_size, dec, n_best)
+        return [[([self._tgt_index[t] for t in hyp[:cap]], float(score))
+                 for hyp, score in zip(out.hypotheses, out.scores, strict=True)]
+                for out, cap in zip(outs, caps, strict=True)]

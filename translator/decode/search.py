@@ -1,9 +1,12 @@
 """Search over the model's `encode` / `decode` / `project` API: batched greedy and beam search.
 
-Both run the encoder once per batch. With the cache (the default) each step feeds only the
-newest token: decoder self-attention keys/values of earlier positions and the cross-attention
-keys/values of the source come from the cache. Sentences that are finished leave the batch, so
-the remaining ones run on smaller tensors.
+Both run the encoder once per batch and then one cached decoding path: each step feeds only
+the newest token of each row to a step function (`Step`), which keeps decoder self-attention
+keys/values of earlier positions and the source's cross-attention keys/values in the model's
+cache. For our Transformer that step is `translator.model.fast_step.FastStep`; `module_step`
+(the textbook modules) is what a stand-in model gets, and what the agreement tests and the
+benchmark compare against. Sentences that are finished leave the batch, so the remaining ones
+run on smaller tensors.
 
 Output lengths are capped per sentence at `a * source length + b` tokens ([EOS] included; the
 source length counts its [SOS] and [EOS]); a hypothesis that reaches the cap without [EOS] ends
@@ -11,9 +14,10 @@ there, as it is.
 
 Beam search keeps `beam_size` hypotheses per sentence, all sentences of a batch at once
 (B * beam rows). Hypotheses are ranked by their summed log-probability divided by the GNMT
-length penalty ((5 + length) / 6) ** alpha (Wu et al., 2016), length counting the generated
-tokens, [EOS] included. A sentence is done once it has `beam_size` finished hypotheses that no
-live one can still beat, or at its length cap.
+length normalisation ((5 + length) / 6) ** length_penalty (Wu et al., 2016, who call
+length_penalty alpha), length counting the generated tokens, [EOS] included. A sentence is
+done once it has `beam_size` finished hypotheses that no live one can still beat, or at its
+length cap.
 """
 
 from __future__ import annotations
@@ -21,16 +25,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import Tensor
 
 from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID
-from translator.decode.fast_step import FastStep
+from translator.model.fast_step import FastStep
 from translator.model.transformer import Transformer, padding_mask, reorder_cache
 
+if TYPE_CHECKING:
+    from translator.config import DecodingConfig
+
 T = TypeVar("T")
+
+Step = Callable[[Tensor, "Tensor | None", Tensor, list, int], Tensor]
+"""`step(memory, src_mask, tokens, cache, t)`: the next-token logits [rows, V] of each row,
+given its newest token `tokens` [rows] at position t and the cache of the earlier ones."""
 
 
 @dataclass(frozen=True)
@@ -40,23 +51,36 @@ class Hypothesis:
     tokens: list[int]
     """Generated ids without [SOS] and [EOS]."""
     score: float
-    """`log_prob / length_penalty(length, alpha)`: what the search ranks by."""
+    """`log_prob / length_norm(length, length_penalty)`: what the search ranks by."""
     log_prob: float
     """Sum of the token log-probabilities, the final [EOS] included when it was generated."""
     length: int
     """Generated tokens counted by the length penalty: `len(tokens)`, plus 1 for [EOS]."""
 
 
+def output_caps(n_ids: Sequence[int], a: float, b: int) -> list[int]:
+    """The cap on generated tokens ([EOS] included) of sources of `n_ids` ids each (without
+    specials): floor(a * (n + 2) + b), at least 1 (the source length counts [SOS] and [EOS]).
+    Every engine caps its output with this (through `_caps`)."""
+    return _caps(torch.tensor([n + 2 for n in n_ids], dtype=torch.long), a, b).tolist()
+
+
 def max_output_lengths(src: Tensor, a: float, b: int) -> Tensor:
-    """Per-sentence cap on generated tokens ([EOS] included): a * source length + b, where the
-    source length counts real tokens (specials included) of `src` [B, S]."""
-    src_len = (src != PAD_ID).sum(dim=1)
+    """The caps of `output_caps` for each row of encoder inputs `src` [B, S] (specials
+    included, padded)."""
+    return _caps((src != PAD_ID).sum(dim=1), a, b)
+
+
+def _caps(src_len: Tensor, a: float, b: int) -> Tensor:
+    # In float32, as the searches always have: 0.7 * 90 floors to 63 here, to 62 in float64;
+    # one expression for every engine keeps them token for token equal at such lengths.
     return (a * src_len.float() + b).floor().long().clamp(min=1)
 
 
-def length_penalty(length: int | float | Tensor, alpha: float) -> float | Tensor:
-    """GNMT length penalty ((5 + length) / 6) ** alpha; 1 for alpha 0 (no normalisation)."""
-    return ((5.0 + length) / 6.0) ** alpha
+def length_norm(length: int | float | Tensor, length_penalty: float) -> float | Tensor:
+    """GNMT's divisor ((5 + length) / 6) ** length_penalty; 1 for length_penalty 0 (no
+    normalisation)."""
+    return ((5.0 + length) / 6.0) ** length_penalty
 
 
 # Finished rows leave a greedy batch once they are at least this share of it.
@@ -76,38 +100,31 @@ def _eval(model: Transformer) -> None:
         model.eval()
 
 
-def _fast_step(model: Transformer, fast: bool, use_cache: bool) -> FastStep | None:
-    """The `fast_decode` step for cached decoding when asked for; only for our own
-    Transformer: a stand-in with the same methods (tests) runs its own."""
-    return FastStep(model) if fast and use_cache and isinstance(model, Transformer) else None
+def module_step(model: Transformer) -> Step:
+    """The textbook cached step: the model's own `decode` on one new position per row, then
+    `project`. Any model with the `encode` / `decode` / `project` / `new_cache` API has it."""
+    def step(memory: Tensor, src_mask: Tensor | None, tokens: Tensor, cache: list,
+             t: int) -> Tensor:
+        h = model.decode(memory, src_mask, tokens.view(-1, 1), cache, offset=t)  # [rows, 1, D]
+        return model.project(h[:, -1])
+    return step
 
 
-def _next_logits(model: Transformer, memory: Tensor, src_mask: Tensor | None, ys: Tensor,
-                 cache: list | None, t: int, step: FastStep | None = None) -> Tensor:
-    """Logits [rows, V] of the token after position t: with a cache, `ys` is the newest token
-    of each row ([rows]); without, the whole prefix ([rows, t + 1]), re-decoded. `step`, when
-    given, computes the cached step instead of the model's modules (the same numbers)."""
-    if step is not None:
-        return step(memory, src_mask, ys, cache, t)
-    if cache is not None:
-        h = model.decode(memory, src_mask, ys.view(-1, 1), cache, offset=t)  # [rows, 1, D]
-    else:
-        h = model.decode(memory, src_mask, ys)  # [rows, t + 1, D]
-    return model.project(h[:, -1])
+def cached_step(model: Transformer) -> Step:
+    """The searches' step: `FastStep` (the same numbers as `module_step`, in about half the
+    operations) for our Transformer, `module_step` for a stand-in with the same API."""
+    return FastStep(model) if isinstance(model, Transformer) else module_step(model)
 
 
 @torch.inference_mode()
 def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
-                  max_len_b: int = 10, use_cache: bool = True,
-                  fast: bool = True) -> list[list[int]]:
+                  max_len_b: int = 10,
+                  make_step: Callable[[Transformer], Step] = cached_step) -> list[list[int]]:
     """Greedy translations of a batch of encoder inputs `src` [B, S] (`[SOS] x [EOS]`, padded).
 
-    Returns one id list per sentence, without [SOS] and [EOS]. `use_cache=False` re-runs the
-    decoder over the whole prefix at every step (the tutorial way); it exists to prove the
-    cached path gives the same tokens, and as the benchmark's baseline. `fast` (default) computes
-    the cached steps with `translator.decode.fast_step.FastStep`: the same tokens, 1.12x to 1.22x
-    the sentences/s of the textbook step (docs/benchmarks.md); `fast=False` runs the textbook
-    modules.
+    Returns one id list per sentence, without [SOS] and [EOS]. `make_step` builds the step
+    function from the model (default `cached_step`); the tests and the benchmark pass others
+    (the textbook modules, or a step that re-decodes the whole prefix) to compare against.
     """
     _eval(model)
     src_mask = _source_mask(src)
@@ -116,21 +133,17 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
     out: list[list[int]] = [[] for _ in range(src.size(0))]
     rows = list(range(src.size(0)))  # the original sentence of each batch row
     running = [True] * len(rows)  # per batch row: still decoding
-    # With the cache the decoder input is only the newest token ([B]); without it, the whole
-    # prefix ([B, t]).
-    ys = torch.full((src.size(0), 1), SOS_ID, dtype=torch.long, device=src.device)
-    cache = model.new_cache() if use_cache else None
-    step = _fast_step(model, fast, use_cache)
-    if cache is not None:
-        ys = ys.view(-1)
+    ys = torch.full((src.size(0),), SOS_ID, dtype=torch.long, device=src.device)  # newest
+    cache = model.new_cache()
+    step = make_step(model)
     for t in range(max(limits)):
-        logits = _next_logits(model, memory, src_mask, ys, cache, t, step)  # [rows, V]
+        logits = step(memory, src_mask, ys, cache, t)  # [rows, V]
         # max().indices: the first maximum, like argmax, and several times faster on CPU.
         next_tok = logits.max(dim=-1).indices  # [rows]
         n_running = _take_tokens(next_tok.tolist(), rows, running, out, limits)
         if n_running == 0:
             break
-        ys = next_tok if cache is not None else torch.cat([ys, next_tok.unsqueeze(1)], dim=1)
+        ys = next_tok
         # Finished rows leave the batch, but only in groups: removing rows copies every cached
         # tensor, which costs more than decoding a few idle rows for some steps.
         if len(rows) - n_running >= _COMPACT_FRACTION * len(rows):
@@ -139,8 +152,7 @@ def greedy_decode(model: Transformer, src: Tensor, *, max_len_a: float = 1.5,
             rows, running = [rows[i] for i in keep], [True] * len(keep)
             ys, memory = ys[index], memory[index]
             src_mask = None if src_mask is None else src_mask[index]
-            if cache is not None:
-                cache = reorder_cache(cache, index)
+            cache = reorder_cache(cache, index)
     return out
 
 
@@ -162,14 +174,15 @@ def _take_tokens(tokens: list[int], rows: list[int], running: list[bool],
 # shape: one search loop whose state (ys, scores, cache, memory, mask, active sentences)
 # changes together at every step; its parts that stand alone are _candidates and _finish.
 @torch.inference_mode()
-def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: float = 0.6,
-                max_len_a: float = 1.5, max_len_b: int = 10, n_best: int = 1,
-                use_cache: bool = True, fast: bool = True) -> list[list[Hypothesis]]:
+def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4,
+                length_penalty: float = 0.6, max_len_a: float = 1.5, max_len_b: int = 10,
+                n_best: int = 1,
+                make_step: Callable[[Transformer], Step] = cached_step) -> list[list[Hypothesis]]:
     """Beam search over a batch of encoder inputs `src` [B, S] (`[SOS] x [EOS]`, padded).
 
     Returns, per sentence, its `n_best` (<= `beam_size`) best finished hypotheses, best first.
-    With `beam_size=1` and `alpha=0` the result is exactly greedy decoding's. `fast` as in
-    `greedy_decode`.
+    With `beam_size=1` and `length_penalty=0` the result is exactly greedy decoding's.
+    `make_step` as in `greedy_decode`.
     """
     _check_beam(beam_size, n_best)
     _eval(model)
@@ -181,7 +194,7 @@ def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: f
     if src_mask is not None:
         src_mask = src_mask.repeat_interleave(K, dim=0)  # [n*K, 1, 1, S]
     limits = max_output_lengths(src, max_len_a, max_len_b)  # [B], indexed by original sentence
-    lp_limit = length_penalty(limits.double(), alpha)  # [B]
+    lp_limit = length_norm(limits.double(), length_penalty)  # [B]
     steps = int(limits.max())
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
     # Score of each sentence's K-th best finished hypothesis (-inf while it has fewer).
@@ -192,12 +205,11 @@ def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: f
     # only one copy of [SOS] (K identical beams would fill the beam with duplicates).
     scores = torch.full((n, K), -math.inf, dtype=torch.float64, device=device)
     scores[:, 0] = 0.0
-    cache = model.new_cache() if use_cache else None
-    step = _fast_step(model, fast, use_cache)
+    cache = model.new_cache()
+    step = make_step(model)
     offsets = torch.arange(K, device=device)
     for t in range(steps):
-        newest = ys[:, -1] if cache is not None else ys
-        logits = _next_logits(model, memory, src_mask, newest, cache, t, step)  # [n*K, V]
+        logits = step(memory, src_mask, ys[:, -1], cache, t)  # [n*K, V]
         top_scores, top_beam, top_tok = _candidates(logits, scores, K)  # [n, 2K] each
         is_eos = top_tok == EOS_ID
         at_cap = limits[active] == t + 1  # [n]: this step's token is their last
@@ -207,7 +219,7 @@ def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: f
         final = torch.zeros_like(is_eos)
         final[:, :K] = (is_eos[:, :K] | at_cap.unsqueeze(1)) & top_scores[:, :K].isfinite()
         if bool(final.any()):
-            _finish(finished, kth_best, K, alpha, t + 1, active, ys, final, top_scores,
+            _finish(finished, kth_best, K, length_penalty, t + 1, active, ys, final, top_scores,
                     top_beam, top_tok)
         # The live beam: the K best candidates that do not end in [EOS], in rank order.
         live = ~is_eos & ((~is_eos).cumsum(dim=1) <= K)
@@ -217,7 +229,7 @@ def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: f
         # No live hypothesis can end better than its score over the largest penalty it can
         # still get (log-probabilities only fall as it grows). Lengths t+2 .. cap remain and
         # the penalty is monotone in length, so the largest is at one of the two ends.
-        lp_max = lp_limit[active].clamp(min=float(length_penalty(t + 2, alpha)))  # [n]
+        lp_max = lp_limit[active].clamp(min=float(length_norm(t + 2, length_penalty)))  # [n]
         bound = new_scores[:, 0] / lp_max
         done = at_cap | (kth_best[active] >= bound)
         if bool(done.all()):
@@ -226,8 +238,7 @@ def beam_search(model: Transformer, src: Tensor, *, beam_size: int = 4, alpha: f
         rows = (keep.unsqueeze(1) * K + new_beam[keep]).view(-1)  # [n'*K] parent rows
         ys = torch.cat([ys[rows], new_tok[keep].view(-1, 1)], dim=1)
         scores = new_scores[keep]
-        if cache is not None:
-            cache = reorder_cache(cache, rows)
+        cache = reorder_cache(cache, rows)
         if keep.numel() < active.numel():
             # Memory and mask are the same for all beams of a sentence: only drop sentences.
             sent_rows = (keep.unsqueeze(1) * K + offsets).view(-1)
@@ -264,7 +275,7 @@ def _candidates(logits: Tensor, scores: Tensor, K: int) -> tuple[Tensor, Tensor,
     return top_scores, top_idx // k2, row_tok.view(-1, K * k2).gather(1, top_idx)
 
 
-def _finish(finished: list[list[Hypothesis]], kth_best: Tensor, K: int, alpha: float,
+def _finish(finished: list[list[Hypothesis]], kth_best: Tensor, K: int, length_penalty: float,
             length: int, active: Tensor, ys: Tensor, final: Tensor, top_scores: Tensor,
             top_beam: Tensor, top_tok: Tensor) -> None:
     """Record the candidates marked in `final` [n, 2K] as finished hypotheses of `length`
@@ -273,7 +284,7 @@ def _finish(finished: list[list[Hypothesis]], kth_best: Tensor, K: int, alpha: f
     parents = pos * K + top_beam[final]
     prefixes = ys[parents, 1:].tolist()
     touched = set()
-    lp = float(length_penalty(length, alpha))
+    lp = float(length_norm(length, length_penalty))
     for p, prefix, tok, lprob in zip(pos.tolist(), prefixes, top_tok[final].tolist(),
                                      top_scores[final].tolist(), strict=True):
         sent = int(active[p])
@@ -300,16 +311,17 @@ def pack_sources(rows: Sequence[Sequence[int]], device: torch.device) -> Tensor:
     return src.to(device)
 
 
-def _in_batches(src_ids: Sequence[Sequence[int]], batch_size: int, device: torch.device,
-                search: Callable[[Tensor], list[T]],
-                progress: Callable[[int], None] | None = None) -> list[T]:
-    """Run `search` over length-sorted batches of `src_ids` (so that a batch pads little) and
-    return its per-sentence results in input order. `progress(n)` is told after each batch."""
+def in_batches(src_ids: Sequence[Sequence[int]], batch_size: int,
+               run: Callable[[list[Sequence[int]]], list[T]],
+               progress: Callable[[int], None] | None = None) -> list[T]:
+    """Run `run` over length-sorted batches of `src_ids` (so that a batch pads little) and
+    return its per-sentence results in input order. `progress(n)` is told after each batch.
+    Every engine batches with this."""
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
     results: list[T | None] = [None] * len(src_ids)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        outs = search(pack_sources([src_ids[i] for i in rows], device))
+        outs = run([src_ids[i] for i in rows])
         for i, out in zip(rows, outs, strict=True):
             results[i] = out
         if progress is not None:
@@ -318,30 +330,29 @@ def _in_batches(src_ids: Sequence[Sequence[int]], batch_size: int, device: torch
 
 
 def translate_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torch.device,
-                  batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
-                  beam_size: int = 1, alpha: float = 0.6,
+                  decoding: DecodingConfig, *, batch_size: int = 64,
                   progress: Callable[[int], None] | None = None,
-                  fast: bool = True) -> list[list[int]]:
+                  make_step: Callable[[Transformer], Step] = cached_step) -> list[list[int]]:
     """Translate id sequences (no specials) in length-sorted batches; input order kept.
 
-    `beam_size` 1 is greedy decoding (no length penalty); larger runs beam search and keeps
-    each sentence's best hypothesis. `fast` picks the searches' `fast_decode` step.
+    `decoding.beam_size` 1 is greedy decoding (no length penalty); larger runs beam search and
+    keeps each sentence's best hypothesis. `make_step` as in `greedy_decode`.
     """
-    if beam_size == 1:
-        return _in_batches(src_ids, batch_size, device, lambda src: greedy_decode(
-            model, src, max_len_a=max_len_a, max_len_b=max_len_b, fast=fast), progress)
-    return [h[0].tokens for h in nbest_ids(model, src_ids, device, batch_size, max_len_a,
-                                           max_len_b, beam_size=beam_size, alpha=alpha,
-                                           progress=progress, fast=fast)]
+    if decoding.beam_size == 1:
+        return in_batches(src_ids, batch_size, lambda rows: greedy_decode(
+            model, pack_sources(rows, device), max_len_a=decoding.max_len_a,
+            max_len_b=decoding.max_len_b, make_step=make_step), progress)
+    return [h[0].tokens for h in nbest_ids(model, src_ids, device, decoding, batch_size=batch_size,
+                                           progress=progress, make_step=make_step)]
 
 
 def nbest_ids(model: Transformer, src_ids: Sequence[Sequence[int]], device: torch.device,
-              batch_size: int = 64, max_len_a: float = 1.5, max_len_b: int = 10, *,
-              beam_size: int = 4, alpha: float = 0.6, n_best: int = 1,
+              decoding: DecodingConfig, n_best: int = 1, *, batch_size: int = 64,
               progress: Callable[[int], None] | None = None,
-              fast: bool = True) -> list[list[Hypothesis]]:
-    """Beam search over id sequences in length-sorted batches: per sentence its `n_best`
-    hypotheses with scores, best first; input order kept."""
-    return _in_batches(src_ids, batch_size, device, lambda src: beam_search(
-        model, src, beam_size=beam_size, alpha=alpha, max_len_a=max_len_a,
-        max_len_b=max_len_b, n_best=n_best, fast=fast), progress)
+              make_step: Callable[[Transformer], Step] = cached_step) -> list[list[Hypothesis]]:
+    """Beam search (of `decoding.beam_size`, even 1) over id sequences in length-sorted
+    batches: per sentence its `n_best` hypotheses with scores, best first; input order kept."""
+    return in_batches(src_ids, batch_size, lambda rows: beam_search(
+        model, pack_sources(rows, device), beam_size=decoding.beam_size,
+        length_penalty=decoding.length_penalty, max_len_a=decoding.max_len_a,
+        max_len_b=decoding.max_len_b, n_best=n_best, make_step=make_step), progress)

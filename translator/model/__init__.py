@@ -1,5 +1,5 @@
-"""The model: the paper's Transformer (`transformer`; tensors in, tensors out, no files) and the
-byte-mask dropout (`fast_dropout`).
+"""The model: the paper's Transformer (`transformer`; tensors in, tensors out, no files) and,
+beside its decoder block, the fast cached one-token step the searches use (`fast_step`).
 
 `from translator.model import build_transformer, Transformer` is the seed API the tutorials
 use: `build_transformer(src_vocab, tgt_vocab, src_seq_len, tgt_seq_len, d_model=512, N=6,

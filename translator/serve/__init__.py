@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from translator.errors import TranslatorError
 
 if TYPE_CHECKING:
+    from translator.decode.engine import Engine
     from translator.decode.translator import Translator
     from translator.serve.service import Limits, ServedModel
 
@@ -103,7 +104,7 @@ def load_models(folders: Sequence[Path], options: EngineOptions,
     served = []
     for folder in folders:
         if (folder / META).is_file() and not (folder / "config.yaml").is_file():
-            tr: Translator = CT2Translator.from_dir(
+            tr: Engine = CT2Translator.from_dir(
                 folder, options.device, threads=options.intra_threads,
                 inter_threads=options.inter_threads)
             served.append(ServedModel(tr, str(folder)))
@@ -152,7 +153,7 @@ class ServerOptions:
     access_log: bool = True
 
 
-def run_server(models: Translator | Sequence[ServedModel], options: ServerOptions | None = None,
+def run_server(models: Engine | Sequence[ServedModel], options: ServerOptions | None = None,
                *, run_dir: str | Path | None = None, workers: int = 1) -> None:
     """Serve loaded models over HTTP until interrupted (Ctrl-C or SIGTERM). One Translator
     may be given alone (with its `run_dir`, from which /attention loads a native model when
@@ -165,8 +166,10 @@ def run_server(models: Translator | Sequence[ServedModel], options: ServerOption
 
     opts = options or ServerOptions()
     if not isinstance(models, Sequence):
+        from translator.decode.translator import Translator
+
         loader = None
-        if getattr(models, "model", None) is None and run_dir is not None:
+        if not isinstance(models, Translator) and run_dir is not None:
             loader = _native_loader(Path(run_dir), None)
         models = [ServedModel(models, str(run_dir) if run_dir else None, loader)]
     service = TranslationService(list(models), max_batch=opts.max_batch, wait_ms=opts.wait_ms,

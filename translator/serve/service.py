@@ -11,8 +11,8 @@ for a load. The cost is memory: each model stays resident (a Multi30k-size model
 MB; serve fewer models at once if that is too much).
 
 Sentences are split here, before queueing (on a worker thread, off the event loop), so that
-the sentences of different requests fill one batch together. Splitting and rejoining follow
-`Translator.translate(..., split_sentences=True)`; line breaks inside a text are kept.
+the sentences of different requests fill one batch together. Splitting and rejoining are the
+engines' own (`translator.decode.pieces`); line breaks inside a text are kept.
 """
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from translator.decode.translator import Translator, split_into_sentences, split_lines
+from translator.data.text import split_lines
+from translator.decode.engine import Engine
+from translator.decode.pieces import Pieces, cut
+from translator.decode.translator import Translator
 from translator.errors import TranslatorError
 from translator.serve.batcher import Batcher, BatcherClosed, QueueFull
 from translator.serve.detect import LanguageDetector
@@ -94,7 +97,7 @@ class ServedModel:
     """One model of the server: a loaded translator, where it came from, and (for /attention
     with an engine other than native) how to load its native model."""
 
-    translator: Translator
+    translator: Engine
     run_dir: str | None = None
     attention_loader: Callable[[], Translator] | None = None
     batcher: Batcher[str, Any] | None = field(default=None, repr=False)
@@ -130,12 +133,12 @@ class _Doc:
 class TranslationService:
     """Loaded models, each behind its own batching queue, routed by language pair."""
 
-    def __init__(self, models: Translator | ServedModel | Sequence[Translator | ServedModel],
+    def __init__(self, models: Engine | ServedModel | Sequence[Engine | ServedModel],
                  *, max_batch: int = 64, wait_ms: float = 5.0, limits: Limits | None = None,
                  attention_translator: Callable[[], Translator] | None = None,
                  run_dir: str | None = None, workers: int = 1,
                  hide_paths: bool = False) -> None:
-        if isinstance(models, (Translator, ServedModel)) or not isinstance(models, Sequence):
+        if isinstance(models, (Engine, ServedModel)) or not isinstance(models, Sequence):
             models = [models]  # type: ignore[list-item]
         served = [m if isinstance(m, ServedModel) else
                   ServedModel(m, run_dir, attention_translator) for m in models]
@@ -151,7 +154,7 @@ class TranslationService:
                                       f"{self._origin(self.models[m.pair])} and "
                                       f"{self._origin(m)}; serve one of them")
             self.models[m.pair] = m
-            if getattr(m.translator, "model", None) is not None:
+            if isinstance(m.translator, Translator):  # the native engine draws attention
                 m.attention_model = m.translator
             m.batcher = Batcher(self._decoder(m), max_batch=max_batch, wait_ms=wait_ms,
                                 name=f"batcher-{m.name}", workers=workers,
@@ -307,7 +310,7 @@ class TranslationService:
         plans = await asyncio.to_thread(lambda: {s: _plan(units[s]) for s in routes})
         if not file:
             for src in routes:
-                self.check_work(len(plans[src][1]), beams[src], len(routes[src]))
+                self.check_work(len(plans[src].units), beams[src], len(routes[src]))
         timeout = self.limits.file_timeout if file else self.limits.timeout
         out: list[list[str]] = [[t] * n_best for t in texts]
         for src, idx in groups.items():
@@ -321,21 +324,18 @@ class TranslationService:
         via = {m[0].pair[1] for m in routes.values() if len(m) > 1}
         return Translation(out, detected, via.pop() if len(via) == 1 else None)
 
-    async def _legs(self, models: list[ServedModel], plan: tuple[list[list[int]], list[str]],
-                    beam: int, n_best: int, timeout: float) -> list[list[str]]:
+    async def _legs(self, models: list[ServedModel], plan: Pieces, beam: int, n_best: int,
+                    timeout: float) -> list[list[str]]:
         """Translate planned units through one model, or two (the pivot's best output is the
         second model's input); per unit its n_best variants."""
-        layout, sentences = plan
         for leg, model in enumerate(models):
             last = leg == len(models) - 1
             k = n_best if last else 1
-            results = iter(await self._run(model, sentences, _Key("translate", beam, k),
-                                           timeout))
-            variants = [_rejoin(lines, results, k) for lines in layout]
+            results = await self._run(model, plan.units, _Key("translate", beam, k), timeout)
+            variants = plan.rejoin(results, width=k)
             if not last:
-                layout, sentences = await asyncio.to_thread(
-                    _plan, [v[0] for v in variants])
-        return variants
+                plan = await asyncio.to_thread(_plan, [v[0][0] for v in variants])
+        return [[text for text, _ in v] for v in variants]
 
     async def attention(self, text: str, source: str | None = None, target: str | None = None,
                         beam: int | None = None) -> dict[str, Any]:
@@ -350,11 +350,11 @@ class TranslationService:
             raise RequestError(f"attention maps are drawn for one model; {source}->{target} "
                                f"goes through {models[0].pair[1]}")
         beam_size = self.check_beam(beam, 1, models[0])
-        layout, sentences = await asyncio.to_thread(_plan, [text])
-        self.check_work(len(sentences), beam_size, 1)
-        maps = await self._run(models[0], sentences, _Key("attention", beam_size),
+        plan = await asyncio.to_thread(_plan, [text])
+        self.check_work(len(plan.units), beam_size, 1)
+        maps = await self._run(models[0], plan.units, _Key("attention", beam_size),
                                self.limits.timeout)
-        translated = _rejoin(layout[0], iter([[m["translation"]] for m in maps]), 1)[0]
+        translated = plan.rejoin([[(m["translation"], 0.0)] for m in maps], width=1)[0][0][0]
         return {"translatedText": translated, "sentences": maps}
 
     async def _run(self, model: ServedModel, sentences: list[str], key: _Key,
@@ -379,13 +379,13 @@ class TranslationService:
             tr = model.translator
             if key.kind == "attention":
                 return [self._attention_of(model, s, key.beam_size) for s in sentences]
+            dec = tr.decoding(beam_size=key.beam_size)
+            # Sentences are already split; batch_size lets one call take the whole batch.
             if key.n_best == 1:
-                # Sentences are already split; batch_size lets one call take the whole batch.
-                texts = tr.translate(sentences, max(self.max_batch, 1), beam_size=key.beam_size)
-                return [[t] for t in texts]
-            nbest = tr.translate_nbest(sentences, key.n_best, max(self.max_batch, 1),
-                                       beam_size=key.beam_size)
-            return [[text for text, _ in hyps] for hyps in nbest]
+                texts = tr.translate(sentences, max(self.max_batch, 1), decoding=dec)
+                return [[(t, 0.0)] for t in texts]  # the best only: no score is kept
+            return tr.translate_nbest(sentences, key.n_best, max(self.max_batch, 1),
+                                      decoding=dec)
         return decode
 
     def _attention_of(self, model: ServedModel, sentence: str, beam_size: int,
@@ -507,28 +507,6 @@ def _docs(texts: Sequence[str], fmt: str) -> list[_Doc]:
     return [_Doc([t], lambda tr: tr[0]) for t in texts]
 
 
-def _plan(texts: Sequence[str]) -> tuple[list[list[int]], list[str]]:
-    """Per text, the number of sentences of each of its lines; and all sentences in order."""
-    layout: list[list[int]] = []
-    sentences: list[str] = []
-    for text in texts:
-        counts = []
-        for line in split_lines(text) or [""]:
-            parts = split_into_sentences(line)
-            counts.append(len(parts))
-            sentences.extend(parts)
-        layout.append(counts)
-    return layout, sentences
-
-
-def _rejoin(line_counts: list[int], results: Iterator[list[str]], n_best: int) -> list[str]:
-    """Rebuild one text from its sentences' results, taken in order from `results` (one
-    iterator shared by the texts of a request): variant k joins each sentence's k-th
-    translation (its best when it has fewer), sentences with a space and lines with \\n."""
-    variants: list[list[str]] = [[] for _ in range(n_best)]
-    for count in line_counts:
-        mine = [next(results) for _ in range(count)]
-        for k in range(n_best):
-            parts = [r[min(k, len(r) - 1)] for r in mine if r]
-            variants[k].append(" ".join(p for p in parts if p))
-    return ["\n".join(lines) for lines in variants]
+def _plan(texts: Sequence[str]) -> Pieces:
+    """Each text's lines cut into sentences: the units the batchers translate."""
+    return cut(texts, sentences=True, lines=True)

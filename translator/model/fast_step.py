@@ -11,13 +11,13 @@ transposes (one position's [H*K] and [H, 1, K] share their memory layout). It re
 the model's own cache layout (`Transformer.new_cache`, `reorder_cache`), and tests check it
 against the model.
 
-It is the searches' default (`greedy_decode(..., fast=False)` and `beam_search(...,
-fast=False)` run the textbook modules instead) because it earned its place in an A/B: on the
-Multi30k model (d_model 256, 3+3 layers, 300 test_2016_flickr sentences, 2 threads, one
-process, the same tokens) it gave 1.22x the sentences/s at batch 1 (14.58 against 11.95),
-1.12x batched (121.4 against 108.4) and 1.17x in beam 4 (48.6 against 41.5); the issue's
-bar was 1.10x. The fast path for deployment is still the CTranslate2 export
-(`translator.decode.ct2`).
+It is the searches' one cached step for our Transformer (the benchmark and the agreement
+test run the textbook modules through `translator.decode.search.module_step` instead) because
+it earned its place in an A/B: on the Multi30k model (d_model 256, 3+3 layers, 300
+test_2016_flickr sentences, 2 threads, one process, the same tokens) it gave 1.22x the
+sentences/s at batch 1 (14.58 against 11.95), 1.12x batched (121.4 against 108.4) and 1.17x
+in beam 4 (48.6 against 41.5); the issue's bar was 1.10x. The fast path for deployment is
+still the CTranslate2 export (`translator.decode.ct2`).
 """
 
 from __future__ import annotations
