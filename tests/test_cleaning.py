@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from translator.checkpoint import RunLayout
 from translator.config import ConfigError, DataConfig, config_from_dict
 from translator.data.corpus import DataError, check_split_record, load_corpus, to_pairs
 from translator.data.dataset import BilingualDataset
+from translator.run import RunLayout
 from translator.train.loop import Trainer
 
 GOOD = [(f"source sentence {i} .", f"target satz {i} .") for i in range(12)]

@@ -20,9 +20,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from translator.checkpoint import RunLayout, load_checkpoint
+from translator.checkpoint import load_checkpoint
 from translator.cli import app
 from translator.errors import TranslatorError
+from translator.run import RunLayout
 from translator.train.loop import Trainer, lr_factor, train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -157,29 +157,10 @@ def _find_run(run: Path | None, config: Path | None, overrides: list[str] | None
     """The run folder a model-reading verb uses (--run; the run of --config; the run that
     --checkpoint lies in; else the newest under runs/) and the --set overrides for loading it
     (with --config, those that only located the run are dropped)."""
-    from translator.checkpoint import RunLayout, latest_run
-    from translator.config import load_config, parse_override
+    from translator.run import find_run
 
-    overrides = list(overrides or [])
-    if run is not None:
-        return run, overrides
-    if config is not None:
-        # output.* only located the run; anything else goes on to be checked (and a model.*
-        # or training.* key refused: a trained run's shape is its checkpoint's).
-        kept = [o for o in overrides if parse_override(o)[0] != "output"]
-        return load_config(config, overrides).run_dir, kept
-    if checkpoint is not None:
-        owner = RunLayout.of_file(checkpoint)
-        if owner is None:
-            raise TranslatorError(f"{checkpoint} is not inside a run folder (no config.yaml "
-                                  "beside it or above its checkpoints/ folder): add --run DIR")
-        return owner.root, overrides
-    found = latest_run()
-    if found is None:
-        raise TranslatorError("no trained run found under runs/; train one first "
-                              "(translator train --config configs/toy.yaml) or pass --run DIR")
-    typer.echo(f"using run {found}", err=True)
-    return found, overrides
+    return find_run(run, config, overrides, checkpoint,
+                    announce=lambda found: typer.echo(f"using run {found}", err=True))
 
 
 @app.command(cls=_Verb, epilog="Example: translator train --config configs/toy.yaml --set "
@@ -212,8 +193,8 @@ def train(
     `--init-from RUN` fine-tunes another run on this config's data. Progress is a bar on a
     terminal, plain log lines every training.log_every steps in a file or pipe."""
     with _user_errors():
+        from translator.run import training_config
         from translator.train.loop import train as run_training
-        from translator.train.loop import training_config
 
         cfg = training_config(config, run, set_ or [], resume)
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -261,8 +242,9 @@ def average(
     """Average the weights of a run's last K checkpoints into one (use it with
     translate/evaluate --checkpoint)."""
     with _user_errors():
-        from translator.checkpoint import RunLayout, atomic_save, average_checkpoints
+        from translator.checkpoint import atomic_save, average_checkpoints
         from translator.files import resolve_target
+        from translator.run import RunLayout
 
         layout = RunLayout(_find_run(run, config, set_)[0])
         if not layout.config.is_file():
@@ -272,7 +254,7 @@ def average(
             raise TranslatorError(f"{layout.checkpoints} holds {len(paths)} periodic "
                                   f"checkpoints, fewer than --last {last} (training.keep_last "
                                   "limits how many are kept)")
-        out = output or layout.checkpoints / "averaged.pt"
+        out = output or layout.averaged
         resolve_target(out)  # a folder or a missing parent: refused before any work
         atomic_save(average_checkpoints(paths), out)
         typer.echo(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) "
@@ -571,8 +553,10 @@ def evaluate(
         for key in ("quantization", "source_checkpoint"):
             if getattr(translator, key, None):
                 report[key] = getattr(translator, key)
-        out_dir = (Path(translator.checkpoint) if model is not None
-                   else Path(translator.cfg.run_dir)) / "eval"
+        from translator.run import RunLayout
+
+        out_dir = RunLayout(Path(translator.checkpoint) if model is not None
+                            else Path(translator.cfg.run_dir)).eval
         _write_report(out_dir, report_name(name, report), report, hyps)
         typer.echo(json.dumps(report) if as_json else _report_text(report, name))
 

@@ -21,6 +21,7 @@ from translator.data.tokenizer import SPECIAL_TOKENS, TextTokenizer
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError, first_line
 from translator.files import atomic_write, check_replaceable, replace_dir
+from translator.run import RunLayout, inference_config, tokenizer_file
 
 QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "bfloat16", "float32")
 META = "translator.json"
@@ -157,8 +158,8 @@ def save_ctranslate2(translator: Translator, out_dir: str | Path, quantization: 
 
     def build(tmp: Path) -> None:
         spec.save(str(tmp))
-        translator.src_tok.save(tmp / f"tokenizer_{cfg.data.src_lang}.json")
-        translator.tgt_tok.save(tmp / f"tokenizer_{cfg.data.tgt_lang}.json")
+        translator.src_tok.save(tmp / tokenizer_file(cfg.data.src_lang))
+        translator.tgt_tok.save(tmp / tokenizer_file(cfg.data.tgt_lang))
         atomic_write(tmp / META, json.dumps(meta, indent=2) + "\n")
 
     return replace_dir(out_dir, build)
@@ -168,11 +169,9 @@ def cached_export(run_dir: str | Path, quantization: str = "int8",
                   checkpoint: str | Path | None = None) -> Path:
     """The run's export under <run>/export/ctranslate2-<quantization>, made (again) when it is
     missing or older than the checkpoint it would be made from."""
-    from translator.checkpoint import RunLayout
-
     layout = RunLayout(Path(run_dir))
     ckpt = Path(checkpoint) if checkpoint else layout.default_checkpoint()
-    out = layout.root / "export" / f"ctranslate2-{quantization}"
+    out = layout.ct2_export(quantization)
     meta_path = out / META
     if meta_path.is_file() and ckpt.is_file():
         try:
@@ -241,8 +240,8 @@ class CT2Translator(Translator):
             first = first_line(exc)
             raise TranslatorError(f"cannot load the CTranslate2 model in {path}: {first}")\
                 from exc
-        src_tok = TextTokenizer.load(path / f"tokenizer_{src_lang}.json")
-        tgt_tok = TextTokenizer.load(path / f"tokenizer_{tgt_lang}.json")
+        src_tok = TextTokenizer.load(path / tokenizer_file(src_lang))
+        tgt_tok = TextTokenizer.load(path / tokenizer_file(tgt_lang))
         cfg = Config()
         cfg.data.src_lang, cfg.data.tgt_lang = src_lang, tgt_lang
         cfg.data.max_len = int(meta.get("max_len", cfg.data.max_len))
@@ -257,17 +256,16 @@ class CT2Translator(Translator):
                  checkpoint: str | Path | None = None, device: str = "cpu",
                  overrides: Sequence[str] = (), threads: int = 0,
                  inter_threads: int = 1) -> CT2Translator:
-        """A run through its cached export (`cached_export`), keeping the run's config so that
-        evaluate can read its splits and write to <run>/eval/."""
-        from translator.checkpoint import RunLayout
-        from translator.decode.translator import check_inference_overrides
-
-        check_inference_overrides(overrides)
-        cfg = RunLayout(Path(run_dir)).load_config(list(overrides))
-        translator = cls.from_dir(cached_export(run_dir, quantization, checkpoint), device,
+        """A run through its cached export (`cached_export`), with the config in force that
+        `translator.run.inference_config` gives the native engine too, so that evaluate can
+        read its splits and write to <run>/eval/."""
+        layout = RunLayout(Path(run_dir))
+        # The checkpoint is read for its config only: no weights are mapped into memory.
+        cfg, _, path = inference_config(layout, checkpoint, overrides, map_location="meta")
+        translator = cls.from_dir(cached_export(run_dir, quantization, path), device,
                                   threads=threads, inter_threads=inter_threads)
         translator.cfg.data, translator.cfg.output = cfg.data, cfg.output
-        translator.cfg.decoding = cfg.decoding  # the run's, with any --set decoding.* applied
+        translator.cfg.decoding = cfg.decoding  # with any --set decoding.* applied
         return translator
 
     def _run(self, src_ids: Sequence[Sequence[int]], batch_size: int, dec: DecodingConfig,

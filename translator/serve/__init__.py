@@ -75,11 +75,12 @@ def find_models(models_dir: Path) -> list[Path]:
     """The model folders directly under `models_dir`: run folders (with a config.yaml) and
     CTranslate2 exports (with a translator.json), in name order."""
     from translator.decode.ct2 import META
+    from translator.run import RunLayout
 
     if not models_dir.is_dir():
         raise TranslatorError(f"models folder not found: {models_dir}")
     found = sorted(p for p in models_dir.iterdir() if p.is_dir() and (
-        (p / "config.yaml").is_file() or (p / META).is_file()))
+        RunLayout(p).config.is_file() or (p / META).is_file()))
     if not found:
         raise TranslatorError(f"no run folder (config.yaml) or CTranslate2 export "
                               f"(translator.json) under {models_dir}")
@@ -93,6 +94,7 @@ def load_models(folders: Sequence[Path], options: EngineOptions,
     does not load is an error now, not for the first user of its pair."""
     from translator.decode.ct2 import META, CT2Translator
     from translator.decode.translator import Translator
+    from translator.run import RunLayout
     from translator.serve.service import ServedModel
 
     if checkpoint is not None and len(folders) > 1:
@@ -102,13 +104,13 @@ def load_models(folders: Sequence[Path], options: EngineOptions,
         raise TranslatorError(f"unknown engine '{options.engine}' (use native or ctranslate2)")
     served = []
     for folder in folders:
-        if (folder / META).is_file() and not (folder / "config.yaml").is_file():
+        if (folder / META).is_file() and not RunLayout(folder).config.is_file():
             tr: Translator = CT2Translator.from_dir(
                 folder, options.device, threads=options.intra_threads,
                 inter_threads=options.inter_threads)
             served.append(ServedModel(tr, str(folder)))
             continue
-        if not (folder / "config.yaml").is_file():
+        if not RunLayout(folder).config.is_file():
             raise TranslatorError(f"run folder not found: {folder}")
         if options.engine == "native":
             tr = Translator.from_run(folder, checkpoint, options.device, options.dtype,

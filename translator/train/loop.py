@@ -38,18 +38,11 @@ from translator.train.book import (
 )
 from translator.train.distributed import Dist, init_distributed
 from translator.train.log import TrainLogger
-from translator.train.setup import (
-    build_training,
-    init_source,
-    lr_factor,
-    prepare_run_dir,
-    training_config,
-)
+from translator.train.setup import build_training, lr_factor
 from translator.train.step import Stepper, StepResult, validate, validation_loss
 
 __all__ = ["Dist", "TrainResult", "TrainState", "Trainer", "TrainingInterrupted",
-           "init_distributed", "init_source", "lr_factor", "prepare_run_dir", "train",
-           "training_config", "validation_loss"]
+           "init_distributed", "lr_factor", "train", "validation_loss"]
 
 log = logging.getLogger("translator")
 
