@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -49,7 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from translator.checkpoint import CheckpointError, load_checkpoint
+from translator.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    average_checkpoints,
+    load_checkpoint,
+)
 from translator.config import (
     RESUME_SAFE_KEYS,
     Config,
@@ -62,8 +66,7 @@ from translator.config import (
     save_run_config,
 )
 from translator.errors import TranslatorError
-
-log = logging.getLogger("translator")
+from translator.files import resolve_target
 
 CONFIG_NAME = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -455,3 +458,20 @@ def init_source(path: Path, cfg: Config) -> tuple[Path, RunLayout]:
         if not base.tokenizer(lang).is_file():
             raise TranslatorError(f"--init-from: {base.tokenizer(lang)} not found")
     return checkpoint, base
+
+
+def average_run(run_dir: Path, last: int, output: Path | None = None) -> tuple[Path, list[Path]]:
+    """Average the newest `last` periodic checkpoints of a run into `output` (default:
+    <run>/checkpoints/averaged.pt); returns where it was written and what was averaged."""
+    layout = RunLayout(Path(run_dir))
+    if not layout.config.is_file():
+        raise TranslatorError(f"{layout.root} is not a run folder (no config.yaml)")
+    paths = layout.numbered_checkpoints()[-last:]
+    if len(paths) < last:
+        raise TranslatorError(f"{layout.checkpoints} holds {len(paths)} periodic "
+                              f"checkpoints, fewer than --last {last} (training.keep_last "
+                              "limits how many are kept)")
+    out = output or layout.averaged
+    resolve_target(out)  # a folder or a missing parent: refused before any work
+    atomic_save(average_checkpoints(paths), out)
+    return out, paths

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from translator.decode.loading import EngineOptions
 from translator.errors import TranslatorError
 
 if TYPE_CHECKING:
@@ -55,20 +56,6 @@ def check_address(host: str, port: int) -> None:
         except OSError as exc:
             raise TranslatorError(f"cannot listen on {host}:{port}: "
                                   f"{exc.strerror or exc}") from exc
-
-
-@dataclass
-class EngineOptions:
-    """How to load each model: the engine for run folders (an export is always CTranslate2),
-    device, weights' types, and CTranslate2's threads (intra: per batch, 0 its default;
-    inter: batches at once, which the server's batcher then runs as that many workers)."""
-
-    engine: str = "native"
-    quantization: str = "int8"
-    device: str = "auto"
-    dtype: str | None = None
-    intra_threads: int = 0
-    inter_threads: int = 1
 
 
 def find_models(models_dir: Path) -> list[Path]:
@@ -193,3 +180,23 @@ def run_server(models: Translator | Sequence[ServedModel], options: ServerOption
                     timeout_keep_alive=int(max(1, opts.keep_alive)))
     finally:
         service.close()
+
+
+def serve_runs(runs: Sequence[Path], models_dir: Path | None, config: Path | None,
+               overrides: Sequence[str], checkpoint: Path | None, engine: EngineOptions,
+               options: ServerOptions, announce: Callable[[Path], None] | None = None) -> None:
+    """`translator serve`: load the run folders `runs` and every model under `models_dir`
+    (none given: the run of `config`, else the newest under runs/, passed to `announce`) and
+    serve them until interrupted."""
+    from translator.run import find_run
+
+    check_installed()
+    check_address(options.host, options.port)
+    folders = [*runs, *(find_models(models_dir) if models_dir is not None else [])]
+    overrides = list(overrides)
+    if not folders:
+        found, overrides = find_run(None, config, overrides, checkpoint, announce)
+        folders = [found]
+    served = load_models(folders, engine, checkpoint, overrides)
+    run_server(served, options,
+               workers=engine.inter_threads if engine.engine == "ctranslate2" else 1)
