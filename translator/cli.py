@@ -19,65 +19,36 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperGroup
 
+from translator.cli_options import (
+    AlphaOpt,
+    BatchOpt,
+    BeamOpt,
+    CkptOpt,
+    ConfigOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EngineOpt,
+    InterThreadsOpt,
+    IntraThreadsOpt,
+    JsonOpt,
+    MaxLenAOpt,
+    MaxLenBOpt,
+    ModelDirOpt,
+    QuantOpt,
+    RunOpt,
+    SetOpt,
+    TranslateDeviceOpt,
+    Verb,
+    Verbs,
+    opt,
+)
 from translator.errors import TranslatorError
 
-
-class _Verbs(TyperGroup):
-    """The command group, taking `--debug` after the verb too (`translator translate --debug
-    ...`): it is moved in front of the verb, where the group's option lives."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        end = args.index("--") if "--" in args else len(args)  # after "--" all is text
-        if "--debug" in args[:end]:
-            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
-        return super().parse_args(ctx, args)
-
-
-# rich_markup_mode=None: plain click help, where flags show no type and options their
-# metavar (typer's rich panels label every flag <bool>), and which reads well when piped.
-class _Argument(TyperArgument):
-    """A positional argument shown as click shows one: `SENTENCE`, not typer's `SENTENCE <str>`
-    (help) and `{SENTENCE}` (usage)."""
-
-    def display_type_rich(self, ctx: Any) -> str | None:
-        return None
-
-    def _usage_display_name(self) -> str:
-        name = self.display_name_raw
-        return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
-
-
-class _Verb(TyperCommand):
-    """A verb whose arguments read as click's (see _Argument)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            if type(param) is TyperArgument:
-                param.__class__ = _Argument  # adds no state, only changes how it is shown
-
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Verbs, rich_markup_mode=None,
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=Verbs, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Train and run encoder-decoder Transformer translation models.")
 _state = {"debug": False}
-
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", metavar="PATH", help="YAML config file.")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", metavar="KEY=VALUE",
-    help="Override a config key, e.g. training.lr=1e-3 (section.key=value; repeatable).")]
-RunOpt = Annotated[Path | None, typer.Option(
-    "--run", metavar="DIR",
-    help="Run folder (default: from --config, else the newest run under runs/).")]
-CkptOpt = Annotated[Path | None, typer.Option(
-    "--checkpoint", metavar="FILE",
-    help="Checkpoint file (default: the run's best.pt, else latest.pt).")]
-DeviceOpt = Annotated[str | None, typer.Option(
-    "--device", metavar="DEVICE",
-    help="auto, cpu, cuda, cuda:N or mps (default: the config's training.device).")]
 
 
 def _print_version(value: bool) -> None:
@@ -122,47 +93,6 @@ def _user_errors() -> Iterator[None]:
             raise typer.Exit(130) from None
 
 
-# -- translate, evaluate, attention: decoding options shared by the three ----------------------
-
-BeamOpt = Annotated[int | None, typer.Option(
-    "--beam", min=1, metavar="N",
-    help="Beam size; 1: greedy (default: the run's decoding.beam_size).")]
-AlphaOpt = Annotated[float | None, typer.Option(
-    "--length-penalty", "--alpha", min=0.0, metavar="ALPHA",
-    help="GNMT length penalty alpha for beam search (default: decoding.length_penalty).")]
-MaxLenAOpt = Annotated[float | None, typer.Option(
-    "--max-len-a", min=0.0, metavar="A",
-    help="Output cap a * source length + b: a (default: decoding.max_len_a).")]
-MaxLenBOpt = Annotated[int | None, typer.Option(
-    "--max-len-b", min=0, metavar="B",
-    help="Output cap a * source length + b: b (default: decoding.max_len_b).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, metavar="N",
-                                       help="Sentences per batch.")]
-TranslateDeviceOpt = Annotated[str, typer.Option(
-    "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
-EngineOpt = Annotated[str, typer.Option(
-    "--engine", metavar="ENGINE", help="native (PyTorch) or ctranslate2 (the run exported on "
-    "the fly into <run>/export/, or --model DIR).")]
-ModelDirOpt = Annotated[Path | None, typer.Option(
-    "--model", metavar="DIR",
-    help="A folder written by translator export (implies --engine ctranslate2).")]
-QuantOpt = Annotated[str, typer.Option(
-    "--quantization", metavar="TYPE", help="ctranslate2 engine: the weights' type when a run "
-    "is exported on the fly (int8, int8_float32, int16, float16, bfloat16, float32).")]
-IntraThreadsOpt = Annotated[int, typer.Option(
-    "--intra-threads", min=0, metavar="N", help="ctranslate2 engine: threads per batch "
-    "(CTranslate2's intra_threads; 0: its default).")]
-InterThreadsOpt = Annotated[int, typer.Option(
-    "--inter-threads", min=1, metavar="N", help="ctranslate2 engine: batches run at once "
-    "(CTranslate2's inter_threads).")]
-DtypeOpt = Annotated[str | None, typer.Option(
-    "--dtype", metavar="DTYPE", help="Weights as fp32, bf16 (faster batched decoding on CPUs "
-    "with AMX and on recent GPUs) or fp16 (GPUs) (default: the run's decoding.dtype).")]
-
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
-
-
 def _announce(found: Path) -> None:
     """Say which run a verb picked when none was named (the newest under runs/)."""
     typer.echo(f"using run {found}", err=True)
@@ -187,7 +117,7 @@ def _engine(run: Path | None, config: Path | None, set_: list[str] | None,
     return load_engine(options, run, config, set_, checkpoint, model, _announce)
 
 
-@app.command(cls=_Verb, epilog="Example: translator train --config configs/toy.yaml --set "
+@app.command(cls=Verb, epilog="Example: translator train --config configs/toy.yaml --set "
              "training.epochs=2")
 def train(
     config: ConfigOpt = None,
@@ -232,7 +162,7 @@ def train(
         typer.echo(f"{summary}; run folder {result.run_dir}", err=True)
 
 
-@app.command(cls=_Verb, epilog="Example: translator average --run runs/toy --last 3")
+@app.command(cls=Verb, epilog="Example: translator average --run runs/toy --last 3")
 def average(
     run: RunOpt = None,
     config: ConfigOpt = None,
@@ -253,7 +183,7 @@ def average(
                    f"into {out}", err=True)
 
 
-@app.command(cls=_Verb, epilog="Example: translator translate --run runs/toy \"The big dog "
+@app.command(cls=Verb, epilog="Example: translator translate --run runs/toy \"The big dog "
              "sees the small cat.\"  (or: translator translate --run runs/toy -i in.en -o "
              "out.de)")
 def translate(
@@ -315,7 +245,7 @@ def translate(
         textio.translate_parts(parts, total, emit, output, quiet=quiet or input_ is None)
 
 
-@app.command(cls=_Verb, epilog="Example: translator evaluate --run runs/toy --split test --beam 4")
+@app.command(cls=Verb, epilog="Example: translator evaluate --run runs/toy --split test --beam 4")
 def evaluate(
     run: RunOpt = None,
     config: ConfigOpt = None,
@@ -358,7 +288,7 @@ def evaluate(
         typer.echo(json.dumps(report) if as_json else report_text(report, name))
 
 
-@app.command(cls=_Verb, epilog="Example: translator attention --run runs/toy \"The dog sees "
+@app.command(cls=Verb, epilog="Example: translator attention --run runs/toy \"The dog sees "
              "the cat.\" --out att/")
 def attention(
     sentence: Annotated[str, typer.Argument(metavar="SENTENCE",
@@ -390,7 +320,7 @@ def attention(
         typer.echo(f"wrote {len(paths)} images to {out}", err=True)
 
 
-@app.command(cls=_Verb, epilog="Example: translator export --run runs/toy --out toy-ct2 "
+@app.command(cls=Verb, epilog="Example: translator export --run runs/toy --out toy-ct2 "
              "--quantization int8")
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", metavar="PATH",
@@ -424,78 +354,57 @@ def export(
 
 
 # shape: a Typer command; its signature lists its options, the body is a few lines.
-@app.command(cls=_Verb, epilog="Example: translator serve --run runs/en-de --run runs/de-en "
+@app.command(cls=Verb, epilog="Example: translator serve --run runs/en-de --run runs/de-en "
              "--port 5000")
 def serve(
-    run: Annotated[list[Path] | None, typer.Option(
-        "--run", metavar="DIR", help="A run folder to serve; repeat for several models "
-        "(default: from --config, else the newest run under runs/).")] = None,
-    models: Annotated[Path | None, typer.Option(
-        "--models", metavar="DIR", help="Serve every run folder and CTranslate2 export "
-        "directly under DIR.")] = None,
+    run: Annotated[list[Path] | None, opt("--run", "DIR", "A run folder to serve; repeat for "
+        "several models (default: from --config, else the newest run under runs/).")] = None,
+    models: Annotated[Path | None, opt("--models", "DIR", "Serve every run folder and "
+        "CTranslate2 export directly under DIR.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     checkpoint: CkptOpt = None,
-    engine: Annotated[str, typer.Option(
-        "--engine", metavar="ENGINE",
-        help="native (PyTorch) or ctranslate2 (each run exported on the fly into "
-        "<run>/export/); exports are always ctranslate2.")] = "native",
+    engine: Annotated[str, opt("--engine", "ENGINE", "native (PyTorch) or ctranslate2 (each "
+        "run exported on the fly into <run>/export/); exports are always ctranslate2.")]
+    = "native",
     quantization: QuantOpt = "int8",
     device: TranslateDeviceOpt = "auto",
     dtype: DtypeOpt = None,
     intra_threads: IntraThreadsOpt = 0,
     inter_threads: InterThreadsOpt = 1,
-    host: Annotated[str, typer.Option(
-        "--host", metavar="ADDRESS", help="Address to listen on; 0.0.0.0 opens it to the network.")]
-    = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, metavar="PORT",
-                                        help="TCP port.")] = 5000,
-    max_batch: Annotated[int, typer.Option(
-        "--max-batch", min=1, metavar="N",
-        help="Most sentences decoded together in one batch.")] = 64,
-    batch_wait_ms: Annotated[float, typer.Option(
-        "--batch-wait-ms", min=0.0, metavar="MS",
-        help="How long a batch waits for more requests, in ms.")]
-    = 5.0,
-    max_chars: Annotated[int, typer.Option(
-        "--max-chars", min=1, metavar="N", help="Most characters in one request.")] = 5000,
-    max_lines: Annotated[int, typer.Option(
-        "--max-lines", min=1, metavar="N",
-        help="Most lines in one request (all its texts together).")]
-    = 100,
-    max_beam: Annotated[int, typer.Option(
-        "--max-beam", min=1, metavar="N",
-        help="Largest beam size (and n-best) a request may ask for.")]
-    = 16,
-    max_work: Annotated[int, typer.Option(
-        "--max-work", min=1, metavar="N",
-        help="Most sentences x beam size in one request (413 past it).")] = 1024,
-    max_queue: Annotated[int, typer.Option(
-        "--max-queue", min=0, metavar="N",
-        help="Sentences waiting for one model before requests get 429 (0: no bound).")]
-    = 2048,
-    timeout: Annotated[float, typer.Option(
-        "--timeout", min=0.001, metavar="SECONDS",
-        help="Seconds a request may wait before it gets 503.")]
-    = 30.0,
-    api_key: Annotated[str | None, typer.Option(
-        "--api-key", envvar="TRANSLATOR_API_KEY", show_envvar=True, metavar="KEY",
-        help="Require this key on everything but the page, /health, /languages and "
-        "/frontend/settings.")] = None,
-    cors_origin: Annotated[list[str] | None, typer.Option(
-        "--cors-origin", metavar="ORIGIN", help="Let pages of this origin call the API from "
-        "a browser (repeatable; '*' for any). Default: only the server's own page.")] = None,
-    max_connections: Annotated[int, typer.Option(
-        "--max-connections", min=1, metavar="N",
-        help="Open connections (and requests) at once; more get 503.")] = 512,
-    read_timeout: Annotated[float, typer.Option(
-        "--read-timeout", min=0.1, metavar="SECONDS",
-        help="Seconds a request body may take to arrive (408 past it).")] = 10.0,
-    root_path: Annotated[str, typer.Option(
-        "--root-path", metavar="PATH", help="The URL prefix a reverse proxy serves the app "
-        "under, e.g. /translate-api.")] = "",
-    access_log: Annotated[bool, typer.Option(
-        "--access-log/--no-access-log", help="Log each request.")] = True,
+    host: Annotated[str, opt("--host", "ADDRESS", "Address to listen on; 0.0.0.0 opens it to "
+        "the network.")] = "127.0.0.1",
+    port: Annotated[int, opt("--port", "PORT", "TCP port.", min=1, max=65535)] = 5000,
+    max_batch: Annotated[int, opt("--max-batch", "N", "Most sentences decoded together in one "
+        "batch.", min=1)] = 64,
+    batch_wait_ms: Annotated[float, opt("--batch-wait-ms", "MS", "How long a batch waits for "
+        "more requests, in ms.", min=0.0)] = 5.0,
+    max_chars: Annotated[int, opt("--max-chars", "N", "Most characters in one request.",
+        min=1)] = 5000,
+    max_lines: Annotated[int, opt("--max-lines", "N", "Most lines in one request (all its "
+        "texts together).", min=1)] = 100,
+    max_beam: Annotated[int, opt("--max-beam", "N", "Largest beam size (and n-best) a request "
+        "may ask for.", min=1)] = 16,
+    max_work: Annotated[int, opt("--max-work", "N", "Most sentences x beam size in one "
+        "request (413 past it).", min=1)] = 1024,
+    max_queue: Annotated[int, opt("--max-queue", "N", "Sentences waiting for one model before "
+        "requests get 429 (0: no bound).", min=0)] = 2048,
+    timeout: Annotated[float, opt("--timeout", "SECONDS", "Seconds a request may wait before "
+        "it gets 503.", min=0.001)] = 30.0,
+    api_key: Annotated[str | None, opt("--api-key", "KEY", "Require this key on everything "
+        "but the page, /health, /languages and /frontend/settings.",
+        envvar="TRANSLATOR_API_KEY", show_envvar=True)] = None,
+    cors_origin: Annotated[list[str] | None, opt("--cors-origin", "ORIGIN", "Let pages of "
+        "this origin call the API from a browser (repeatable; '*' for any). Default: only the "
+        "server's own page.")] = None,
+    max_connections: Annotated[int, opt("--max-connections", "N", "Open connections (and "
+        "requests) at once; more get 503.", min=1)] = 512,
+    read_timeout: Annotated[float, opt("--read-timeout", "SECONDS", "Seconds a request body "
+        "may take to arrive (408 past it).", min=0.1)] = 10.0,
+    root_path: Annotated[str, opt("--root-path", "PATH", "The URL prefix a reverse proxy "
+        "serves the app under, e.g. /translate-api.")] = "",
+    access_log: Annotated[bool, opt("--access-log/--no-access-log", None,
+        "Log each request.")] = True,
 ) -> None:
     """Serve one or several models over HTTP: LibreTranslate's API (/translate, /detect,
     /languages, /translate_file), a translation page with attention heatmaps at /, the OpenAPI
@@ -520,7 +429,7 @@ def serve(
                    _announce)
 
 
-@app.command(cls=_Verb, epilog="Example: translator info runs/toy --json")
+@app.command(cls=Verb, epilog="Example: translator info runs/toy --json")
 def info(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="The run folder.")],
     as_json: JsonOpt = False,
