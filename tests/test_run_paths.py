@@ -133,3 +133,42 @@ def test_checkpoint_module_imports_neither_config_nor_run() -> None:
     bad = {m for m in imported if m.startswith(("translator.config", "translator.run"))
            or m in ("translator.config", "translator.run")}
     assert not bad, f"translator/checkpoint.py imports {sorted(bad)}"
+
+
+def test_both_engines_follow_the_one_rule_for_the_config_in_force(trained_run: Path,
+                                                                   tmp_path: Path) -> None:
+    """translator.run's rule: config.yaml (and --set) decides decoding and data, the
+    checkpoint's saved config decides the model's shape, for the native and the CTranslate2
+    engine alike. Here config.yaml was changed after the checkpoint was written (as a resume
+    with --set decoding.* does): its decoding is used, its model section is not."""
+    import shutil
+
+    import pytest
+
+    from translator.config import load_config, save_run_config
+    from translator.decode.translator import Translator
+    from translator.run import inference_config
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    layout = RunLayout(run)
+    cfg = load_config(layout.config)
+    saved_beam, saved_d_ff = cfg.decoding.beam_size, cfg.model.d_ff
+    cfg.decoding.beam_size, cfg.model.d_ff = saved_beam + 2, saved_d_ff * 2
+    save_run_config(cfg, layout.config)
+
+    in_force, _, path = inference_config(layout)
+    assert path == layout.default_checkpoint()
+    assert in_force.decoding.beam_size == saved_beam + 2  # config.yaml's
+    assert in_force.model.d_ff == saved_d_ff  # the checkpoint's: it describes the weights
+    native = Translator.from_run(run, device="cpu", overrides=["decoding.max_len_b=7"])
+    assert native.cfg.decoding.beam_size == saved_beam + 2
+    assert native.cfg.decoding.max_len_b == 7
+    assert native.cfg.model.d_ff == saved_d_ff  # loaded: config.yaml's d_ff would not fit
+    pytest.importorskip("ctranslate2")
+    from translator.decode.ct2 import CT2Translator
+
+    ct2 = CT2Translator.from_run(run, "float32", device="cpu",
+                                 overrides=["decoding.max_len_b=7"])
+    assert ct2.cfg.decoding == native.cfg.decoding
+    assert ct2.cfg.data == native.cfg.data
