@@ -132,7 +132,7 @@ def test_training_logs_attention_images(trained_run: Path) -> None:
     """The session's tiny run (conftest) logged one attention image at each validation."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from translator.checkpoint import RunLayout
+    from translator.run import RunLayout
 
     acc = EventAccumulator(str(RunLayout(trained_run).tensorboard))
     acc.Reload()

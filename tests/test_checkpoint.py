@@ -14,13 +14,13 @@ import torch
 from translator.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
-    RunLayout,
     atomic_link,
     atomic_save,
     load_checkpoint,
     prune_checkpoints,
 )
 from translator.errors import TranslatorError
+from translator.run import RunLayout
 
 
 def _ckpt(seed: int = 0) -> dict[str, Any]:
@@ -254,12 +254,12 @@ def test_prune_keeps_the_newest(tmp_path: Path) -> None:
         atomic_save(_ckpt(), layout.numbered(epoch, step))
     atomic_link(layout.numbered(1, 10), layout.best)
     atomic_link(layout.numbered(10, 10500), layout.latest)
-    prune_checkpoints(layout, keep_last=2)
+    prune_checkpoints(layout.numbered_checkpoints(), keep_last=2)
     assert layout.numbered_checkpoints() == [layout.numbered(10, 10000),
                                              layout.numbered(10, 10500)]
     assert layout.best.is_file() and layout.latest.is_file()
     assert load_checkpoint(layout.best)["step"] == 12  # its data survives the pruning
-    prune_checkpoints(layout, keep_last=5)
+    prune_checkpoints(layout.numbered_checkpoints(), keep_last=5)
     assert len(layout.numbered_checkpoints()) == 2
 
 
@@ -267,7 +267,7 @@ def test_prune_zero_keeps_everything(tmp_path: Path) -> None:
     layout = RunLayout(tmp_path)
     for step in (1, 2, 3):
         atomic_save(_ckpt(), layout.numbered(1, step))
-    prune_checkpoints(layout, keep_last=0)
+    prune_checkpoints(layout.numbered_checkpoints(), keep_last=0)
     assert len(layout.numbered_checkpoints()) == 3
-    prune_checkpoints(layout, keep_last=1)
+    prune_checkpoints(layout.numbered_checkpoints(), keep_last=1)
     assert layout.numbered_checkpoints() == [layout.numbered(1, 3)]

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from translator.checkpoint import RunLayout
 from translator.config import ConfigError, DataConfig, config_from_dict
 from translator.data.corpus import load_corpus, to_pairs
 from translator.data.dataset import BilingualDataset
 from translator.data.sources import DataError
 from translator.data.split_record import check_split_record
+from translator.run import RunLayout
 from translator.train.loop import Trainer
 
 GOOD = [(f"source sentence {i} .", f"target satz {i} .") for i in range(12)]

@@ -10,12 +10,13 @@ import sacrebleu
 import torch
 
 from tests.helpers import uncached_step
-from translator.checkpoint import RunLayout, load_checkpoint
+from translator.checkpoint import load_checkpoint
 from translator.config import Config, config_from_dict
 from translator.decode.search import greedy_decode, pack_sources
 from translator.decode.translator import Translator
 from translator.evaluate import load_split
 from translator.model.transformer import build_transformer
+from translator.run import RunLayout
 from translator.train.loop import Trainer, train
 
 pytestmark = pytest.mark.cuda

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from translator.checkpoint import RunLayout
 from translator.config import ConfigError, config_from_dict
 from translator.data.sources import DataError, check_data_files
 from translator.decode.translator import Translator
+from translator.run import RunLayout
 from translator.train.loop import train
 
 EN = ["A man sleeps.", "A woman reads a book.", "Two dogs run.", "The child eats an apple.",

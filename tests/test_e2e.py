@@ -11,10 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from translator.checkpoint import RunLayout, load_checkpoint
+from translator.checkpoint import load_checkpoint
 from translator.cli import app
 from translator.config import Config, config_from_dict
 from translator.decode.translator import Translator
+from translator.run import RunLayout
 from translator.train.loop import train
 
 TINY = {

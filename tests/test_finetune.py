@@ -13,13 +13,14 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from translator.checkpoint import RunLayout, load_checkpoint
+from translator.checkpoint import load_checkpoint
 from translator.cli import app
 from translator.config import config_from_dict
 from translator.data.builtin_corpus import builtin_splits
 from translator.data.dataset import BilingualDataset
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError
+from translator.run import RunLayout
 from translator.train.loop import train
 from translator.train.step import validation_loss
 
@@ -99,7 +100,7 @@ def test_init_from_a_checkpoint_file(base: Path, tmp_path: Path) -> None:
     record = json.loads(tuned.init.read_text())
     assert record["checkpoint"] == str(latest.resolve()) and record["step"] == 30
     # the fine-tuned run resumes from its own checkpoint and keeps its record
-    from translator.train.setup import training_config
+    from translator.run import training_config
 
     resumed = train(training_config(None, tuned.root, ["training.max_steps=2"], True),
                     resume=True, quiet=True)

@@ -29,7 +29,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.helpers import TINY_RUN, raw_config, save_config
-from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save, load_checkpoint
+from translator.checkpoint import FORMAT_VERSION, atomic_save, load_checkpoint
 from translator.cli import app
 from translator.config import ConfigError, DecodingConfig, config_from_dict, load_config
 from translator.data.sources import check_data_files
@@ -39,6 +39,7 @@ from translator.decode.translator import Translator
 from translator.errors import TranslatorError
 from translator.model.transformer import Transformer
 from translator.modeling import build_model
+from translator.run import RunLayout
 from translator.train.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -561,9 +562,10 @@ KILL_MID_WRITE = textwrap.dedent("""
     from pathlib import Path
     import torch
     from translator import checkpoint as ck
+    from translator.run import RunLayout
 
     folder, moment = Path(sys.argv[1]), sys.argv[2]
-    layout = ck.RunLayout(folder)
+    layout = RunLayout(folder)
     ckpt = ck.load_checkpoint(layout.latest)  # the run's next checkpoint, one step on
     ckpt["step"] += 1
     ckpt["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()}

@@ -13,12 +13,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from translator.checkpoint import RunLayout, load_checkpoint
+from translator.checkpoint import load_checkpoint
 from translator.cli import app
 from translator.config import DataConfig, config_from_dict, load_config
 from translator.data.corpus import load_splits
 from translator.decode.translator import Translator
 from translator.model.transformer import count_parameters
+from translator.run import RunLayout
 from translator.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")

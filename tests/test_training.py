@@ -20,9 +20,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from translator.checkpoint import RunLayout, load_checkpoint
+from translator.checkpoint import load_checkpoint
 from translator.cli import app
 from translator.errors import TranslatorError
+from translator.run import RunLayout
 from translator.train.loop import Trainer, train
 from translator.train.setup import lr_factor
 

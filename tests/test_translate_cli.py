@@ -12,13 +12,14 @@ import torch
 from typer.testing import CliRunner
 
 from tests.helpers import save_config
-from translator.checkpoint import FORMAT_VERSION, RunLayout, atomic_save
+from translator.checkpoint import FORMAT_VERSION, atomic_save
 from translator.cli import app
 from translator.config import config_from_dict
 from translator.data.text import split_into_sentences, split_lines
 from translator.data.tokenizer import EOS_ID, build_tokenizer
 from translator.decode.translator import Translator
 from translator.modeling import build_model
+from translator.run import RunLayout
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -24,7 +24,6 @@ from translator.checkpoint import (
     FORMAT_VERSION,
     SAFE_TORCH,
     CheckpointError,
-    RunLayout,
     atomic_link,
     atomic_save,
     average_checkpoints,
@@ -42,7 +41,7 @@ from translator.files import (
     check_replaceable,
     replace_dir,
 )
-from translator.run import RunLock
+from translator.run import RunLayout, RunLock
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -1,15 +1,6 @@
-"""The run-folder layout, atomic checkpoint writes and safe checkpoint loads.
-
-A run folder holds everything needed to reproduce and to translate:
-
-    runs/<name>/config.yaml            the resolved config (no path into the run: a moved or
-                                       copied folder is still a whole run)
-    runs/<name>/tokenizer_<lang>.json  one tokenizer per language
-    runs/<name>/splits.json            split seed and sizes (checked on resume)
-    runs/<name>/init.json              fine-tuned runs: the base run and checkpoint
-    runs/<name>/checkpoints/           epoch/step checkpoints, latest.pt, best.pt
-    runs/<name>/tensorboard/           event files
-    runs/<name>/eval/                  evaluation reports
+"""Checkpoint files: atomic save, safe load, link, average and prune. Where they lie in a run
+folder is `translator.run`'s business; this module knows files, not runs, and imports neither
+the config nor the run module.
 
 Checkpoints hold plain data only (tensors, numbers, strings, lists, dicts), so they load with
 `torch.load(weights_only=True)`: a file from anywhere cannot run code when it is opened.
@@ -21,13 +12,11 @@ import os
 import pickle
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from translator.config import Config, load_config
 from translator.errors import TranslatorError, first_line
 from translator.files import (  # noqa: F401 - new_file_mode re-exported
     WriteError,
@@ -58,88 +47,6 @@ def check_safe_torch(text: str | None = None) -> None:
 
 class CheckpointError(TranslatorError):
     """A checkpoint that is missing, corrupt, unsafe, or from an incompatible run."""
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Paths inside one run folder."""
-
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    def tokenizer(self, lang: str) -> Path:
-        return self.root / f"tokenizer_{lang}.json"
-
-    @property
-    def splits(self) -> Path:
-        """The split record: seed and sizes of train/valid/test (checked on resume)."""
-        return self.root / "splits.json"
-
-    @property
-    def init(self) -> Path:
-        """The record of a fine-tuned run's starting point (`train --init-from`)."""
-        return self.root / "init.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def latest(self) -> Path:
-        return self.checkpoints / "latest.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.pt"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
-
-    def numbered(self, epoch: int, step: int) -> Path:
-        """Name of a periodic checkpoint; zero-padded so names sort in training order."""
-        return self.checkpoints / f"epoch{epoch:03d}_step{step:08d}.pt"
-
-    def numbered_checkpoints(self) -> list[Path]:
-        """Periodic checkpoints, oldest first."""
-        return sorted(self.checkpoints.glob("epoch*_step*.pt"))
-
-    def default_checkpoint(self) -> Path:
-        """What translate/evaluate use: best.pt if it exists, else latest.pt."""
-        return self.best if self.best.is_file() else self.latest
-
-    def load_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-        """The run's own config with `--set` overrides applied; `output.dir` is this folder,
-        wherever it has been moved or copied to."""
-        if not self.root.is_dir():
-            raise TranslatorError(f"run folder not found: {self.root}")
-        if not self.config.is_file():
-            raise TranslatorError(f"{self.root} is not a run folder (no config.yaml)")
-        cfg = load_config(self.config, overrides)
-        cfg.output.dir, cfg.name = str(self.root), self.root.resolve().name
-        return cfg
-
-    @classmethod
-    def of_file(cls, path: Path) -> RunLayout | None:
-        """The run folder that a config.yaml or a checkpoint file belongs to, if any: the
-        file's folder, or for a file in checkpoints/ the folder above, holding a config.yaml."""
-        folder = path.resolve().parent
-        if folder.name == "checkpoints" and not (folder / "config.yaml").is_file():
-            folder = folder.parent
-        layout = cls(folder)
-        return layout if layout.is_run() else None
-
-    def is_run(self) -> bool:
-        """Whether the folder holds a run that training started: a config and its checkpoints
-        folder or split record (a lone config.yaml is just a config)."""
-        return self.config.is_file() and (self.checkpoints.is_dir() or self.splits.is_file())
 
 
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
@@ -215,12 +122,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def prune_checkpoints(layout: RunLayout, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` periodic checkpoints (latest/best are separate
-    links, so their data survives)."""
+def prune_checkpoints(numbered: list[Path], keep_last: int) -> None:
+    """Delete all but the newest `keep_last` of the periodic checkpoints `numbered` (oldest
+    first, as `RunLayout.numbered_checkpoints` lists them); latest/best are separate links,
+    so their data survives."""
     if keep_last <= 0:
         return
-    for path in layout.numbered_checkpoints()[:-keep_last]:
+    for path in numbered[:-keep_last]:
         path.unlink(missing_ok=True)
 
 
@@ -257,13 +165,3 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
     out["averaged_from"] = [str(p) for p in paths]
     return out
 
-
-def latest_run(runs_root: str | Path = "runs") -> Path | None:
-    """The run folder under `runs_root` whose latest checkpoint is newest, if any."""
-    root = Path(runs_root)
-    if not root.is_dir():
-        return None
-    candidates = [p for p in root.iterdir() if RunLayout(p).latest.is_file()]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: os.path.getmtime(RunLayout(p).latest))

@@ -13,71 +13,42 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperGroup
 
+from translator.cli_options import (
+    AlphaOpt,
+    BatchOpt,
+    BeamOpt,
+    CkptOpt,
+    ConfigOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EngineOpt,
+    InterThreadsOpt,
+    IntraThreadsOpt,
+    JsonOpt,
+    MaxLenAOpt,
+    MaxLenBOpt,
+    ModelDirOpt,
+    QuantOpt,
+    RunOpt,
+    SetOpt,
+    TranslateDeviceOpt,
+    Verb,
+    Verbs,
+    opt,
+)
 from translator.errors import TranslatorError
 
-
-class _Verbs(TyperGroup):
-    """The command group, taking `--debug` after the verb too (`translator translate --debug
-    ...`): it is moved in front of the verb, where the group's option lives."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        end = args.index("--") if "--" in args else len(args)  # after "--" all is text
-        if "--debug" in args[:end]:
-            args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
-        return super().parse_args(ctx, args)
-
-
-# rich_markup_mode=None: plain click help, where flags show no type and options their
-# metavar (typer's rich panels label every flag <bool>), and which reads well when piped.
-class _Argument(TyperArgument):
-    """A positional argument shown as click shows one: `SENTENCE`, not typer's `SENTENCE <str>`
-    (help) and `{SENTENCE}` (usage)."""
-
-    def display_type_rich(self, ctx: Any) -> str | None:
-        return None
-
-    def _usage_display_name(self) -> str:
-        name = self.display_name_raw
-        return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
-
-
-class _Verb(TyperCommand):
-    """A verb whose arguments read as click's (see _Argument)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            if type(param) is TyperArgument:
-                param.__class__ = _Argument  # adds no state, only changes how it is shown
-
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_Verbs, rich_markup_mode=None,
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=Verbs, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Train and run encoder-decoder Transformer translation models.")
 _state = {"debug": False}
-
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", metavar="PATH", help="YAML config file.")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", metavar="KEY=VALUE",
-    help="Override a config key, e.g. training.lr=1e-3 (section.key=value; repeatable).")]
-RunOpt = Annotated[Path | None, typer.Option(
-    "--run", metavar="DIR",
-    help="Run folder (default: from --config, else the newest run under runs/).")]
-CkptOpt = Annotated[Path | None, typer.Option(
-    "--checkpoint", metavar="FILE",
-    help="Checkpoint file (default: the run's best.pt, else latest.pt).")]
-DeviceOpt = Annotated[str | None, typer.Option(
-    "--device", metavar="DEVICE",
-    help="auto, cpu, cuda, cuda:N or mps (default: the config's training.device).")]
 
 
 def _print_version(value: bool) -> None:
@@ -122,71 +93,34 @@ def _user_errors() -> Iterator[None]:
             raise typer.Exit(130) from None
 
 
-def _load_translator(run: Path | None, config: Path | None, set_: list[str] | None,
-                     checkpoint: Path | None, device: str, dtype: str | None, engine: str,
-                     model: Path | None, quantization: str, intra_threads: int = 0,
-                     inter_threads: int = 1) -> Any:
-    """The native Translator or a CT2Translator, as --engine and --model ask."""
-    if model is not None:
-        engine = "ctranslate2"
-    if engine == "native":
-        from translator.decode.translator import Translator
-
-        found, overrides = _find_run(run, config, set_, checkpoint)
-        return Translator.from_run(found, checkpoint, device, dtype, overrides)
-    if engine != "ctranslate2":
-        raise TranslatorError(f"unknown engine '{engine}' (use native or ctranslate2)")
-    from translator.decode.ct2 import CT2Translator
-
-    if dtype is not None:
-        raise TranslatorError("--dtype is for the native engine; the ctranslate2 engine "
-                              "takes --quantization")
-    if model is not None:
-        if checkpoint is not None:
-            raise TranslatorError("--checkpoint does not go with --model (an export holds "
-                                  "one checkpoint's weights)")
-        return CT2Translator.from_dir(model, device, threads=intra_threads,
-                                      inter_threads=inter_threads)
-    found, overrides = _find_run(run, config, set_, checkpoint)
-    return CT2Translator.from_run(found, quantization, checkpoint, device, overrides,
-                                  threads=intra_threads, inter_threads=inter_threads)
+def _announce(found: Path) -> None:
+    """Say which run a verb picked when none was named (the newest under runs/)."""
+    typer.echo(f"using run {found}", err=True)
 
 
 def _find_run(run: Path | None, config: Path | None, overrides: list[str] | None,
               checkpoint: Path | None = None) -> tuple[Path, list[str]]:
-    """The run folder a model-reading verb uses (--run; the run of --config; the run that
-    --checkpoint lies in; else the newest under runs/) and the --set overrides for loading it
-    (with --config, those that only located the run are dropped)."""
-    from translator.checkpoint import RunLayout, latest_run
-    from translator.config import load_config, parse_override
+    """`translator.run.find_run`, announcing a run it picked by itself."""
+    from translator.run import find_run
 
-    overrides = list(overrides or [])
-    if run is not None:
-        return run, overrides
-    if config is not None:
-        # output.* only located the run; anything else goes on to be checked (and a model.*
-        # or training.* key refused: a trained run's shape is its checkpoint's).
-        kept = [o for o in overrides if parse_override(o)[0] != "output"]
-        return load_config(config, overrides).run_dir, kept
-    if checkpoint is not None:
-        owner = RunLayout.of_file(checkpoint)
-        if owner is None:
-            raise TranslatorError(f"{checkpoint} is not inside a run folder (no config.yaml "
-                                  "beside it or above its checkpoints/ folder): add --run DIR")
-        return owner.root, overrides
-    found = latest_run()
-    if found is None:
-        raise TranslatorError("no trained run found under runs/; train one first "
-                              "(translator train --config configs/toy.yaml) or pass --run DIR")
-    typer.echo(f"using run {found}", err=True)
-    return found, overrides
+    return find_run(run, config, overrides, checkpoint, _announce)
 
 
-@app.command(cls=_Verb, epilog="Example: translator train --config configs/toy.yaml --set "
+def _engine(run: Path | None, config: Path | None, set_: list[str] | None,
+            checkpoint: Path | None, model: Path | None, engine: str, quantization: str,
+            device: str, dtype: str | None, intra_threads: int = 1,
+            inter_threads: int = 0) -> Any:
+    """The engine a decoding verb asked for (`translator.decode.loading.load_engine`)."""
+    from translator.decode.loading import EngineOptions, load_engine
+
+    options = EngineOptions(engine, quantization, device, dtype, intra_threads, inter_threads)
+    return load_engine(options, run, config, set_, checkpoint, model, _announce)
+
+
+@app.command(cls=Verb, epilog="Example: translator train --config configs/toy.yaml --set "
              "training.epochs=2")
 def train(
-    config: Annotated[Path | None, typer.Option(
-        "--config", "-c", metavar="PATH", help="YAML config file.")] = None,
+    config: ConfigOpt = None,
     run: Annotated[Path | None, typer.Option(
         "--run", metavar="DIR",
         help="Continue this run folder from its own saved config (with --resume).")] = None,
@@ -212,12 +146,13 @@ def train(
     `--init-from RUN` fine-tunes another run on this config's data. Progress is a bar on a
     terminal, plain log lines every training.log_every steps in a file or pipe."""
     with _user_errors():
+        from translator.run import training_config
+        from translator.train.distributed import launch_torchrun
         from translator.train.loop import train as run_training
-        from translator.train.setup import training_config
 
         cfg = training_config(config, run, set_ or [], resume)
         if nproc > 1 and "WORLD_SIZE" not in os.environ:
-            raise typer.Exit(_launch_torchrun(nproc))
+            raise typer.Exit(launch_torchrun(nproc, sys.argv[1:]))
         result = run_training(cfg, resume=resume, overwrite=overwrite, device=device,
                               quiet=quiet, init_from=init_from)
         v = result.last_valid
@@ -227,27 +162,7 @@ def train(
         typer.echo(f"{summary}; run folder {result.run_dir}", err=True)
 
 
-def _launch_torchrun(nproc: int) -> int:
-    """Re-run this `translator train` command under torchrun with `nproc` processes."""
-    import subprocess
-
-    args = sys.argv[1:]
-    rest: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            rest.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "translator", *rest]
-    typer.echo(f"launching: {' '.join(cmd)}", err=True)
-    return subprocess.call(cmd)
-
-
-@app.command(cls=_Verb, epilog="Example: translator average --run runs/toy --last 3")
+@app.command(cls=Verb, epilog="Example: translator average --run runs/toy --last 3")
 def average(
     run: RunOpt = None,
     config: ConfigOpt = None,
@@ -261,127 +176,14 @@ def average(
     """Average the weights of a run's last K checkpoints into one (use it with
     translate/evaluate --checkpoint)."""
     with _user_errors():
-        from translator.checkpoint import RunLayout, atomic_save, average_checkpoints
-        from translator.files import resolve_target
+        from translator.run import average_run
 
-        layout = RunLayout(_find_run(run, config, set_)[0])
-        if not layout.config.is_file():
-            raise TranslatorError(f"{layout.root} is not a run folder (no config.yaml)")
-        paths = layout.numbered_checkpoints()[-last:]
-        if len(paths) < last:
-            raise TranslatorError(f"{layout.checkpoints} holds {len(paths)} periodic "
-                                  f"checkpoints, fewer than --last {last} (training.keep_last "
-                                  "limits how many are kept)")
-        out = output or layout.checkpoints / "averaged.pt"
-        resolve_target(out)  # a folder or a missing parent: refused before any work
-        atomic_save(average_checkpoints(paths), out)
+        out, paths = average_run(_find_run(run, config, set_)[0], last, output)
         typer.echo(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) "
                    f"into {out}", err=True)
 
 
-# -- translate, evaluate, attention: decoding options shared by the three ----------------------
-
-BeamOpt = Annotated[int | None, typer.Option(
-    "--beam", min=1, metavar="N",
-    help="Beam size; 1: greedy (default: the run's decoding.beam_size).")]
-AlphaOpt = Annotated[float | None, typer.Option(
-    "--length-penalty", "--alpha", min=0.0, metavar="ALPHA",
-    help="GNMT length penalty alpha for beam search (default: decoding.length_penalty).")]
-MaxLenAOpt = Annotated[float | None, typer.Option(
-    "--max-len-a", min=0.0, metavar="A",
-    help="Output cap a * source length + b: a (default: decoding.max_len_a).")]
-MaxLenBOpt = Annotated[int | None, typer.Option(
-    "--max-len-b", min=0, metavar="B",
-    help="Output cap a * source length + b: b (default: decoding.max_len_b).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, metavar="N",
-                                       help="Sentences per batch.")]
-TranslateDeviceOpt = Annotated[str, typer.Option(
-    "--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps.")]
-EngineOpt = Annotated[str, typer.Option(
-    "--engine", metavar="ENGINE", help="native (PyTorch) or ctranslate2 (the run exported on "
-    "the fly into <run>/export/, or --model DIR).")]
-ModelDirOpt = Annotated[Path | None, typer.Option(
-    "--model", metavar="DIR",
-    help="A folder written by translator export (implies --engine ctranslate2).")]
-QuantOpt = Annotated[str, typer.Option(
-    "--quantization", metavar="TYPE", help="ctranslate2 engine: the weights' type when a run "
-    "is exported on the fly (int8, int8_float32, int16, float16, bfloat16, float32).")]
-IntraThreadsOpt = Annotated[int, typer.Option(
-    "--intra-threads", min=0, metavar="N", help="ctranslate2 engine: threads per batch "
-    "(CTranslate2's intra_threads; 0: its default).")]
-InterThreadsOpt = Annotated[int, typer.Option(
-    "--inter-threads", min=1, metavar="N", help="ctranslate2 engine: batches run at once "
-    "(CTranslate2's inter_threads).")]
-DtypeOpt = Annotated[str | None, typer.Option(
-    "--dtype", metavar="DTYPE", help="Weights as fp32, bf16 (faster batched decoding on CPUs "
-    "with AMX and on recent GPUs) or fp16 (GPUs) (default: the run's decoding.dtype).")]
-
-
-def _bad_stdin_line(line: int) -> str:
-    return f"stdin is not valid UTF-8 (line {line})"
-
-
-def _stdin_batches(chunk: int) -> Iterator[list[str]]:
-    """The lines of stdin in batches of what has arrived so far (at most `chunk` lines), so
-    that a program feeding a pipe line by line gets each translation back at once, while a
-    file piped in still fills well-sorted batches. Lines split at \\n only, as split_lines."""
-    import select
-
-    try:
-        fd = sys.stdin.fileno()
-        select.select([fd], [], [], 0)
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
-        # No selectable descriptor (an in-memory stream; a pipe on Windows): read it whole.
-        from translator.data.text import decode_lines
-
-        lines = decode_lines(sys.stdin.buffer.read(), _bad_stdin_line)
-        for start in range(0, len(lines), chunk):
-            yield lines[start:start + chunk]
-        return
-    yield from _descriptor_batches(fd, chunk)
-
-
-def _descriptor_batches(fd: int, chunk: int) -> Iterator[list[str]]:
-    """`_stdin_batches` over a selectable file descriptor: a batch is yielded whenever no more
-    input is waiting (or `chunk` lines are), at the end of input, and not before."""
-    import select
-
-    pending: list[str] = []
-    rest, line_no, eof = b"", 0, False
-    while not eof or pending:
-        if pending and (eof or len(pending) >= chunk or not select.select([fd], [], [], 0)[0]):
-            yield pending[:chunk]
-            del pending[:chunk]
-            continue
-        data = os.read(fd, 1 << 16)
-        if data:
-            *complete, rest = (rest + data).split(b"\n")
-        else:
-            eof, complete, rest = True, [rest] if rest else [], b""
-        for raw in complete:
-            line_no += 1
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise TranslatorError(_bad_stdin_line(line_no)) from exc
-            pending.append(text[:-1] if text.endswith("\r") else text)
-
-
-@contextmanager
-def _output(path: Path | None) -> Iterator[Any]:
-    """stdout, or `translator.files.atomic_open(path)`: a regular file is written under a
-    temporary name and renamed into place at the end, so that a failed run (or `--output`
-    naming the input) never leaves half a file; a device, FIFO or symlink is written into."""
-    if path is None:
-        yield sys.stdout
-        return
-    from translator.files import atomic_open
-
-    with atomic_open(path, "w") as f:
-        yield f
-
-
-@app.command(cls=_Verb, epilog="Example: translator translate --run runs/toy \"The big dog "
+@app.command(cls=Verb, epilog="Example: translator translate --run runs/toy \"The big dog "
              "sees the small cat.\"  (or: translator translate --run runs/toy -i in.en -o "
              "out.de)")
 def translate(
@@ -416,105 +218,34 @@ def translate(
     engine: EngineOpt = "native",
     model: ModelDirOpt = None,
     quantization: QuantOpt = "int8",
-    intra_threads: IntraThreadsOpt = 0, inter_threads: InterThreadsOpt = 1,
+    intra_threads: IntraThreadsOpt = 1, inter_threads: InterThreadsOpt = 0,
 ) -> None:
     """Translate a sentence, stdin or a file (line by line, empty lines kept) with a trained
     run. A line holding several sentences is split, translated sentence by sentence and
     joined again."""
     with _user_errors():
-        _check_translate_args(output, n_best, beam)
+        from translator import textio
+
+        textio.check_translate_args(output, n_best, beam)
         # A person typing at a terminal gets each translation as soon as the line is entered.
         interactive = (input_ is None and sentence in (None, "-") and sys.stdin.isatty()
                        and output is None)
         # Chunks keep the progress bar moving and the output streaming on long inputs while
         # each chunk is still sorted by length into well-filled batches.
-        parts, total = _translate_inputs(sentence, input_, max(16 * batch_size, 256),
-                                         interactive)
-        translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
-                                      model, quantization, intra_threads, inter_threads)
+        parts, total = textio.translate_inputs(sentence, input_, max(16 * batch_size, 256),
+                                               interactive)
+        translator = _engine(run, config, set_, checkpoint, model, engine, quantization,
+                             device, dtype, intra_threads, inter_threads)
         dec = translator.decoding(n_best, beam_size=beam, length_penalty=length_penalty,
                                   max_len_a=max_len_a, max_len_b=max_len_b)
-        emit = _emitter(translator, batch_size, dec, n_best, split=not no_split)
+        emit = textio.emitter(translator, batch_size, dec, n_best, split=not no_split)
         if interactive:
-            typer.echo("type a sentence and press Enter; Ctrl-D ends", err=True)
-            for n, line in enumerate(sys.stdin, start=1):
-                emit(sys.stdout, [line.rstrip("\r\n")], n)
+            textio.translate_interactive(emit)
             return
-        _translate_parts(parts, total, emit, output, quiet=quiet or input_ is None)
+        textio.translate_parts(parts, total, emit, output, quiet=quiet or input_ is None)
 
 
-def _check_translate_args(output: Path | None, n_best: int, beam: int | None) -> None:
-    """What `translate` refuses before any work: an --output that is a folder or lies in a
-    missing folder, and an n-best wider than the beam."""
-    if output is not None:
-        from translator.files import resolve_target
-
-        resolve_target(output)
-    if n_best > 1 and beam is not None and beam < n_best:
-        # A beam of k holds k hypotheses: widening it silently would change the search.
-        raise TranslatorError(f"--n-best {n_best} needs --beam {n_best} or more, got "
-                              f"--beam {beam}")
-
-
-def _translate_inputs(sentence: str | None, input_: Path | None, chunk: int,
-                      interactive: bool) -> tuple[Iterator[list[str]], int | None]:
-    """What `translate` reads, in chunks of at most `chunk` lines, and how many lines that
-    is when known in advance (a file)."""
-    if input_ is not None:
-        if sentence is not None:
-            raise TranslatorError("give either a sentence or --input FILE, not both")
-        from translator.data.text import read_lines
-
-        lines = read_lines(input_, "input file")
-        return (lines[i:i + chunk] for i in range(0, len(lines), chunk)), len(lines)
-    if sentence is None or sentence == "-":
-        return (iter([]) if interactive else _stdin_batches(chunk)), None
-    if not sentence.strip():
-        raise TranslatorError("nothing to translate: the sentence is empty")
-    return iter([[sentence]]), None
-
-
-Emit = Callable[[Any, list[str], int], None]
-"""Translate a part of the input and write it out: (stream, lines, number of the first)."""
-
-
-def _emitter(translator: Any, batch_size: int, dec: Any, n_best: int, split: bool) -> Emit:
-    """How `translate` writes the translations of a part of its input: a line each, or with
-    `n_best` > 1, `line number, score, text` for each of a line's best translations."""
-
-    def emit(out: Any, part: list[str], first_line: int) -> None:
-        if n_best > 1:
-            nbest = translator.translate_nbest(part, n_best, batch_size, decoding=dec,
-                                               split_sentences=split)
-            for n, hyps in enumerate(nbest, start=first_line):
-                out.writelines(f"{n}\t{s:.4f}\t{text}\n" for text, s in hyps)
-        else:
-            texts = translator.translate(part, batch_size, decoding=dec, split_sentences=split)
-            out.writelines(text + "\n" for text in texts)
-        out.flush()
-
-    return emit
-
-
-def _translate_parts(parts: Iterator[list[str]], total: int | None, emit: Emit,
-                     output: Path | None, quiet: bool) -> None:
-    """Translate the parts into `output` (stdout when None), with a progress bar unless
-    `quiet` (or stderr is no terminal)."""
-    from tqdm import tqdm
-
-    # disable=None: tqdm shows the bar only when stderr is a terminal.
-    bar = tqdm(total=total, unit="line", disable=True if quiet else None, dynamic_ncols=True,
-               file=sys.stderr)
-    done = 0
-    with _output(output) as out:
-        for part in parts:
-            emit(out, part, done + 1)
-            done += len(part)
-            bar.update(len(part))
-    bar.close()
-
-
-@app.command(cls=_Verb, epilog="Example: translator evaluate --run runs/toy --split test --beam 4")
+@app.command(cls=Verb, epilog="Example: translator evaluate --run runs/toy --split test --beam 4")
 def evaluate(
     run: RunOpt = None,
     config: ConfigOpt = None,
@@ -537,7 +268,7 @@ def evaluate(
     length_penalty: AlphaOpt = None,
     max_len_a: MaxLenAOpt = None,
     max_len_b: MaxLenBOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOpt = False,
     engine: EngineOpt = "native",
     model: ModelDirOpt = None,
     quantization: QuantOpt = "int8",
@@ -546,76 +277,18 @@ def evaluate(
     signatures). The report and the translations are also written to <run>/eval/, named by
     split and settings, e.g. test.beam4.lp1.json and test.beam4.lp1.hyp.txt."""
     with _user_errors():
-        from translator.evaluate import evaluate_pairs, report_name
+        from translator.evaluate import check_sources, evaluate_engine, report_text
 
-        if (src is None) != (ref is None):
-            raise TranslatorError("--src and --ref go together")
-        if src is not None and split is not None:
-            raise TranslatorError("give either --split or --src/--ref, not both")
-        if src is None and model is not None:
-            raise TranslatorError("--model (an export) holds no corpus: evaluate it with "
-                                  "--src/--ref, or use --run with --engine ctranslate2")
-        translator = _load_translator(run, config, set_, checkpoint, device, dtype, engine,
-                                      model, quantization)
-        pairs, name, where = _evaluation_pairs(translator, split, src, ref)
+        check_sources(split, src, ref, export=model is not None)
+        translator = _engine(run, config, set_, checkpoint, model, engine, quantization,
+                             device, dtype)
         dec = translator.decoding(beam_size=beam, length_penalty=length_penalty,
                                   max_len_a=max_len_a, max_len_b=max_len_b)
-        report, hyps = evaluate_pairs(translator, pairs, batch_size, decoding=dec)
-        report.update(where, checkpoint=str(translator.checkpoint),
-                      engine=translator.engine_name)
-        for key in ("quantization", "source_checkpoint"):
-            if getattr(translator, key, None):
-                report[key] = getattr(translator, key)
-        out_dir = (Path(translator.checkpoint) if model is not None
-                   else Path(translator.cfg.run_dir)) / "eval"
-        _write_report(out_dir, report_name(name, report), report, hyps)
-        typer.echo(json.dumps(report) if as_json else _report_text(report, name))
+        report, name = evaluate_engine(translator, split, src, ref, batch_size, model, dec)
+        typer.echo(json.dumps(report) if as_json else report_text(report, name))
 
 
-def _write_report(out_dir: Path, stem: str, report: dict[str, Any], hyps: list[str]) -> None:
-    """Write an evaluation's report and translations into `out_dir` (atomically)."""
-    from translator.files import atomic_write
-
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TranslatorError(f"cannot create {out_dir}: {exc.strerror}") from exc
-    atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-    atomic_write(out_dir / f"{stem}.hyp.txt", "".join(h + "\n" for h in hyps))
-
-
-def _evaluation_pairs(translator: Any, split: str | None, src: Path | None,
-                      ref: Path | None) -> tuple[list[tuple[str, str]], str, dict[str, str]]:
-    """What `evaluate` scores: the pairs, their name in the report's file name, and where
-    they came from (for the report)."""
-    from translator.evaluate import load_split, read_parallel_files
-
-    if src is not None and ref is not None:
-        return read_parallel_files(src, ref), src.name, {"src": str(src), "ref": str(ref)}
-    name = split or "test"
-    return load_split(translator.cfg.data, name), name, {"split": name}
-
-
-def _report_text(report: dict[str, Any], name: str) -> str:
-    """The lines `evaluate` prints without --json."""
-    from translator.evaluate import TOK_LC_LABEL
-
-    search = ("greedy" if report["beam_size"] == 1 else
-              f"beam {report['beam_size']}, length penalty {report['length_penalty']}")
-    tok_lc = report.get("bleu_tok_lc")
-    tok_line = (f"{TOK_LC_LABEL}: {tok_lc:.2f} (sacreBLEU above: {report['bleu']:.2f})"
-                if tok_lc is not None else
-                "(pip install sacremoses for the papers' tokenized lowercased BLEU)")
-    return (f"{report['bleu_detail']}\n{report['bleu_signature']}\n"
-            f"chrF2 = {report['chrf']:.2f}\n{report['chrf_signature']}\n"
-            f"{tok_line}\nlength ratio (hypotheses / references) "
-            f"{report['length_ratio']:.3f}\n"
-            f"{report['sentences']} sentences ({name}), {search}, "
-            f"{report['sentences_per_second']} sentences/s, "
-            f"checkpoint {report['checkpoint']}")
-
-
-@app.command(cls=_Verb, epilog="Example: translator attention --run runs/toy \"The dog sees "
+@app.command(cls=Verb, epilog="Example: translator attention --run runs/toy \"The dog sees "
              "the cat.\" --out att/")
 def attention(
     sentence: Annotated[str, typer.Argument(metavar="SENTENCE",
@@ -634,13 +307,12 @@ def attention(
     self-attention, decoder self-attention and cross-attention, one image per layer with a
     panel per head, axes labelled with the source and the generated tokens."""
     with _user_errors():
-        from translator.decode.translator import Translator
         from translator.visualize import attention_maps, save_attention_images
 
         if not sentence.strip():
             raise TranslatorError("nothing to translate: the sentence is empty")
-        found, overrides = _find_run(run, config, set_, checkpoint)
-        translator = Translator.from_run(found, checkpoint, device, overrides=overrides)
+        translator = _engine(run, config, set_, checkpoint, None, "native", "int8", device,
+                             None)
         maps = attention_maps(translator, sentence,
                               translator.decoding(beam_size=beam, length_penalty=length_penalty))
         paths = save_attention_images(maps, out)
@@ -648,7 +320,7 @@ def attention(
         typer.echo(f"wrote {len(paths)} images to {out}", err=True)
 
 
-@app.command(cls=_Verb, epilog="Example: translator export --run runs/toy --out toy-ct2 "
+@app.command(cls=Verb, epilog="Example: translator export --run runs/toy --out toy-ct2 "
              "--quantization int8")
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", metavar="PATH",
@@ -682,119 +354,85 @@ def export(
 
 
 # shape: a Typer command; its signature lists its options, the body is a few lines.
-@app.command(cls=_Verb, epilog="Example: translator serve --run runs/en-de --run runs/de-en "
+@app.command(cls=Verb, epilog="Example: translator serve --run runs/en-de --run runs/de-en "
              "--port 5000")
 def serve(
-    run: Annotated[list[Path] | None, typer.Option(
-        "--run", metavar="DIR", help="A run folder to serve; repeat for several models "
-        "(default: from --config, else the newest run under runs/).")] = None,
-    models: Annotated[Path | None, typer.Option(
-        "--models", metavar="DIR", help="Serve every run folder and CTranslate2 export "
-        "directly under DIR.")] = None,
+    run: Annotated[list[Path] | None, opt("--run", "DIR", "A run folder to serve; repeat for "
+        "several models (default: from --config, else the newest run under runs/).")] = None,
+    models: Annotated[Path | None, opt("--models", "DIR", "Serve every run folder and "
+        "CTranslate2 export directly under DIR.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     checkpoint: CkptOpt = None,
-    engine: Annotated[str, typer.Option(
-        "--engine", metavar="ENGINE",
-        help="native (PyTorch) or ctranslate2 (each run exported on the fly into "
-        "<run>/export/); exports are always ctranslate2.")] = "native",
+    engine: Annotated[str, opt("--engine", "ENGINE", "native (PyTorch) or ctranslate2 (each "
+        "run exported on the fly into <run>/export/); exports are always ctranslate2.")]
+    = "native",
     quantization: QuantOpt = "int8",
     device: TranslateDeviceOpt = "auto",
     dtype: DtypeOpt = None,
-    intra_threads: IntraThreadsOpt = 0,
-    inter_threads: InterThreadsOpt = 1,
-    host: Annotated[str, typer.Option(
-        "--host", metavar="ADDRESS", help="Address to listen on; 0.0.0.0 opens it to the network.")]
-    = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=1, max=65535, metavar="PORT",
-                                        help="TCP port.")] = 5000,
-    max_batch: Annotated[int, typer.Option(
-        "--max-batch", min=1, metavar="N",
-        help="Most sentences decoded together in one batch.")] = 64,
-    batch_wait_ms: Annotated[float, typer.Option(
-        "--batch-wait-ms", min=0.0, metavar="MS",
-        help="How long a batch waits for more requests, in ms.")]
-    = 5.0,
-    max_chars: Annotated[int, typer.Option(
-        "--max-chars", min=1, metavar="N", help="Most characters in one request.")] = 5000,
-    max_lines: Annotated[int, typer.Option(
-        "--max-lines", min=1, metavar="N",
-        help="Most lines in one request (all its texts together).")]
-    = 100,
-    max_beam: Annotated[int, typer.Option(
-        "--max-beam", min=1, metavar="N",
-        help="Largest beam size (and n-best) a request may ask for.")]
-    = 16,
-    max_work: Annotated[int, typer.Option(
-        "--max-work", min=1, metavar="N",
-        help="Most sentences x beam size in one request (413 past it).")] = 1024,
-    max_queue: Annotated[int, typer.Option(
-        "--max-queue", min=0, metavar="N",
-        help="Sentences waiting for one model before requests get 429 (0: no bound).")]
-    = 2048,
-    timeout: Annotated[float, typer.Option(
-        "--timeout", min=0.001, metavar="SECONDS",
-        help="Seconds a request may wait before it gets 503.")]
-    = 30.0,
-    api_key: Annotated[str | None, typer.Option(
-        "--api-key", envvar="TRANSLATOR_API_KEY", show_envvar=True, metavar="KEY",
-        help="Require this key on everything but the page, /health, /languages and "
-        "/frontend/settings.")] = None,
-    cors_origin: Annotated[list[str] | None, typer.Option(
-        "--cors-origin", metavar="ORIGIN", help="Let pages of this origin call the API from "
-        "a browser (repeatable; '*' for any). Default: only the server's own page.")] = None,
-    max_connections: Annotated[int, typer.Option(
-        "--max-connections", min=1, metavar="N",
-        help="Open connections (and requests) at once; more get 503.")] = 512,
-    read_timeout: Annotated[float, typer.Option(
-        "--read-timeout", min=0.1, metavar="SECONDS",
-        help="Seconds a request body may take to arrive (408 past it).")] = 10.0,
-    root_path: Annotated[str, typer.Option(
-        "--root-path", metavar="PATH", help="The URL prefix a reverse proxy serves the app "
-        "under, e.g. /translate-api.")] = "",
-    access_log: Annotated[bool, typer.Option(
-        "--access-log/--no-access-log", help="Log each request.")] = True,
+    intra_threads: IntraThreadsOpt = 1,
+    inter_threads: InterThreadsOpt = 0,
+    host: Annotated[str, opt("--host", "ADDRESS", "Address to listen on; 0.0.0.0 opens it to "
+        "the network.")] = "127.0.0.1",
+    port: Annotated[int, opt("--port", "PORT", "TCP port.", min=1, max=65535)] = 5000,
+    max_batch: Annotated[int, opt("--max-batch", "N", "Most sentences decoded together in one "
+        "batch.", min=1)] = 64,
+    batch_wait_ms: Annotated[float, opt("--batch-wait-ms", "MS", "How long a batch waits for "
+        "more requests, in ms.", min=0.0)] = 5.0,
+    max_chars: Annotated[int, opt("--max-chars", "N", "Most characters in one request.",
+        min=1)] = 5000,
+    max_lines: Annotated[int, opt("--max-lines", "N", "Most lines in one request (all its "
+        "texts together).", min=1)] = 100,
+    max_beam: Annotated[int, opt("--max-beam", "N", "Largest beam size (and n-best) a request "
+        "may ask for.", min=1)] = 16,
+    max_work: Annotated[int, opt("--max-work", "N", "Most sentences x beam size in one "
+        "request (413 past it).", min=1)] = 1024,
+    max_queue: Annotated[int, opt("--max-queue", "N", "Sentences waiting for one model before "
+        "requests get 429 (0: no bound).", min=0)] = 2048,
+    timeout: Annotated[float, opt("--timeout", "SECONDS", "Seconds a request may wait before "
+        "it gets 503.", min=0.001)] = 30.0,
+    api_key: Annotated[str | None, opt("--api-key", "KEY", "Require this key on everything "
+        "but the page, /health, /languages and /frontend/settings.",
+        envvar="TRANSLATOR_API_KEY", show_envvar=True)] = None,
+    cors_origin: Annotated[list[str] | None, opt("--cors-origin", "ORIGIN", "Let pages of "
+        "this origin call the API from a browser (repeatable; '*' for any). Default: only the "
+        "server's own page.")] = None,
+    max_connections: Annotated[int, opt("--max-connections", "N", "Open connections (and "
+        "requests) at once; more get 503.", min=1)] = 512,
+    read_timeout: Annotated[float, opt("--read-timeout", "SECONDS", "Seconds a request body "
+        "may take to arrive (408 past it).", min=0.1)] = 10.0,
+    root_path: Annotated[str, opt("--root-path", "PATH", "The URL prefix a reverse proxy "
+        "serves the app under, e.g. /translate-api.")] = "",
+    access_log: Annotated[bool, opt("--access-log/--no-access-log", None,
+        "Log each request.")] = True,
 ) -> None:
     """Serve one or several models over HTTP: LibreTranslate's API (/translate, /detect,
     /languages, /translate_file), a translation page with attention heatmaps at /, the OpenAPI
     schema at /openapi.json. A pair with no model of its own goes through a pivot language.
     Concurrent requests are decoded together in batches, one queue per model."""
     with _user_errors():
-        from translator.serve import (
-            EngineOptions,
-            ServerOptions,
-            check_address,
-            check_installed,
-            find_models,
-            load_models,
-            run_server,
-        )
+        from translator.decode.loading import EngineOptions
+        from translator.serve import ServerOptions, serve_runs
         from translator.serve.service import Limits
 
-        check_installed()
-        check_address(host, port)
-        folders = [*(run or []), *(find_models(models) if models is not None else [])]
-        overrides = list(set_ or [])
-        if not folders:
-            found, overrides = _find_run(None, config, set_, checkpoint)
-            folders = [found]
-        served = load_models(folders, EngineOptions(engine, quantization, device, dtype,
-                                                    intra_threads, inter_threads),
-                             checkpoint, overrides)
         limits = Limits(max_chars=max_chars, max_lines=max_lines, max_beam=max_beam,
                         max_work=max_work, timeout=timeout, max_queued=max_queue)
-        run_server(served, ServerOptions(
-            host=host, port=port, max_batch=max_batch, wait_ms=batch_wait_ms, limits=limits,
-            api_key=api_key or None, cors_origins=tuple(cors_origin or ()),
-            max_connections=max_connections, read_timeout=read_timeout,
-            root_path=root_path.rstrip("/"), access_log=access_log),
-            workers=inter_threads if engine == "ctranslate2" else 1)
+        serve_runs(run or [], models, config, set_ or [], checkpoint,
+                   EngineOptions(engine, quantization, device, dtype, intra_threads,
+                                 inter_threads),
+                   ServerOptions(host=host, port=port, max_batch=max_batch,
+                                 wait_ms=batch_wait_ms, limits=limits,
+                                 api_key=api_key or None,
+                                 cors_origins=tuple(cors_origin or ()),
+                                 max_connections=max_connections, read_timeout=read_timeout,
+                                 root_path=root_path.rstrip("/"), access_log=access_log),
+                   _announce)
 
 
-@app.command(cls=_Verb, epilog="Example: translator info runs/toy --json")
+@app.command(cls=Verb, epilog="Example: translator info runs/toy --json")
 def info(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="The run folder.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Describe a run folder: languages, model size and parameters, tokenizers and their
     vocabularies, steps and epochs trained, the best validation and its checkpoint, the files."""

@@ -165,3 +165,80 @@ def load_split(data: DataConfig, name: str) -> list[tuple[str, str]]:
     if not pairs:
         raise TranslatorError(f"the '{name}' split of this run's corpus is empty")
     return pairs
+
+
+# -- the `evaluate` verb's report: pairs, scores, files, text ----------------------------------
+
+
+def check_sources(split: str | None, src: Path | None, ref: Path | None,
+                  export: bool) -> None:
+    """What `evaluate` refuses before loading a model: --src without --ref (or the reverse),
+    a split with them, and an export (which holds no corpus) without them."""
+    if (src is None) != (ref is None):
+        raise TranslatorError("--src and --ref go together")
+    if src is not None and split is not None:
+        raise TranslatorError("give either --split or --src/--ref, not both")
+    if src is None and export:
+        raise TranslatorError("--model (an export) holds no corpus: evaluate it with "
+                              "--src/--ref, or use --run with --engine ctranslate2")
+
+
+def evaluation_pairs(translator: Engine, split: str | None, src: Path | None,
+                     ref: Path | None) -> tuple[list[tuple[str, str]], str, dict[str, str]]:
+    """What `evaluate` scores: the pairs, their name in the report's file name, and where
+    they came from (for the report)."""
+    if src is not None and ref is not None:
+        return read_parallel_files(src, ref), src.name, {"src": str(src), "ref": str(ref)}
+    name = split or "test"
+    return load_split(translator.cfg.data, name), name, {"split": name}
+
+
+def write_report(out_dir: Path, stem: str, report: dict[str, Any], hyps: list[str]) -> None:
+    """Write an evaluation's report and translations into `out_dir` (atomically)."""
+    import json
+
+    from translator.files import atomic_write
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TranslatorError(f"cannot create {out_dir}: {exc.strerror}") from exc
+    atomic_write(out_dir / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    atomic_write(out_dir / f"{stem}.hyp.txt", "".join(h + "\n" for h in hyps))
+
+
+def evaluate_engine(translator: Engine, split: str | None, src: Path | None,
+                    ref: Path | None, batch_size: int, export: Path | None = None,
+                    decoding: DecodingConfig | None = None) -> tuple[dict[str, Any], str]:
+    """Score a loaded engine on a split (or on --src/--ref files) with `decoding` (None: the
+    run's), write the report and translations into the run's (or the export's) eval/
+    folder, and return the report and the name of what was scored."""
+    from translator.run import RunLayout
+
+    pairs, name, where = evaluation_pairs(translator, split, src, ref)
+    report, hyps = evaluate_pairs(translator, pairs, batch_size, decoding=decoding)
+    report.update(where, checkpoint=str(translator.checkpoint),
+                  engine=translator.engine_name)
+    for key in ("quantization", "source_checkpoint"):
+        if getattr(translator, key, None):
+            report[key] = getattr(translator, key)
+    out_dir = RunLayout(export if export is not None else Path(translator.cfg.run_dir)).eval
+    write_report(out_dir, report_name(name, report), report, hyps)
+    return report, name
+
+
+def report_text(report: dict[str, Any], name: str) -> str:
+    """The lines `evaluate` prints without --json."""
+    search = ("greedy" if report["beam_size"] == 1 else
+              f"beam {report['beam_size']}, length penalty {report['length_penalty']}")
+    tok_lc = report.get("bleu_tok_lc")
+    tok_line = (f"{TOK_LC_LABEL}: {tok_lc:.2f} (sacreBLEU above: {report['bleu']:.2f})"
+                if tok_lc is not None else
+                "(pip install sacremoses for the papers' tokenized lowercased BLEU)")
+    return (f"{report['bleu_detail']}\n{report['bleu_signature']}\n"
+            f"chrF2 = {report['chrf']:.2f}\n{report['chrf_signature']}\n"
+            f"{tok_line}\nlength ratio (hypotheses / references) "
+            f"{report['length_ratio']:.3f}\n"
+            f"{report['sentences']} sentences ({name}), {search}, "
+            f"{report['sentences_per_second']} sentences/s, "
+            f"checkpoint {report['checkpoint']}")

@@ -244,3 +244,17 @@ def replace_dir(out: str | Path, build: Callable[[Path], None]) -> Path:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+@contextmanager
+def open_output(path: Path | None) -> Iterator[IO[str]]:
+    """stdout, or `atomic_open(path)`: a regular file is written under a temporary name and
+    renamed into place at the end, so that a failed run (or an output naming the input) never
+    leaves half a file; a device, FIFO or symlink is written into."""
+    if path is None:
+        import sys
+
+        yield sys.stdout
+        return
+    with atomic_open(path, "w") as f:
+        yield f

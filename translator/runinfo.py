@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from translator.checkpoint import CheckpointError, RunLayout, load_checkpoint
+from translator.checkpoint import CheckpointError, load_checkpoint
 from translator.config import Config
 from translator.data.tokenizer import TextTokenizer
+from translator.run import RunLayout
 
 
 def _size(n: float) -> str:

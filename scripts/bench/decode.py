@@ -57,9 +57,10 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        "(default fp32).")
     group.add_argument("--decode-ct2-intra-threads", type=int, default=None,
                        help="CTranslate2's intra_threads for the ct2 rows (threads per batch; "
-                       "0: CTranslate2's default; default: torch's thread count, as before).")
-    group.add_argument("--decode-ct2-inter-threads", type=int, default=1,
-                       help="CTranslate2's inter_threads for the ct2 rows (default 1).")
+                       "0: CTranslate2's default; default: the engine's, 1).")
+    group.add_argument("--decode-ct2-inter-threads", type=int, default=0,
+                       help="CTranslate2's inter_threads for the ct2 rows (default 0: one per "
+                       "core, the engine's default).")
     group.add_argument("--decode-fast-step", action="store_true",
                        help="Also time every cached row with the textbook step instead of "
                        "model.fast_step.FastStep (rows ..._plain): the A/B of the fast step.")
@@ -227,9 +228,11 @@ def _ct2_rows(args: argparse.Namespace, translator: object, trained: bool,
     import sacrebleu
 
     K, bs = args.decode_beam, args.decode_batch_size
-    threads = torch.get_num_threads() if args.decode_ct2_intra_threads is None \
-        else args.decode_ct2_intra_threads
-    inter = args.decode_ct2_inter_threads
+    from translator.decode.ct2 import INTRA_THREADS, resolve_threads
+
+    threads, inter = resolve_threads(
+        INTRA_THREADS if args.decode_ct2_intra_threads is None else args.decode_ct2_intra_threads,
+        args.decode_ct2_inter_threads)
     base = native["decode.cached_batched_sps"]
     results: dict[str, float] = {}
     table = []

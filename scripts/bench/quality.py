@@ -41,9 +41,10 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 
 def _pick_checkpoint(run_dir: Path, ks: list[int], valid: list[tuple[str, str]]):
     """(translator, label, valid BLEU) of the best of best.pt and the last-k averages."""
-    from translator.checkpoint import RunLayout, atomic_save, average_checkpoints
+    from translator.checkpoint import atomic_save, average_checkpoints
     from translator.decode.translator import Translator
     from translator.evaluate import evaluate_pairs
+    from translator.run import RunLayout
 
     layout = RunLayout(run_dir)
     candidates = [("best", layout.best)]

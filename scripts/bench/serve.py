@@ -58,10 +58,10 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="Concurrent connections per level (default 1,8,32,128).")
     group.add_argument("--serve-total", type=int, default=10_000,
                        help="Requests in all before the last RSS reading (default 10,000).")
-    group.add_argument("--serve-intra-threads", type=int, default=0,
+    group.add_argument("--serve-intra-threads", type=int, default=1,
                        help="The server's --intra-threads (ctranslate2 engine).")
-    group.add_argument("--serve-inter-threads", type=int, default=1,
-                       help="The server's --inter-threads (ctranslate2 engine).")
+    group.add_argument("--serve-inter-threads", type=int, default=0,
+                       help="The server's --inter-threads (ctranslate2 engine; 0: one per core).")
     group.add_argument("--serve-seconds", type=float, default=20.0,
                        help="Seconds of load per concurrency level (default 20).")
     group.add_argument("--serve-engine", choices=("native", "ctranslate2"), default="native")

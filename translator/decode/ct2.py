@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,36 @@ from translator.decode.search import in_batches, output_caps
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError, first_line
 from translator.files import atomic_write, check_replaceable, replace_dir
+from translator.run import RunLayout, inference_config, tokenizer_file
 
 QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "bfloat16", "float32")
 META = "translator.json"
 FORMAT = 1
 INSTALL_HINT = "CTranslate2 is not installed: pip install 'translator[ct2]' (or ctranslate2)"
 UNK, PAD, SOS, EOS = SPECIAL_TOKENS
+
+
+INTRA_THREADS = 1
+"""CTranslate2's threads per batch. One, measured: on a 2-core VM (Intel, AVX-512/AMX) a
+d256 3+3 Multi30k model decoded 522 sentences/s batched and 129 at batch 1 with 1 thread,
+but 94 and 16 with 2 (and the same with CTranslate2's default, with OMP_WAIT_POLICY=PASSIVE,
+and with or without torch's pool in the process): for matrices this small, synchronising two
+OpenMP threads at every operation costs more than the work it splits. The cores are used by
+running batches side by side instead (`inter_threads`, one per core: 1,005 and 264).
+`scripts/bench/ct2_threads.py` measures it; docs/benchmarks.md has the table."""
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def resolve_threads(intra: int, inter: int) -> tuple[int, int]:
+    """(intra_threads, inter_threads) to give CTranslate2: `inter` 0 means one per core."""
+    return intra, inter if inter > 0 else cpu_cores()
 
 
 def _ct2() -> Any:
@@ -159,8 +184,8 @@ def save_ctranslate2(translator: Translator, out_dir: str | Path, quantization: 
 
     def build(tmp: Path) -> None:
         spec.save(str(tmp))
-        translator.src_tok.save(tmp / f"tokenizer_{cfg.data.src_lang}.json")
-        translator.tgt_tok.save(tmp / f"tokenizer_{cfg.data.tgt_lang}.json")
+        translator.src_tok.save(tmp / tokenizer_file(cfg.data.src_lang))
+        translator.tgt_tok.save(tmp / tokenizer_file(cfg.data.tgt_lang))
         atomic_write(tmp / META, json.dumps(meta, indent=2) + "\n")
 
     return replace_dir(out_dir, build)
@@ -170,11 +195,9 @@ def cached_export(run_dir: str | Path, quantization: str = "int8",
                   checkpoint: str | Path | None = None) -> Path:
     """The run's export under <run>/export/ctranslate2-<quantization>, made (again) when it is
     missing or older than the checkpoint it would be made from."""
-    from translator.checkpoint import RunLayout
-
     layout = RunLayout(Path(run_dir))
     ckpt = Path(checkpoint) if checkpoint else layout.default_checkpoint()
-    out = layout.root / "export" / f"ctranslate2-{quantization}"
+    out = layout.ct2_export(quantization)
     meta_path = out / META
     if meta_path.is_file() and ckpt.is_file():
         try:
@@ -211,11 +234,13 @@ class CT2Translator(Engine):
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str = "cpu",
-                 compute_type: str = "default", threads: int = 0,
-                 inter_threads: int = 1) -> CT2Translator:
+                 compute_type: str = "default", threads: int = INTRA_THREADS,
+                 inter_threads: int = 0) -> CT2Translator:
         """Load an exported folder; its config holds the languages, max_len and decoding
         defaults of translator.json. `threads` is CTranslate2's intra_threads (threads per
-        batch; 0: its default), `inter_threads` how many batches it runs at once."""
+        batch; 0: its default; `INTRA_THREADS` says why 1), `inter_threads` how many batches
+        it runs at once (0: one per core)."""
+        threads, inter_threads = resolve_threads(threads, inter_threads)
         ct2 = _ct2()
         path = Path(model_dir)
         meta_path = path / META
@@ -244,13 +269,14 @@ class CT2Translator(Engine):
             first = first_line(exc)
             raise TranslatorError(f"cannot load the CTranslate2 model in {path}: {first}")\
                 from exc
-        src_tok = TextTokenizer.load(path / f"tokenizer_{src_lang}.json")
-        tgt_tok = TextTokenizer.load(path / f"tokenizer_{tgt_lang}.json")
+        src_tok = TextTokenizer.load(path / tokenizer_file(src_lang))
+        tgt_tok = TextTokenizer.load(path / tokenizer_file(tgt_lang))
         cfg = Config()
         cfg.data.src_lang, cfg.data.tgt_lang = src_lang, tgt_lang
         cfg.data.max_len = int(meta.get("max_len", cfg.data.max_len))
         cfg.decoding = DecodingConfig(**meta.get("decoding", {}))
         translator = cls(path, cfg, src_tok, tgt_tok, engine, device)
+        translator.inter_threads = inter_threads
         translator.quantization = meta.get("quantization")
         translator.source_checkpoint = meta.get("checkpoint")
         return translator
@@ -258,19 +284,18 @@ class CT2Translator(Engine):
     @classmethod
     def from_run(cls, run_dir: str | Path, quantization: str = "int8",
                  checkpoint: str | Path | None = None, device: str = "cpu",
-                 overrides: Sequence[str] = (), threads: int = 0,
-                 inter_threads: int = 1) -> CT2Translator:
-        """A run through its cached export (`cached_export`), keeping the run's config so that
-        evaluate can read its splits and write to <run>/eval/."""
-        from translator.checkpoint import RunLayout
-        from translator.decode.translator import check_inference_overrides
-
-        check_inference_overrides(overrides)
-        cfg = RunLayout(Path(run_dir)).load_config(list(overrides))
-        translator = cls.from_dir(cached_export(run_dir, quantization, checkpoint), device,
+                 overrides: Sequence[str] = (), threads: int = INTRA_THREADS,
+                 inter_threads: int = 0) -> CT2Translator:
+        """A run through its cached export (`cached_export`), with the config in force that
+        `translator.run.inference_config` gives the native engine too, so that evaluate can
+        read its splits and write to <run>/eval/."""
+        layout = RunLayout(Path(run_dir))
+        # The checkpoint is read for its config only: no weights are mapped into memory.
+        cfg, _, path = inference_config(layout, checkpoint, overrides, map_location="meta")
+        translator = cls.from_dir(cached_export(run_dir, quantization, path), device,
                                   threads=threads, inter_threads=inter_threads)
         translator.cfg.data, translator.cfg.output = cfg.data, cfg.output
-        translator.cfg.decoding = cfg.decoding  # the run's, with any --set decoding.* applied
+        translator.cfg.decoding = cfg.decoding  # with any --set decoding.* applied
         return translator
 
     def search(self, src_ids: Sequence[Sequence[int]], decoding: DecodingConfig,
@@ -300,7 +325,14 @@ class CT2Translator(Engine):
                         results[i] = r
             return results
 
-        return in_batches(src_ids, batch_size, run)
+        if self.inter_threads <= 1:
+            return in_batches(src_ids, batch_size, run)
+        # CTranslate2 releases the GIL: batches submitted from several threads run on its
+        # inter_threads replicas side by side (the cores are used across batches).
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.inter_threads) as pool:
+            return in_batches(src_ids, batch_size, run, mapper=pool.map)
 
     def _decode(self, rows: Sequence[Sequence[int]], caps: list[int], batch_size: int,
                 dec: DecodingConfig, n_best: int) -> list[Scored]:

@@ -38,6 +38,8 @@ class Engine(ABC):
     """A model loaded for translation; see the module's docstring."""
 
     engine_name: ClassVar[str]
+    inter_threads: int = 1
+    """How many batches the engine runs side by side (a server runs as many workers)."""
     """What reports and /health call the engine: "native" or "ctranslate2"."""
 
     def __init__(self, cfg: Config, src_tok: TextTokenizer, tgt_tok: TextTokenizer,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -313,15 +313,17 @@ def pack_sources(rows: Sequence[Sequence[int]], device: torch.device) -> Tensor:
 
 def in_batches(src_ids: Sequence[Sequence[int]], batch_size: int,
                run: Callable[[list[Sequence[int]]], list[T]],
-               progress: Callable[[int], None] | None = None) -> list[T]:
+               progress: Callable[[int], None] | None = None,
+               mapper: Callable[..., Any] = map) -> list[T]:
     """Run `run` over length-sorted batches of `src_ids` (so that a batch pads little) and
     return its per-sentence results in input order. `progress(n)` is told after each batch.
-    Every engine batches with this."""
+    Every engine batches with this; `mapper` (e.g. a thread pool's `map`, for an engine that
+    runs batches side by side) applies `run` to the batches, in order."""
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
     results: list[T | None] = [None] * len(src_ids)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        outs = run([src_ids[i] for i in rows])
+    groups = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    for rows, outs in zip(groups, mapper(run, [[src_ids[i] for i in g] for g in groups]),
+                          strict=True):
         for i, out in zip(rows, outs, strict=True):
             results[i] = out
         if progress is not None:

@@ -251,7 +251,7 @@ def _evaluations(run_dir: Path | None) -> list[dict[str, Any]]:
     """The run's evaluation reports (<run>/eval/*.json), test splits first."""
     if run_dir is None:
         return []
-    from translator.checkpoint import RunLayout
+    from translator.run import RunLayout
 
     reports = []
     for path in sorted(RunLayout(run_dir).eval.glob("*.json")):

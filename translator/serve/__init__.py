@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from translator.decode.loading import EngineOptions
 from translator.errors import TranslatorError
 
 if TYPE_CHECKING:
@@ -58,29 +59,16 @@ def check_address(host: str, port: int) -> None:
                                   f"{exc.strerror or exc}") from exc
 
 
-@dataclass
-class EngineOptions:
-    """How to load each model: the engine for run folders (an export is always CTranslate2),
-    device, weights' types, and CTranslate2's threads (intra: per batch, 0 its default;
-    inter: batches at once, which the server's batcher then runs as that many workers)."""
-
-    engine: str = "native"
-    quantization: str = "int8"
-    device: str = "auto"
-    dtype: str | None = None
-    intra_threads: int = 0
-    inter_threads: int = 1
-
-
 def find_models(models_dir: Path) -> list[Path]:
     """The model folders directly under `models_dir`: run folders (with a config.yaml) and
     CTranslate2 exports (with a translator.json), in name order."""
     from translator.decode.ct2 import META
+    from translator.run import RunLayout
 
     if not models_dir.is_dir():
         raise TranslatorError(f"models folder not found: {models_dir}")
     found = sorted(p for p in models_dir.iterdir() if p.is_dir() and (
-        (p / "config.yaml").is_file() or (p / META).is_file()))
+        RunLayout(p).config.is_file() or (p / META).is_file()))
     if not found:
         raise TranslatorError(f"no run folder (config.yaml) or CTranslate2 export "
                               f"(translator.json) under {models_dir}")
@@ -94,6 +82,7 @@ def load_models(folders: Sequence[Path], options: EngineOptions,
     does not load is an error now, not for the first user of its pair."""
     from translator.decode.ct2 import META, CT2Translator
     from translator.decode.translator import Translator
+    from translator.run import RunLayout
     from translator.serve.service import ServedModel
 
     if checkpoint is not None and len(folders) > 1:
@@ -103,13 +92,13 @@ def load_models(folders: Sequence[Path], options: EngineOptions,
         raise TranslatorError(f"unknown engine '{options.engine}' (use native or ctranslate2)")
     served = []
     for folder in folders:
-        if (folder / META).is_file() and not (folder / "config.yaml").is_file():
+        if (folder / META).is_file() and not RunLayout(folder).config.is_file():
             tr: Engine = CT2Translator.from_dir(
                 folder, options.device, threads=options.intra_threads,
                 inter_threads=options.inter_threads)
             served.append(ServedModel(tr, str(folder)))
             continue
-        if not (folder / "config.yaml").is_file():
+        if not RunLayout(folder).config.is_file():
             raise TranslatorError(f"run folder not found: {folder}")
         if options.engine == "native":
             tr = Translator.from_run(folder, checkpoint, options.device, options.dtype,
@@ -194,3 +183,24 @@ def run_server(models: Engine | Sequence[ServedModel], options: ServerOptions | 
                     timeout_keep_alive=int(max(1, opts.keep_alive)))
     finally:
         service.close()
+
+
+def serve_runs(runs: Sequence[Path], models_dir: Path | None, config: Path | None,
+               overrides: Sequence[str], checkpoint: Path | None, engine: EngineOptions,
+               options: ServerOptions, announce: Callable[[Path], None] | None = None) -> None:
+    """`translator serve`: load the run folders `runs` and every model under `models_dir`
+    (none given: the run of `config`, else the newest under runs/, passed to `announce`) and
+    serve them until interrupted."""
+    from translator.run import find_run
+
+    check_installed()
+    check_address(options.host, options.port)
+    folders = [*runs, *(find_models(models_dir) if models_dir is not None else [])]
+    overrides = list(overrides)
+    if not folders:
+        found, overrides = find_run(None, config, overrides, checkpoint, announce)
+        folders = [found]
+    served = load_models(folders, engine, checkpoint, overrides)
+    # A CTranslate2 model runs inter_threads batches at once: as many batcher workers.
+    workers = max((m.translator.inter_threads for m in served), default=1)
+    run_server(served, options, workers=workers)

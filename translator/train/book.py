@@ -26,7 +26,6 @@ import torch
 from translator.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
-    RunLayout,
     atomic_link,
     atomic_save,
     load_checkpoint,
@@ -34,6 +33,7 @@ from translator.checkpoint import (
 )
 from translator.config import TrainingConfig
 from translator.errors import TranslatorError
+from translator.run import RunLayout
 from translator.train.distributed import Dist
 from translator.train.log import say, stderr_is_terminal
 
@@ -120,7 +120,7 @@ class Checkpointer:
                     else f"{path} ({exc})")
             raise TranslatorError(f"could not write checkpoint {what}; the previous "
                                   f"checkpoints in {self.layout.checkpoints} are intact") from None
-        prune_checkpoints(self.layout, self.tc.keep_last)
+        prune_checkpoints(self.layout.numbered_checkpoints(), self.tc.keep_last)
         return path
 
     def restore(self, path: Path, device: torch.device) -> TrainState:

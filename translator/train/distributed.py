@@ -81,3 +81,24 @@ def init_distributed(timeout_s: float) -> Dist:
         except Exception as exc:  # a timeout or refused rendezvous: say so in one line
             raise TranslatorError(f"distributed setup failed on rank {rank}: {exc}") from None
     return Dist(rank, world, local, dist.get_backend())
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run the `translator` command `argv` (without the program name) again under torchrun
+    with `nproc` processes, leaving out its `--nproc`; returns torchrun's exit code."""
+    import subprocess
+    import sys
+
+    rest: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "translator", *rest]
+    print(f"launching: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    return subprocess.call(cmd)

@@ -20,9 +20,9 @@ from typing import Any
 from torch import Tensor
 from tqdm import tqdm
 
-from translator.checkpoint import RunLayout
 from translator.config import Config
 from translator.errors import first_line
+from translator.run import RunLayout
 
 log = logging.getLogger("translator")
 

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import random
-import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,14 +19,8 @@ from typing import Any
 
 import torch
 
-from translator.checkpoint import RunLayout, load_checkpoint
-from translator.config import (
-    Config,
-    init_changes,
-    load_config,
-    parse_override,
-    save_run_config,
-)
+from translator.checkpoint import load_checkpoint
+from translator.config import Config, save_run_config
 from translator.data.corpus import iter_texts, load_corpus, to_pairs, tokenizer_sample
 from translator.data.dataset import BilingualDataset, BucketBatchSampler
 from translator.data.sources import check_data_files
@@ -38,103 +31,12 @@ from translator.errors import TranslatorError
 from translator.files import atomic_write
 from translator.model.transformer import Transformer
 from translator.modeling import build_model
-from translator.run import check_resume, lock_run
+from translator.run import RunLayout, init_source, prepare_run_dir
 from translator.train.book import Checkpointer, TrainState
 from translator.train.distributed import Dist, init_distributed
 from translator.train.step import Precision
 
 log = logging.getLogger("translator")
-
-
-# -- the config and the run folder ----------------------------------------------------------
-
-
-def training_config(config: Path | None, run: Path | None, overrides: list[str],
-                    resume: bool) -> Config:
-    """The config `translator train` trains with: `--config FILE` (a run folder's own
-    config.yaml always means that folder, wherever it now is) or `--run DIR --resume` (the
-    folder's saved config; `overrides` may change only `RESUME_SAFE_KEYS` and decoding)."""
-    if (config is None) == (run is None):
-        raise TranslatorError("give --config FILE to train a run, or --run DIR --resume to "
-                              "continue one" if config is None else
-                              "give either --config or --run, not both")
-    if run is not None:
-        if not resume:
-            raise TranslatorError(f"--run continues a run: add --resume (to start a new run "
-                                  f"in {run}, use --config with --overwrite)")
-        if any(parse_override(o)[0] == "output" for o in overrides):
-            raise TranslatorError(f"--set output.*: the run folder is {run} itself")
-        layout = RunLayout(run)
-        cfg = layout.load_config(overrides)
-        check_resume(layout.load_config(), cfg, layout.root)
-        return cfg
-    cfg = load_config(config, overrides)
-    owner = RunLayout.of_file(config) if config.name == "config.yaml" else None
-    if owner is not None:
-        cfg.output.dir, cfg.name = str(owner.root), owner.root.name
-    return cfg
-
-
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool) -> tuple[RunLayout, list[str]]:
-    """Lock and create the run folder, refusing to mix two different runs in one folder and
-    a second trainer in a running one; returns the layout and, when resuming, the moved-data
-    keys (`translator.run.check_resume`) that the split record must confirm."""
-    layout = RunLayout(cfg.run_dir)
-    lock_run(layout.root)  # before anything in the folder is read, replaced or deleted
-    has_run = layout.latest.is_file() or layout.config.is_file()
-    moved: list[str] = []
-    if resume:
-        if not layout.latest.is_file():
-            raise TranslatorError(f"--resume: no checkpoint to resume in {layout.checkpoints}")
-        moved = check_resume(load_config(layout.config), cfg, layout.root)
-    elif has_run and not overwrite:
-        raise TranslatorError(f"{layout.root} already holds a run; use --resume to continue it "
-                              "or --overwrite to start again")
-    elif has_run and overwrite:
-        for sub in (layout.checkpoints, layout.tensorboard, layout.eval):
-            shutil.rmtree(sub, ignore_errors=True)
-    if not moved:  # a moved corpus is recorded once its split record has matched (_data)
-        save_run_config(cfg, layout.config)
-    return layout, moved
-
-
-def _init_base(path: Path) -> tuple[Path, RunLayout]:
-    """The checkpoint and run folder that `--init-from PATH` names."""
-    if path.is_dir():
-        base = RunLayout(path)
-        if not base.config.is_file():
-            raise TranslatorError(f"--init-from: {path} is not a run folder (no config.yaml)")
-        checkpoint = base.default_checkpoint()
-        if not checkpoint.is_file():
-            raise TranslatorError(f"--init-from: no best.pt or latest.pt in {base.checkpoints}")
-        return checkpoint, base
-    if path.is_file():
-        owner = RunLayout.of_file(path)
-        if owner is None:
-            raise TranslatorError(f"--init-from: {path} is not inside a run folder (its "
-                                  "tokenizers are needed): give the run folder")
-        return path, owner
-    raise TranslatorError(f"--init-from: no run folder or checkpoint file at {path}")
-
-
-def init_source(path: Path, cfg: Config) -> tuple[Path, RunLayout]:
-    """The checkpoint and base run that `train --init-from PATH` starts from: PATH a run
-    folder (its best.pt, else latest.pt) or a checkpoint file inside one (the run's
-    tokenizers are needed too). Refuses a config whose tokenizer or model section or language
-    pair differs from the base run's, and a new run folder that is the base's own."""
-    checkpoint, base = _init_base(Path(path))
-    if base.root.resolve() == cfg.run_dir.resolve():
-        raise TranslatorError(f"--init-from: {base.root} is this run's own folder; give the "
-                              "new run another output.dir (or config name)")
-    differ = init_changes(base.load_config(), cfg)
-    if differ:
-        raise TranslatorError(f"--init-from: the config differs from the base run's "
-                              f"{base.config} in {', '.join(differ)} (fine-tuning keeps its "
-                              "vocabulary and model shape)")
-    for lang in (cfg.data.src_lang, cfg.data.tgt_lang):
-        if not base.tokenizer(lang).is_file():
-            raise TranslatorError(f"--init-from: {base.tokenizer(lang)} not found")
-    return checkpoint, base
 
 
 # -- the pieces -----------------------------------------------------------------------------
