@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from translator.model.fast_dropout import Dropout
+
 # A decoder layer's incremental state: self-attention keys/values so far ("self_k", "self_v":
 # [B, H, t, K]) and cross-attention keys/values of the source ("cross_k", "cross_v":
 # [B, H, S, K], computed once). One dict per layer.
@@ -68,7 +70,7 @@ class PositionalEncoding(nn.Module):
     def __init__(self, d_model: int, max_len: int, dropout: float) -> None:
         super().__init__()
         self.d_model = d_model
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.register_buffer("pe", self._table(max_len, d_model), persistent=False)
 
     @staticmethod
@@ -119,7 +121,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:  # [B, L, D] -> [B, L, D]
         # In place: the hidden layer is the largest activation, and a fresh buffer for it costs
@@ -246,7 +248,7 @@ class ResidualConnection(nn.Module):
     def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
         super().__init__()
         self.norm = LayerNormalization(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
