@@ -89,6 +89,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _publish(tmp: str, target: Path) -> None:
+    """Make the finished temp file `tmp` durable and rename it over `target`: fsync, the
+    umask's mode, rename, fsync of the folder."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, new_file_mode())
+    os.replace(tmp, target)
+    _fsync_dir(target.parent if str(target.parent) else Path("."))
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open `path` for writing ("w" text or "wb" binary): a temp file renamed over the target
@@ -113,12 +123,8 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, target)
+        _publish(tmp, target)
         tmp = ""
-        _fsync_dir(folder)
     except OSError as exc:
         raise WriteError(f"cannot write {path}: {_reason(exc)}") from exc
     finally:
@@ -144,12 +150,8 @@ def atomic_write_with(path: str | Path, writer: Callable[[str], None]) -> None:
                                    dir=folder)
         os.close(fd)
         writer(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, target)
+        _publish(tmp, target)
         tmp = ""
-        _fsync_dir(folder)
     except OSError as exc:
         raise WriteError(f"cannot write {path}: {_reason(exc)}") from exc
     except RuntimeError as exc:  # torch.save and the tokenizers library wrap write errors

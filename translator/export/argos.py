@@ -20,8 +20,8 @@ from pathlib import Path
 
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError
-from translator.export.languages import language_name
 from translator.files import atomic_write_with, protected_reason
+from translator.languages import language_name
 
 PACKAGE_VERSION = "1.0"
 ARGOS_VERSION = "1.9"

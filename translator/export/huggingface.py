@@ -37,8 +37,8 @@ import torch
 from translator.data.tokenizer import EOS_ID, PAD_ID, SOS_ID, SPECIAL_TOKENS, TextTokenizer
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError
-from translator.export.languages import language_name
 from translator.files import EXPORT_MARKER, atomic_write, check_replaceable, replace_dir
+from translator.languages import language_name
 
 INSTALL_HINT = ("Hugging Face export needs transformers: pip install 'translator[hf]' "
                 "(or transformers safetensors)")

@@ -28,9 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from translator.errors import TranslatorError
+from translator.languages import language_name
 from translator.serve.files import FORMATS, FileStore, safe_name
 from translator.serve.guard import KEY_PENDING, Guard, judge_key
-from translator.serve.service import RequestError, TranslationService, language_name
+from translator.serve.service import RequestError, TranslationService
 
 log = logging.getLogger("translator")
 STATIC = Path(__file__).resolve().parent / "static"

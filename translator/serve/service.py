@@ -29,24 +29,13 @@ from translator.decode.engine import Engine
 from translator.decode.pieces import Pieces, cut
 from translator.decode.translator import Translator
 from translator.errors import TranslatorError
+from translator.languages import language_name
 from translator.serve.batcher import Batcher, BatcherClosed, QueueFull
 from translator.serve.detect import LanguageDetector
 from translator.serve.html import split_html
 
 log = logging.getLogger("translator")
 
-# English names of common language codes, for GET /languages (LibreTranslate lists names).
-LANGUAGE_NAMES = {
-    "ar": "Arabic", "bg": "Bulgarian", "ca": "Catalan", "cs": "Czech", "da": "Danish",
-    "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "et": "Estonian",
-    "eu": "Basque", "fa": "Persian", "fi": "Finnish", "fr": "French", "ga": "Irish",
-    "he": "Hebrew", "hi": "Hindi", "hr": "Croatian", "hu": "Hungarian", "id": "Indonesian",
-    "is": "Icelandic", "it": "Italian", "ja": "Japanese", "ko": "Korean", "lt": "Lithuanian",
-    "lv": "Latvian", "nb": "Norwegian Bokmål", "nl": "Dutch", "no": "Norwegian",
-    "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sk": "Slovak",
-    "sl": "Slovenian", "sr": "Serbian", "sv": "Swedish", "th": "Thai", "tr": "Turkish",
-    "uk": "Ukrainian", "vi": "Vietnamese", "zh": "Chinese",
-}
 
 
 class RequestError(TranslatorError):
@@ -467,9 +456,6 @@ class TranslationService:
             if m.batcher is not None:
                 m.batcher.close()
 
-
-def language_name(code: str) -> str:
-    return LANGUAGE_NAMES.get(code, code)
 
 
 def _pivots(pairs: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
