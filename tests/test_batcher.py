@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import pytest
 
@@ -246,3 +246,159 @@ def test_a_lone_request_waits_only_the_gathering_window() -> None:
     finally:
         batcher.close()
 
+
+
+class FakeStream:
+    """A stream whose item "abc" takes len("abc") steps and answers "ABC"; records each
+    admission with the step it came before and the rows already running. `gate` holds a
+    step back; an item "boom" fails the step it is in."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Hashable, list[object]] = {}  # tag -> [item, steps left]
+        self.steps = 0
+        self.admitted: list[tuple[int, int, list[str]]] = []  # (step, rows before, items)
+        self.dropped: list[Hashable] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.delay = 0.001  # seconds per step
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def admit(self, items: list[str], tags: list[Hashable]) -> list[tuple[Hashable, str]]:
+        self.admitted.append((self.steps, len(self.rows), list(items)))
+        now = []
+        for item, tag in zip(items, tags, strict=True):
+            if item:
+                self.rows[tag] = [item, len(item)]
+            else:
+                now.append((tag, ""))
+        return now
+
+    def step(self) -> list[tuple[Hashable, str]]:
+        self.gate.wait(10)
+        time.sleep(self.delay)
+        self.steps += 1
+        if any(item == "boom" for item, _ in self.rows.values()):
+            raise ValueError("step failed")
+        ended = []
+        for tag, row in list(self.rows.items()):
+            row[1] = int(row[1]) - 1  # type: ignore[call-overload]
+            if row[1] == 0:
+                ended.append((tag, str(row[0]).upper()))
+                del self.rows[tag]
+        return ended
+
+    def drop(self, withdrawn: Callable[[Hashable], bool]) -> list[Hashable]:
+        gone = [tag for tag in self.rows if withdrawn(tag)]
+        for tag in gone:
+            del self.rows[tag]
+        self.dropped += gone
+        return gone
+
+
+def _streamed(stream: FakeStream, decode: Recorder | None = None, **kwargs: object,
+              ) -> Batcher[str, str]:
+    """A batcher whose key "s" is decoded by `stream`, other keys by `decode`."""
+    return Batcher(decode or Recorder(), stream=lambda key: stream if key == "s" else None,
+                   **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_stream_takes_jobs_in_at_the_next_step_and_answers_each_when_it_ends() -> None:
+    stream = FakeStream()
+    batcher = _streamed(stream, max_batch=8, wait_ms=0)
+    try:
+        long = batcher.submit(["x" * 40], "s")
+        while stream.steps < 3:
+            time.sleep(0.001)
+        short = batcher.submit(["ab", "", "abc"], "s")
+        assert short.result(5) == ["AB", "", "ABC"]
+        assert not long.done()  # the short job did not wait for the long one
+        assert long.result(5) == ["X" * 40]
+    finally:
+        batcher.close()
+    # The short job joined the running stream (one row in it), after the long one had begun.
+    step, rows, items = stream.admitted[1]
+    assert items == ["ab", "", "abc"] and rows == 1 and step >= 3
+    assert batcher.items_decoded == 4 and batcher.largest_batch == 3
+
+
+def test_a_stream_starts_at_once_without_the_gathering_wait() -> None:
+    stream = FakeStream()
+    batcher = _streamed(stream, wait_ms=3000)  # a batch key would wait 3 s for company
+    try:
+        start = time.monotonic()
+        assert batcher.submit(["a"], "s").result(5) == ["A"]
+        assert time.monotonic() - start < 1.5
+    finally:
+        batcher.close()
+
+
+def test_a_stream_holds_at_most_max_batch_and_large_jobs_take_turns() -> None:
+    stream = FakeStream()
+    batcher = _streamed(stream, max_batch=3, wait_ms=0)
+    stream.gate.clear()
+    try:
+        big = batcher.submit(["aaaa"] * 7, "s")
+        time.sleep(0.05)
+        other = batcher.submit(["b"], "s")
+        stream.gate.set()
+        assert other.result(5) == ["B"]
+        assert big.result(5) == ["AAAA"] * 7
+    finally:
+        batcher.close()
+    assert max(rows + len(items) for _, rows, items in stream.admitted) <= 3
+    # The other client's sentence went in before the big job's last chunk.
+    order = [items for _, _, items in stream.admitted]
+    assert order.index(["b"]) < len(order) - 1
+
+
+def test_a_withdrawn_job_leaves_the_running_stream() -> None:
+    stream = FakeStream()
+    batcher = _streamed(stream, wait_ms=0)
+    try:
+        gone = batcher.submit(["x" * 500, "y" * 500], "s")
+        while stream.steps < 2:
+            time.sleep(0.001)
+        assert gone.cancel()
+        assert batcher.submit(["ok"], "s").result(5) == ["OK"]
+    finally:
+        batcher.close()
+    assert len(stream.dropped) == 2 and stream.steps < 400
+    assert batcher.items_decoded == 1
+
+
+def test_another_key_waits_for_the_stream_to_finish_and_is_not_starved() -> None:
+    stream, decode = FakeStream(), Recorder()
+    batcher = _streamed(stream, decode, wait_ms=0)
+    try:
+        first = batcher.submit(["aaaaaaaaaa"], "s")
+        while stream.steps < 2:
+            time.sleep(0.001)
+        beam = batcher.submit(["beam"], "b")
+        later = batcher.submit(["c"], "s")
+        assert beam.result(5) == ["b:BEAM"]
+        assert first.done()  # the running sentence finished first
+        assert not later.done() or stream.admitted[-1][2] == ["c"]
+        assert later.result(5) == ["C"]
+    finally:
+        batcher.close()
+    # "c" did not jump over the other key's job into the running stream.
+    assert [items for _, _, items in stream.admitted] == [["aaaaaaaaaa"], ["c"]]
+
+
+def test_a_failing_stream_fails_its_jobs_only_and_the_worker_survives() -> None:
+    stream = FakeStream()
+    batcher = _streamed(stream, wait_ms=0)
+    try:
+        bad = batcher.submit(["boom"], "s")
+        with pytest.raises(ValueError, match="step failed"):
+            bad.result(5)
+        assert batcher.submit(["fine"], "s").result(5) == ["FINE"]
+    finally:
+        batcher.close()
+
+
+def test_a_stream_is_not_shared_between_workers() -> None:
+    with pytest.raises(ValueError, match="one worker"):
+        Batcher(Recorder(), workers=2, stream=lambda key: None)

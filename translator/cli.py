@@ -406,6 +406,9 @@ def serve(
         "serves the app under, e.g. /translate-api.")] = "",
     access_log: Annotated[bool, opt("--access-log/--no-access-log", None,
         "Log each request.")] = True,
+    decode_processes: Annotated[bool, opt("--decode-processes/--no-decode-processes", None,
+        "Decode each native model's greedy requests in a process of its own (faster with "
+        "several models; the model is loaded twice).")] = True,
 ) -> None:
     """Serve one or several models over HTTP: LibreTranslate's API (/translate, /detect,
     /languages, /translate_file), a translation page with attention heatmaps at /, the OpenAPI
@@ -426,7 +429,8 @@ def serve(
                                  api_key=api_key or None,
                                  cors_origins=tuple(cors_origin or ()),
                                  max_connections=max_connections, read_timeout=read_timeout,
-                                 root_path=root_path.rstrip("/"), access_log=access_log),
+                                 root_path=root_path.rstrip("/"), access_log=access_log,
+                                 decode_processes=decode_processes),
                    _announce)
 
 

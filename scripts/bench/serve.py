@@ -10,8 +10,9 @@ Lua script that POSTs single test sentences, alternating both directions, for
 Python client threads (which, at 128, measure themselves as much as the server). Reported per
 level: requests/s, per-pair sentences/s (from the server's per-model /health counters),
 p50/p95/p99 latency, failed requests (socket errors, timeouts, non-2xx other than 429), 429s,
-5xx, and the mean batch. Then Python clients keep sending until 10,000 requests in all, and the
-server's peak RSS (VmHWM from /proc/<pid>/status) is read after 1,000 and after 10,000
+5xx, and the mean batch (for greedy streams: the sentences decoding together at a step). Then
+Python clients keep sending until 10,000 requests in all, and the server's peak RSS (VmHWM from
+/proc/<pid>/status, summed with its decoding processes) is read after 1,000 and after 10,000
 requests: it should stay flat, not grow with requests served.
 
 Keys: `serve.rps_c1`, `serve.rps_c8`, `serve.rps_c32`, `serve.rps_c128`, `serve.p99_ms_c32`,
@@ -126,14 +127,36 @@ def _free_port() -> int:
 
 
 def _memory_mb(pid: int) -> tuple[float, float]:
-    """(VmHWM, VmRSS) of a process in MiB: its peak and current resident memory."""
-    values = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmHWM", "VmRSS"):
-                values[key] = int(rest.split()[0]) / 1024  # kB
-    return values.get("VmHWM", float("nan")), values.get("VmRSS", float("nan"))
+    """(VmHWM, VmRSS) in MiB of a process and its children (the native engine's decoding
+    processes): their peaks and current resident memory, summed."""
+    hwm = rss = 0.0
+    for one in _tree(pid):
+        values = {}
+        try:
+            with open(f"/proc/{one}/status") as f:
+                for line in f:
+                    key, _, rest = line.partition(":")
+                    if key in ("VmHWM", "VmRSS"):
+                        values[key] = int(rest.split()[0]) / 1024  # kB
+        except OSError:  # gone meanwhile
+            continue
+        hwm += values.get("VmHWM", float("nan"))
+        rss += values.get("VmRSS", float("nan"))
+    return hwm, rss
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants (from /proc/<pid>/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        one = todo.pop()
+        found.append(one)
+        for task in Path(f"/proc/{one}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return found
 
 
 @dataclass
@@ -317,6 +340,11 @@ def _start_server(args: argparse.Namespace, runs: list[Path], folder: Path,
             time.sleep(0.3)
 
 
+def _total(health: dict[str, object], key: str) -> int:
+    """A per-model /health counter summed over the models (0 when absent)."""
+    return sum(int(m.get(key, 0)) for m in health["models"])  # type: ignore[union-attr]
+
+
 def _per_pair(before: dict[str, object], after: dict[str, object], secs: float) -> str:
     """Sentences/s of each model between two /health answers."""
     done = {f"{m['source']}->{m['target']}": m["sentences_translated"]
@@ -363,6 +391,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                 secs = level["seconds"]
                 batches = after["batches"] - before["batches"]
                 decoded = after["sentences_translated"] - before["sentences_translated"]
+                steps = _total(after, "steps") - _total(before, "steps")
+                if steps:  # greedy streams: the sentences decoding together at a step
+                    batches = steps
+                    decoded = _total(after, "step_sentences") - _total(before, "step_sentences")
                 rps = level["ok"] / secs
                 rows.append([clients, level["requests"], rps, _per_pair(before, after, secs),
                              level["p50"], level["p95"], level["p99"], level["failed"],

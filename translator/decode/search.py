@@ -113,7 +113,7 @@ def module_step(model: Transformer) -> Step:
 def cached_step(model: Transformer) -> Step:
     """The searches' step: `FastStep` (the same numbers as `module_step`, in about half the
     operations) for our Transformer, `module_step` for a stand-in with the same API."""
-    return FastStep(model) if isinstance(model, Transformer) else module_step(model)
+    return FastStep.of(model) if isinstance(model, Transformer) else module_step(model)
 
 
 @torch.inference_mode()

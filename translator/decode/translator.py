@@ -17,6 +17,7 @@ import torch
 
 from translator.config import Config, DecodingConfig
 from translator.data.tokenizer import TextTokenizer
+from translator.decode.continuous import GreedyStream, SentenceStream
 from translator.decode.engine import Engine, Scored
 from translator.decode.search import nbest_ids, translate_ids
 from translator.device import DTYPES, resolve_device
@@ -70,3 +71,10 @@ class Translator(Engine):
                          batch_size=batch_size)
         return [[(h.tokens, h.score) for h in sent] for sent in hyps]
 
+    def stream(self, decoding: DecodingConfig) -> SentenceStream:
+        """Greedy translation of sentences that join and leave a running batch at every step
+        (`translator.decode.continuous`), with `decoding`'s length caps (its beam is not
+        used); what a server runs for greedy requests."""
+        greedy = GreedyStream(self.model, self.device, max_len_a=decoding.max_len_a,
+                              max_len_b=decoding.max_len_b)
+        return SentenceStream(greedy, self.encode, self.tgt_tok.decode)

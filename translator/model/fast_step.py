@@ -23,8 +23,9 @@ still the CTranslate2 export (`translator.decode.ct2`).
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,15 @@ from torch import Tensor
 from translator.model.transformer import LayerCache, LayerNormalization, Transformer
 
 
+def _linear(x: Tensor, w: Tensor, b: Tensor, transposed: bool) -> Tensor:
+    """`F.linear(x, weight, b)` of 2-D x, where `w` is the weight itself, or its transpose
+    as a contiguous [in, out] tensor (`transposed`): see `FastStep.of`."""
+    return torch.addmm(b, x, w) if transposed else F.linear(x, w, b)
+
+
 class _Block(NamedTuple):
-    """One decoder block's parameters as plain tensors."""
+    """One decoder block's parameters as plain tensors (the linear weights as `_weights`
+    gives them)."""
 
     norm0_w: Tensor
     norm0_b: Tensor
@@ -58,39 +66,44 @@ class _Block(NamedTuple):
     heads: int
     pre_norm: bool
     source_kv: Callable[[Tensor], tuple[Tensor, Tensor]]
+    t: bool  # the weights are transposed
 
 
-def _block_step(x: Tensor, w: _Block, memory: Tensor, src_mask: Tensor | None,
-                cache: LayerCache) -> Tensor:
-    """`DecoderBlock.forward` of one new position per row, x: [B, D] -> [B, D], eval mode."""
+def _block_step(x: Tensor, w: _Block, memory: Tensor | None, src_mask: Tensor | None,
+                cache: LayerCache, self_mask: Tensor | None = None) -> Tensor:
+    """`DecoderBlock.forward` of one new position per row, x: [B, D] -> [B, D], eval mode.
+    `self_mask` [B, 1, 1, T + 1] hides cached positions of other sentences (rows that joined
+    a running batch late, `translator.decode.continuous`); `memory` may be None once the
+    cache holds the source keys/values."""
     B, D = x.shape
     H, pre, eps = w.heads, w.pre_norm, w.eps
     K = D // H
     # Self-attention over the cached positions and this one.
     y = F.layer_norm(x, (D,), w.norm0_w, w.norm0_b, eps) if pre else x
-    q, k, v = F.linear(y, w.qkv_w, w.qkv_b).view(B, 3, H, 1, K).unbind(1)  # [B, H, 1, K]
+    q, k, v = _linear(y, w.qkv_w, w.qkv_b, w.t).view(B, 3, H, 1, K).unbind(1)  # [B, H, 1, K]
     if "self_k" in cache:
         k = torch.cat([cache["self_k"], k], dim=2)  # [B, H, t + 1, K]
         v = torch.cat([cache["self_v"], v], dim=2)
     cache["self_k"], cache["self_v"] = k, v
-    a = F.scaled_dot_product_attention(q, k, v).view(B, D)
-    x = x + F.linear(a, w.self_out_w, w.self_out_b)
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=self_mask).view(B, D)
+    x = x + _linear(a, w.self_out_w, w.self_out_b, w.t)
     if not pre:
         x = F.layer_norm(x, (D,), w.norm0_w, w.norm0_b, eps)
     # Cross-attention; the source keys/values are projected on the first step only.
     y = F.layer_norm(x, (D,), w.norm1_w, w.norm1_b, eps) if pre else x
-    q = F.linear(y, w.cross_q_w, w.cross_q_b).view(B, H, 1, K)
+    q = _linear(y, w.cross_q_w, w.cross_q_b, w.t).view(B, H, 1, K)
     if "cross_k" not in cache:
+        assert memory is not None, "a first step needs the encoder output"
         cache["cross_k"], cache["cross_v"] = w.source_kv(memory)  # [B, H, S, K]
     a = F.scaled_dot_product_attention(q, cache["cross_k"], cache["cross_v"],
                                        attn_mask=src_mask).view(B, D)
-    x = x + F.linear(a, w.cross_out_w, w.cross_out_b)
+    x = x + _linear(a, w.cross_out_w, w.cross_out_b, w.t)
     if not pre:
         x = F.layer_norm(x, (D,), w.norm1_w, w.norm1_b, eps)
     # Feed-forward.
     y = F.layer_norm(x, (D,), w.norm2_w, w.norm2_b, eps) if pre else x
-    h = F.linear(y, w.ff1_w, w.ff1_b).relu_()  # [B, d_ff]
-    x = x + F.linear(h, w.ff2_w, w.ff2_b)
+    h = _linear(y, w.ff1_w, w.ff1_b, w.t).relu_()  # [B, d_ff]
+    x = x + _linear(h, w.ff2_w, w.ff2_b, w.t)
     return x if pre else F.layer_norm(x, (D,), w.norm2_w, w.norm2_b, eps)
 
 
@@ -99,6 +112,13 @@ class FastStep:
     per search (it holds the parameters as they are when it is built)."""
 
     def __init__(self, model: Transformer) -> None:
+        # On the CPU, products with a transposed (contiguous [in, out]) weight run 1.2-1.7x
+        # faster at 1 to 32 rows than F.linear's [out, in] (MKL, measured: docs/benchmarks.md,
+        # "Continuous batching"); the copies cost the decoder's weights once more in memory,
+        # which `of` makes once per model. GPUs gain nothing, so they use the weights as they are.
+        weight = model.projection.proj.weight
+        self.transposed = t = weight.device.type == "cpu"
+        lin = (lambda m: m.weight.t().contiguous()) if t else (lambda m: m.weight)
         self.pos = model.tgt_pos
         self.embed = model.tgt_embed.embedding.weight
         self.embed_scale = math.sqrt(model.tgt_embed.d_model)
@@ -107,23 +127,60 @@ class FastStep:
             sa, ca, ff = b.self_attn, b.cross_attn, b.ff
             n0, n1, n2 = (r.norm for r in b.res)
             self.blocks.append(_Block(
-                n0.weight, n0.bias, sa.qkv_proj.weight, sa.qkv_proj.bias, sa.out_proj.weight,
-                sa.out_proj.bias, n1.weight, n1.bias, ca.q_proj.weight, ca.q_proj.bias,
-                ca.out_proj.weight, ca.out_proj.bias, n2.weight, n2.bias, ff.linear1.weight,
-                ff.linear1.bias, ff.linear2.weight, ff.linear2.bias, n0.eps, sa.h,
-                b.res[0].pre_norm, ca.source_kv))
+                n0.weight, n0.bias, lin(sa.qkv_proj), sa.qkv_proj.bias, lin(sa.out_proj),
+                sa.out_proj.bias, n1.weight, n1.bias, lin(ca.q_proj), ca.q_proj.bias,
+                lin(ca.out_proj), ca.out_proj.bias, n2.weight, n2.bias, lin(ff.linear1),
+                ff.linear1.bias, lin(ff.linear2), ff.linear2.bias, n0.eps, sa.h,
+                b.res[0].pre_norm, ca.source_kv, t))
         norm = model.decoder.norm
         self.norm = ((norm.weight, norm.bias, norm.eps)
                      if isinstance(norm, LayerNormalization) else None)
-        self.proj_w, self.proj_b = model.projection.proj.weight, model.projection.proj.bias
+        self.proj_w, self.proj_b = lin(model.projection.proj), model.projection.proj.bias
 
-    def __call__(self, memory: Tensor, src_mask: Tensor | None, tokens: Tensor,
-                 cache: list[LayerCache], offset: int) -> Tensor:
-        """tokens: [B] ids at position `offset`; memory: [B, S, D] -> logits [B, V]."""
-        pe = self.pos.table(offset + 1)[offset]  # [D]
+    @classmethod
+    def of(cls, model: Transformer) -> FastStep:
+        """The step of `model`, made once and kept while its parameters stay the same
+        tensors, unchanged (training changes them in place: their versions move)."""
+        stamp = _stamp(model)
+        kept = _STEPS.get(model)
+        if kept is None or kept[0] != stamp:
+            with torch.inference_mode(False), torch.no_grad():
+                kept = _STEPS[model] = (stamp, cls(model))
+        return kept[1]
+
+    def source_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Each decoder layer's cross-attention keys and values of `memory` [B, S, D]."""
+        return [block.source_kv(memory) for block in self.blocks]
+
+    def __call__(self, memory: Tensor | None, src_mask: Tensor | None, tokens: Tensor,
+                 cache: list[LayerCache], offset: int | Tensor,
+                 self_mask: Tensor | None = None, last: int | None = None) -> Tensor:
+        """tokens: [B] ids at position `offset` (one for all rows, or a [B] tensor of each
+        row's own, whose largest is `last`); memory: [B, S, D] -> logits [B, V]. `self_mask`
+        as in `_block_step`."""
+        if isinstance(offset, Tensor):
+            top = int(offset.max()) if last is None else last
+            pe = self.pos.table(top + 1)[offset]  # [B, D]
+        else:
+            pe = self.pos.table(offset + 1)[offset]  # [D]
         x = F.embedding(tokens, self.embed).mul_(self.embed_scale).add_(pe.to(self.embed.dtype))
         for block, layer_cache in zip(self.blocks, cache, strict=True):
-            x = _block_step(x, block, memory, src_mask, layer_cache)  # [B, D]
+            x = _block_step(x, block, memory, src_mask, layer_cache, self_mask)  # [B, D]
         if self.norm is not None:
             x = F.layer_norm(x, (x.size(-1),), *self.norm)
-        return F.linear(x, self.proj_w, self.proj_b)
+        return _linear(x, self.proj_w, self.proj_b, self.transposed)
+
+
+_STEPS: weakref.WeakKeyDictionary[Transformer, tuple[tuple[Any, ...], FastStep]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _stamp(model: Transformer) -> tuple[Any, ...]:
+    """What identifies the decoder's parameters as they are now: storage, version, type."""
+    return tuple((p.data_ptr(), _version(p), p.dtype, p.device) for p in model.parameters())
+
+
+def _version(p: Tensor) -> int:
+    """The in-place version of `p`; -1 for a tensor made under inference mode, which has none
+    (and cannot be changed in place outside it)."""
+    return -1 if p.is_inference() else p._version

@@ -12,6 +12,7 @@ imports neither, so that the CLI can say how to install them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,9 +78,11 @@ def find_models(models_dir: Path) -> list[Path]:
 
 def load_models(folders: Sequence[Path], options: EngineOptions,
                 checkpoint: Path | None = None, overrides: Sequence[str] = (),
-                ) -> list[ServedModel]:
+                decode_processes: bool = False) -> list[ServedModel]:
     """Load every folder (a run or an export) as a ServedModel, at start-up: a folder that
-    does not load is an error now, not for the first user of its pair."""
+    does not load is an error now, not for the first user of its pair. With
+    `decode_processes`, native models decode greedy requests in processes of their own
+    (`translator.serve.process`)."""
     from translator.decode.ct2 import META, CT2Translator
     from translator.decode.translator import Translator
     from translator.run import RunLayout
@@ -103,7 +106,10 @@ def load_models(folders: Sequence[Path], options: EngineOptions,
         if options.engine == "native":
             tr = Translator.from_run(folder, checkpoint, options.device, options.dtype,
                                      overrides)
-            served.append(ServedModel(tr, str(folder)))
+            child = functools.partial(Translator.from_run, folder, checkpoint,
+                                      options.device, options.dtype, tuple(overrides))
+            served.append(ServedModel(tr, str(folder),
+                                      decode_process=child if decode_processes else None))
             continue
         if options.dtype is not None:
             raise TranslatorError("--dtype is for the native engine; the ctranslate2 engine "
@@ -140,6 +146,7 @@ class ServerOptions:
     keep_alive: float = 5.0
     root_path: str = ""
     access_log: bool = True
+    decode_processes: bool = True
 
 
 def run_server(models: Engine | Sequence[ServedModel], options: ServerOptions | None = None,
@@ -209,7 +216,7 @@ def serve_runs(runs: Sequence[Path], models_dir: Path | None, config: Path | Non
     if not folders:
         found, overrides = find_run(None, config, overrides, checkpoint, announce)
         folders = [found]
-    served = load_models(folders, engine, checkpoint, overrides)
+    served = load_models(folders, engine, checkpoint, overrides, options.decode_processes)
     # A CTranslate2 model runs inter_threads batches at once: as many batcher workers.
     workers = max((m.translator.inter_threads for m in served), default=1)
     run_server(served, options, workers=workers)

@@ -12,7 +12,15 @@ model with the others batch by batch instead of holding it for the whole job. A 
 withdrawn by cancelling its future (a timeout, a client that went away): queued, it is never
 decoded; running, its remaining chunks are skipped.
 
-Nothing here knows about HTTP or models: `decode(key, items) -> results` is any function.
+A key can instead be decoded as a stream (`Stream`: greedy decoding of the native engine,
+`translator.decode.continuous`): its sentences join the running batch at the next step and
+leave it, answered, at the step they end, so a sentence never waits for a batch to finish, and
+the worker starts at once (no gathering wait). Jobs still enter in queue order and large jobs
+in chunks; when the oldest waiting job has another key, the stream takes no more and finishes
+what it holds, then that job runs.
+
+Nothing here knows about HTTP or models: `decode(key, items) -> results` and the streams are
+any functions.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 log = logging.getLogger("translator")
 Item = TypeVar("Item")
@@ -44,6 +52,23 @@ class QueueFull(RuntimeError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Stream(Protocol):
+    """Decodes items a step at a time, in a batch they join and leave (see the module's
+    docstring). Tags are the batcher's; each item's result comes back with its tag."""
+
+    def __len__(self) -> int:
+        """Items decoding now."""
+
+    def admit(self, items: list[Any], tags: list[Hashable]) -> list[tuple[Hashable, Any]]:
+        """Start decoding `items`; return the results of any that need no step."""
+
+    def step(self) -> list[tuple[Hashable, Any]]:
+        """One step of every item decoding; the results of those that ended."""
+
+    def drop(self, withdrawn: Callable[[Hashable], bool]) -> list[Hashable]:
+        """Stop decoding the items whose tag `withdrawn` accepts; their tags."""
 
 
 @dataclass(eq=False)
@@ -76,21 +101,28 @@ class Batcher(Generic[Item, Result]):
     mixed in one call, and no call holds more than `max_batch` items. An exception from
     `decode` fails the jobs of that call only. `workers` threads decode at once (for an
     engine that runs concurrent batches, such as CTranslate2 with inter_threads > 1);
-    `max_queued` bounds the items waiting (0: no bound).
+    `max_queued` bounds the items waiting (0: no bound). `stream(key)` gives a `Stream` for
+    the keys decoded step by step (None for the others); a stream holds at most `max_batch`
+    items.
     """
 
     def __init__(self, decode: Callable[[Hashable, list[Item]], Sequence[Result]], *,
                  max_batch: int = 64, wait_ms: float = 5.0, name: str = "batcher",
-                 workers: int = 1, max_queued: int = 0) -> None:
+                 workers: int = 1, max_queued: int = 0,
+                 stream: Callable[[Hashable], Stream | None] | None = None) -> None:
         if max_batch < 1 or workers < 1:
             raise ValueError("max_batch and workers must be at least 1")
         if wait_ms < 0 or max_queued < 0:
             raise ValueError("wait_ms and max_queued must not be negative")
+        if stream is not None and workers > 1:
+            raise ValueError("a batcher with streams has one worker (a stream is not shared)")
         self._decode = decode
+        self._stream = stream or (lambda key: None)
         self.max_batch = max_batch
         self.wait = wait_ms / 1000.0
         self.max_queued = max_queued
         self._pending: deque[_Job[Item, Result]] = deque()
+        self._stream_keys: dict[Hashable, bool] = {}
         self._queued = 0  # items not yet handed to a batch, over all pending jobs
         self._cond = threading.Condition()
         self._closed = False
@@ -98,6 +130,8 @@ class Batcher(Generic[Item, Result]):
         self.batches = 0
         self.items_decoded = 0
         self.largest_batch = 0
+        self.steps = 0  # stream steps, and the items they decoded, for the mean batch
+        self.step_items = 0
         self._running = 0
         self._decode_seconds = 0.0
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
@@ -189,7 +223,8 @@ class Batcher(Generic[Item, Result]):
                 # oldest job has already waited through the previous batch, so no time is
                 # added; a lone request waits a few milliseconds at most.
                 first = self._pending[0]
-                deadline = first.enqueued + self.wait
+                # A stream's key needs no gathering: later jobs join it at the next step.
+                deadline = first.enqueued + (0.0 if self._streamed(first.key) else self.wait)
                 while not self._closed and self._ready_size(first.key) < self.max_batch:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -202,6 +237,13 @@ class Batcher(Generic[Item, Result]):
                     self._running += 1
                     return chunks
 
+    def _streamed(self, key: Hashable) -> bool:
+        """Whether `key` is decoded as a stream (asked once per key)."""
+        known = self._stream_keys.get(key)
+        if known is None:
+            known = self._stream_keys[key] = self._stream(key) is not None
+        return known
+
     def _drop_withdrawn(self) -> None:
         """Forget cancelled jobs (called with the lock held)."""
         if any(job.future.done() for job in self._pending):
@@ -212,17 +254,17 @@ class Batcher(Generic[Item, Result]):
     def _ready_size(self, key: Hashable) -> int:
         return sum(job.left for job in self._pending if job.key == key)
 
-    def _pop_batch(self) -> list[_Chunk]:
+    def _pop_batch(self, space: int | None = None, key: Hashable = None) -> list[_Chunk]:
         """The oldest job's key; in queue order, every job of that key that fits whole in
-        what is left of `max_batch`. The first job, when larger than the batch, gives its
-        first `max_batch` items and goes to the back of the queue, behind the others.
-        Called with the lock held."""
+        `space` (default `max_batch`). The first job, when larger, gives its first `space`
+        items and goes to the back of the queue, behind the others. With `key`, nothing
+        unless the oldest job has that key. Called with the lock held."""
         self._drop_withdrawn()
-        if not self._pending:
+        if not self._pending or (key is not None and self._pending[0].key != key):
             return []
         key = self._pending[0].key
         chunks: list[_Chunk] = []
-        space = self.max_batch
+        space = self.max_batch if space is None else space
         keep: deque[_Job[Item, Result]] = deque()
         requeue: list[_Job[Item, Result]] = []
         for job in self._pending:
@@ -245,6 +287,10 @@ class Batcher(Generic[Item, Result]):
             chunks = self._take()
             if chunks is None:
                 return
+            stream = self._stream(chunks[0].job.key)
+            if stream is not None:
+                self._run_stream(stream, chunks)
+                continue
             items = [item for c in chunks for item in c.job.items[c.start:c.stop]]
             start = time.monotonic()
             try:
@@ -269,6 +315,64 @@ class Batcher(Generic[Item, Result]):
             for job in finished:
                 if job.future.set_running_or_notify_cancel():
                     job.future.set_result(job.results)
+
+    def _run_stream(self, stream: Stream, chunks: list[_Chunk]) -> None:
+        """Decode `chunks` as a stream, taking in the queue's later jobs of the same key at
+        every step, until the stream is empty."""
+        key = chunks[0].job.key
+        jobs: set[_Job[Any, Any]] = set()  # with items in the stream
+        try:
+            while True:
+                start = time.monotonic()
+                ended = []
+                for c in chunks:
+                    jobs.add(c.job)
+                    tags = [(c.job, i) for i in range(c.start, c.stop)]
+                    ended += stream.admit(c.job.items[c.start:c.stop], tags)
+                if any(job.future.done() for job in jobs):  # withdrawn while decoding
+                    stream.drop(lambda tag: tag[0].future.done())  # type: ignore[index]
+                    jobs = {job for job in jobs if not job.future.done()}
+                rows = len(stream)
+                ended += stream.step()
+                with self._cond:
+                    self._decode_seconds += time.monotonic() - start
+                    self.steps += rows > 0
+                    self.step_items += rows
+                    self.largest_batch = max(self.largest_batch, rows)
+                    self.items_decoded += len(ended)
+                    finished = self._store_tagged(ended)
+                    jobs.difference_update(finished)
+                    empty = not len(stream)
+                    if empty:
+                        self.batches += 1
+                        self._running -= 1
+                    else:
+                        chunks = [] if self._closed else \
+                            self._pop_batch(self.max_batch - len(stream), key)
+                for job in finished:
+                    if job.future.set_running_or_notify_cancel():
+                        job.future.set_result(job.results)
+                if empty:
+                    return
+        except Exception as exc:  # a worker must survive any failure of one stream
+            log.exception("decoding a stream of %d items failed", len(stream))
+            stream.drop(lambda tag: True)
+            with self._cond:
+                self._running -= 1
+            for job in jobs | {c.job for c in chunks}:
+                _fail(job, exc)
+
+    @staticmethod
+    def _store_tagged(ended: list[tuple[Hashable, Any]]) -> list[_Job[Any, Any]]:
+        """Put each ended item's result into its job; the jobs now complete (not withdrawn
+        ones: their remaining items are gone)."""
+        finished = []
+        for (job, i), result in ended:  # type: ignore[misc]
+            job.results[i] = result
+            job.decoded += 1
+            if job.decoded == len(job.items):
+                finished.append(job)
+        return finished
 
     @staticmethod
     def _store(chunks: list[_Chunk], results: list[Any]) -> list[_Job[Any, Any]]:

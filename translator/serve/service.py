@@ -33,6 +33,7 @@ from translator.languages import language_name
 from translator.serve.batcher import Batcher, BatcherClosed, QueueFull
 from translator.serve.detect import LanguageDetector
 from translator.serve.html import split_html
+from translator.serve.process import ProcessStream
 
 log = logging.getLogger("translator")
 
@@ -89,6 +90,9 @@ class ServedModel:
     translator: Engine
     run_dir: str | None = None
     attention_loader: Callable[[], Translator] | None = None
+    decode_process: Callable[[], Translator] | None = None
+    """How a child process loads this native model to decode its greedy requests
+    (`translator.serve.process`); None: they are decoded in the server's process."""
     batcher: Batcher[str, Any] | None = field(default=None, repr=False)
     attention_model: Translator | None = field(default=None, repr=False)
 
@@ -135,6 +139,7 @@ class TranslationService:
             raise TranslatorError("no model to serve")
         self.limits = limits or Limits()
         self.max_batch = max_batch
+        self._streams: list[Any] = []
         self.hide_paths = hide_paths
         self.models: dict[tuple[str, str], ServedModel] = {}
         for m in served:
@@ -143,14 +148,43 @@ class TranslationService:
                                       f"{self._origin(self.models[m.pair])} and "
                                       f"{self._origin(m)}; serve one of them")
             self.models[m.pair] = m
-            if isinstance(m.translator, Translator):  # the native engine draws attention
-                m.attention_model = m.translator
-            m.batcher = Batcher(self._decoder(m), max_batch=max_batch, wait_ms=wait_ms,
-                                name=f"batcher-{m.name}", workers=workers,
-                                max_queued=self.limits.max_queued)
+        try:
+            for m in served:
+                self._start(m, max_batch, wait_ms, workers)
+            for stream in self._streams:  # the decoding processes load side by side
+                if isinstance(stream, ProcessStream):
+                    stream.wait_ready()
+        except BaseException:
+            self.close()
+            raise
         self.via = _pivots(list(self.models))
         self.detector = LanguageDetector(sorted({s for s, _ in self.models}))
         self.started = time.time()
+
+    def _start(self, m: ServedModel, max_batch: int, wait_ms: float, workers: int) -> None:
+        """Give a model its batcher, and a native one its greedy stream."""
+        stream = None
+        if isinstance(m.translator, Translator):  # the native engine draws attention
+            m.attention_model = m.translator
+            if workers == 1:
+                stream = self._greedy_stream(m)
+                self._streams.append(stream)
+        m.batcher = Batcher(self._decoder(m), max_batch=max_batch, wait_ms=wait_ms,
+                            name=f"batcher-{m.name}", workers=workers,
+                            max_queued=self.limits.max_queued,
+                            stream=None if stream is None else _greedy_only(stream))
+
+    @staticmethod
+    def _greedy_stream(m: ServedModel) -> Any:
+        """The stream of a native model's greedy requests (see `_greedy_only`): in a child
+        process when the model says how to load it there, else on the batcher's thread."""
+        assert isinstance(m.translator, Translator)
+        decoding = m.translator.decoding(beam_size=1)
+        if m.decode_process is not None:
+            import torch
+
+            return ProcessStream(m.decode_process, decoding, torch.get_num_threads(), m.name)
+        return _Answers(m.translator.stream(decoding))
 
     @staticmethod
     def _origin(m: ServedModel) -> str:
@@ -445,7 +479,8 @@ class TranslationService:
             "source": m.pair[0], "target": m.pair[1], "engine": tr.engine_name,
             "device": str(tr.device), "beam_size": tr.cfg.decoding.beam_size,
             "decoding": b.busy, "queued_sentences": b.queued, "batches": b.batches,
-            "sentences_translated": b.items_decoded, "largest_batch": b.largest_batch}
+            "sentences_translated": b.items_decoded, "largest_batch": b.largest_batch,
+            "steps": b.steps, "step_sentences": b.step_items}
         if not hide:
             info["run"] = m.run_dir
             info["checkpoint"] = str(tr.checkpoint) if tr.checkpoint else None
@@ -455,7 +490,42 @@ class TranslationService:
         for m in self.models.values():
             if m.batcher is not None:
                 m.batcher.close()
+        for stream in self._streams:
+            if isinstance(stream, ProcessStream):
+                stream.close()
 
+
+
+def _greedy_only(stream: Any) -> Callable[[Hashable], Any]:
+    """The batcher's `stream` of a native model: greedy translation of one best (the common
+    request, and LibreTranslate's) is decoded step by step, sentences joining and leaving the
+    running batch (`translator.decode.continuous`); beam search and attention maps go batch
+    by batch."""
+    def pick(key: Hashable) -> Any:
+        assert isinstance(key, _Key)
+        greedy = key.kind == "translate" and key.beam_size == 1 and key.n_best == 1
+        return stream if greedy else None
+    return pick
+
+
+class _Answers:
+    """A SentenceStream whose results are the batcher's answers: [(text, 0.0)] per sentence,
+    as `_decoder` gives them (greedy keeps no score)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def admit(self, items: list[str], tags: list[Hashable]) -> list[tuple[Hashable, Any]]:
+        return [(tag, [(text, 0.0)]) for tag, text in self.stream.admit(items, tags)]
+
+    def step(self) -> list[tuple[Hashable, Any]]:
+        return [(tag, [(text, 0.0)]) for tag, text in self.stream.step()]
+
+    def drop(self, withdrawn: Callable[[Hashable], bool]) -> list[Hashable]:
+        return self.stream.drop(withdrawn)
 
 
 def _pivots(pairs: list[tuple[str, str]]) -> dict[str, dict[str, str]]:
