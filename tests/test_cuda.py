@@ -102,3 +102,26 @@ def test_bf16_decoding_is_within_one_bleu_of_fp32(tmp_path: Path) -> None:
         scores[dtype] = sacrebleu.corpus_bleu(hyps, [[t for _, t in pairs]]).score
     assert scores["fp32"] > 15, scores  # a model that translates, so the gap means something
     assert abs(scores["bf16"] - scores["fp32"]) <= 1.0, scores
+
+
+def test_a_greedy_stream_on_the_gpu_gives_what_greedy_decoding_gives() -> None:
+    """Continuous batching (translator.decode.continuous) on the GPU: sentences joining a
+    running batch get the tokens greedy decoding gives each alone there."""
+    from translator.decode.continuous import GreedyStream
+
+    torch.manual_seed(0)
+    cuda = torch.device("cuda")
+    model = build_transformer(40, 40, 32, 32, d_model=32, N=2, h=4, d_ff=64,
+                              dropout=0.0).to(cuda).eval()
+    gen = torch.Generator().manual_seed(1)
+    sources = [torch.randint(4, 40, (int(n),), generator=gen).tolist()
+               for n in torch.randint(1, 12, (10,), generator=gen)]
+    stream: GreedyStream[int] = GreedyStream(model, cuda)
+    got: dict[int, list[int]] = {}
+    for i, ids in enumerate(sources):
+        stream.admit([ids], [i])
+        got.update(stream.step())
+    while len(stream):
+        got.update(stream.step())
+    alone = [greedy_decode(model, pack_sources([ids], cuda))[0] for ids in sources]
+    assert [got[i] for i in range(len(sources))] == alone

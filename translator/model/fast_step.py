@@ -1,13 +1,16 @@
-"""A fast cached decoder step, built from a model once per search (`FastStep(model)`).
+"""A fast cached decoder step, built once per model (`FastStep.of(model)`).
 
 What it is for: at batch 1 a cached decoding step is mostly per-operation overhead (about 60
-calls of 4 to 25 µs each, docs/benchmarks.md), not arithmetic. This step computes exactly
+calls of 4 to 25 µs each, docs/benchmarks.md), not arithmetic. This step computes
 `model.project(model.decode(memory, src_mask, tokens[:, None], cache, offset))[:, -1]` (the
 textbook path of `translator.model.transformer`, eval mode) in about half the operations: the
 parameters are gathered once per search as plain tensors (a lookup through
 `nn.Module.__getattr__` costs about as much as the arithmetic of a batch-1 step), positions are
 [B, D] rather than [B, 1, D] so products are 2-D, there are no dropout calls, and no head
-transposes (one position's [H*K] and [H, 1, K] share their memory layout). It reads and writes
+transposes (one position's [H*K] and [H, 1, K] share their memory layout); on the CPU the
+products use transposed copies of the weights, a faster kernel with its own rounding (see
+`FastStep.__init__`). Rows may be at different positions, with a mask over cached positions
+that are not theirs (`translator.decode.continuous`). It reads and writes
 the model's own cache layout (`Transformer.new_cache`, `reorder_cache`), and tests check it
 against the model.
 
@@ -112,10 +115,11 @@ class FastStep:
     per search (it holds the parameters as they are when it is built)."""
 
     def __init__(self, model: Transformer) -> None:
-        # On the CPU, products with a transposed (contiguous [in, out]) weight run 1.2-1.7x
-        # faster at 1 to 32 rows than F.linear's [out, in] (MKL, measured: docs/benchmarks.md,
-        # "Continuous batching"); the copies cost the decoder's weights once more in memory,
-        # which `of` makes once per model. GPUs gain nothing, so they use the weights as they are.
+        # On the CPU, MKL multiplies by a transposed weight (contiguous [in, out]) faster than
+        # F.linear by the [out, in] one: 1.0-1.8x per product at 1 to 32 rows, 10-12% off a
+        # whole greedy stream at 4 to 14 rows, nothing at batch 1 (measured: docs/
+        # benchmarks.md, "Continuous batching"). The copies cost the decoder's weights once
+        # more in memory, made once per model by `of`. Not measured on a GPU: weights as they are.
         weight = model.projection.proj.weight
         self.transposed = t = weight.device.type == "cpu"
         lin = (lambda m: m.weight.t().contiguous()) if t else (lambda m: m.weight)

@@ -3,17 +3,17 @@
 Why: Python runs one thread's bytecode at a time, and PyTorch hands that lock (the GIL) back
 and forth at every operation, about 80 per decoding step. With two models decoding on two
 threads of one process, beside the event loop, each step keeps waiting for the lock: on the
-2-core VM two streams in one process decoded at 1.28x the speed of one, and in two processes
-at 2x (docs/benchmarks.md, "Continuous batching"). So the server runs each native model's
-greedy stream in a child process, which loads the model itself. The two talk through a pipe,
-without waiting for each other: the server sends the sentences that join and the ones
-withdrawn; the child, while it has sentences, decodes step after step, takes in what arrived
-before each step, and sends after each the translations of those that ended. The batching,
-queue order and withdrawal stay in the server's batcher.
+2-core VM two models' streams on two threads of one process decoded 1.3x as fast as one after
+the other, and in two processes 1.9x (docs/benchmarks.md, "Continuous batching"). So the
+server runs each native model's greedy stream in a child process, which loads the model
+itself. The two talk through a pipe without waiting for each other: the server sends the
+sentences that join and the ones withdrawn; the child, while it has sentences, decodes step
+after step, takes in what arrived before each step, and sends after each the translations of
+those that ended. The batching, queue order and withdrawal stay in the server's batcher.
 
-The cost is memory: the child holds a second copy of the model (the server's own copy still
-runs beam search and attention maps). `translator serve --no-decode-processes` keeps
-everything in one process.
+The cost is memory: the child holds a second copy of the model and of PyTorch (the server's
+own copy still runs beam search and attention maps). `translator serve --no-decode-processes`
+keeps everything in one process.
 """
 
 from __future__ import annotations
