@@ -19,7 +19,7 @@ httpx = pytest.importorskip("httpx")
 from tests.test_serve import server_process  # noqa: E402
 from translator.decode.translator import Translator  # noqa: E402
 from translator.errors import TranslatorError  # noqa: E402
-from translator.serve.process import ProcessStream  # noqa: E402
+from translator.serve.process import DecodePool, ModelSpec  # noqa: E402
 
 EN = ["The dog sees the cat.", "A man reads a book.", "", "Two children play in the park.",
       "The woman drinks coffee."]
@@ -54,64 +54,96 @@ def _wait(condition: object, seconds: float = 20) -> bool:
     return False
 
 
-def test_a_process_stream_translates_as_translate_does_and_survives_its_child(
-        serve_run: Path) -> None:
-    native = Translator.from_run(serve_run, device="cpu")
-    load = functools.partial(Translator.from_run, serve_run, None, "cpu")
-    stream = ProcessStream(load, native.decoding(beam_size=1), 1, "en->de")
+def _drain(stream: object, got: dict[object, object]) -> None:
+    while len(stream):  # type: ignore[arg-type]
+        got.update(stream.step())  # type: ignore[attr-defined]
+
+
+def test_two_models_in_one_process_translate_as_translate_does_and_survive_their_child(
+        serve_run: Path, serve_run_reverse: Path) -> None:
+    en_de = Translator.from_run(serve_run, device="cpu")
+    de_en = Translator.from_run(serve_run_reverse, device="cpu")
+    pool = DecodePool([
+        ModelSpec("en->de", functools.partial(Translator.from_run, serve_run, None, "cpu"),
+                  en_de.decoding(beam_size=1)),
+        ModelSpec("de->en", functools.partial(Translator.from_run, serve_run_reverse, None,
+                                              "cpu"), de_en.decoding(beam_size=1))],
+        processes=1, threads=1)
     try:
-        stream.wait_ready()
-        got: dict[int, object] = dict(stream.admit(EN[:2], [0, 1]))
-        got.update(stream.step())
-        got.update(stream.admit(EN[2:], [2, 3, 4]))  # joining while the first two run
-        while len(stream):
-            got.update(stream.step())
-        expected = native.translate(EN, beam_size=1)
+        pool.wait_ready()
+        assert pool.processes == 1
+        ende, deen = pool.stream("en->de"), pool.stream("de->en")
+        assert ende.child is deen.child  # one process holds both models
+        got: dict[object, object] = dict(ende.admit(EN[:2], [0, 1]))
+        got.update(ende.step())
+        got.update(ende.admit(EN[2:], [2, 3, 4]))  # joining while the first two run
+        back: dict[object, object] = dict(deen.admit(DE, [0, 1, 2]))
+        _drain(ende, got)
+        _drain(deen, back)
+        expected = en_de.translate(EN, beam_size=1)
         assert [got[i] for i in range(len(EN))] == [[(t, 0.0)] for t in expected]
-        # The child dies (OOM killer, a crash) while it decodes a sentence of ours: that
-        # sentence fails, and a new child takes the next ones.
-        stream.admit(["Two big dogs run through the tall green grass of the park."], ["lost"])
-        assert stream.step() == []  # decoding it now
-        assert stream._proc is not None
-        os.kill(stream._proc.pid, signal.SIGKILL)
-        with pytest.raises(RuntimeError, match="1 sentences it held are lost"):
-            while True:
-                stream.step()
-        assert len(stream) == 0
-        stream.admit([EN[0]], ["again"])
-        after = {}
-        while len(stream):
-            after.update(stream.step())
-        assert after == {"again": [(expected[0], 0.0)]}
-        # Dead while idle: nothing is lost, the sentence waiting goes to the new child.
-        assert stream._proc is not None
-        os.kill(stream._proc.pid, signal.SIGKILL)
-        stream._proc.join(10)
-        stream.admit([EN[1]], ["idle"])
-        after = {}
-        while len(stream):
-            after.update(stream.step())
-        assert after == {"idle": [(expected[1], 0.0)]}
+        assert [back[i] for i in range(len(DE))] == [
+            [(t, 0.0)] for t in de_en.translate(DE, beam_size=1)]
+        # The child dies (the OOM killer, a crash) holding a sentence of each model: both
+        # fail, and one new child takes the next ones. (Stopped first, so that it cannot
+        # finish them before it is killed.)
+        old = ende.child._proc.pid  # type: ignore[union-attr]
+        os.kill(old, signal.SIGSTOP)
+        ende.admit(["Two big dogs run through the tall green grass of the park."], ["lost"])
+        deen.admit(["Zwei große Hunde rennen durch das hohe grüne Gras des Parks."], ["gone"])
+        errors: dict[str, str] = {}
+
+        def wait_for_it(stream: object, name: str) -> None:
+            try:
+                while True:
+                    stream.step()  # type: ignore[attr-defined]
+            except RuntimeError as exc:
+                errors[name] = str(exc)
+
+        waiting = [threading.Thread(target=wait_for_it, args=(st, st.name))
+                   for st in (ende, deen)]
+        for t in waiting:
+            t.start()
+        time.sleep(0.3)  # both sent their sentence and wait
+        os.kill(old, signal.SIGKILL)
+        for t in waiting:
+            t.join(30)
+        assert set(errors) == {"en->de", "de->en"}, errors
+        assert all("the 1 sentences of" in e and "are lost" in e for e in errors.values())
+        assert len(ende) == len(deen) == 0
+        new = ende.child._proc.pid  # type: ignore[union-attr]
+        assert new != old and ende.child.generation == 1
+        again: dict[object, object] = dict(ende.admit([EN[0]], ["again"]))
+        _drain(ende, again)
+        assert again == {"again": [(expected[0], 0.0)]}
+        # Dead while idle: nothing is lost, the next sentence goes to a new child.
+        os.kill(new, signal.SIGKILL)
+        ende.child._proc.join(10)  # type: ignore[union-attr]
+        idle: dict[object, object] = dict(ende.admit([EN[1]], ["idle"]))
+        _drain(ende, idle)
+        assert idle == {"idle": [(expected[1], 0.0)]}
     finally:
-        stream.close()
+        pool.close()
 
 
 def test_a_child_that_cannot_load_its_model_is_one_clear_error(tmp_path: Path) -> None:
     load = functools.partial(Translator.from_run, tmp_path / "no-such-run", None, "cpu")
-    stream = ProcessStream(load, None, 1, "xx->yy")
+    pool = DecodePool([ModelSpec("xx->yy", load, None)], processes=2, threads=1)
     try:
-        with pytest.raises(TranslatorError, match="decoding process of xx->yy failed: .*"
-                                                  "no-such-run"):
-            stream.wait_ready()
+        assert pool.processes == 1  # never more processes than models
+        with pytest.raises(TranslatorError, match="decoding process of xx->yy failed: "
+                                                  "xx->yy: .*no-such-run"):
+            pool.wait_ready()
     finally:
-        stream.close()
+        pool.close()
 
 
 def test_the_server_decodes_greedy_requests_in_one_child_per_model(
         serve_run: Path, serve_run_reverse: Path, tmp_path: Path) -> None:
     en_de = Translator.from_run(serve_run, device="cpu")
     de_en = Translator.from_run(serve_run_reverse, device="cpu")
-    with server_process(serve_run, tmp_path, "--run", str(serve_run_reverse)) as (url, proc):
+    with server_process(serve_run, tmp_path, "--run", str(serve_run_reverse),
+                        "--decode-processes", "2") as (url, proc):
         children = _children(proc.pid)
         assert len(children) == 2, children  # one decoding process per native model
         answers: dict[tuple[str, int], str] = {}

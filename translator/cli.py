@@ -406,9 +406,9 @@ def serve(
         "serves the app under, e.g. /translate-api.")] = "",
     access_log: Annotated[bool, opt("--access-log/--no-access-log", None,
         "Log each request.")] = True,
-    decode_processes: Annotated[bool, opt("--decode-processes/--no-decode-processes", None,
-        "Decode each native model's greedy requests in a process of its own (faster with "
-        "several models; the model is loaded twice).")] = True,
+    decode_processes: Annotated[int | None, opt("--decode-processes", "N", "Processes that "
+        "decode native models' greedy requests (default: one per CPU core, at most one per "
+        "model; each loads its models again; 0: none).", min=0)] = None,
 ) -> None:
     """Serve one or several models over HTTP: LibreTranslate's API (/translate, /detect,
     /languages, /translate_file), a translation page with attention heatmaps at /, the OpenAPI

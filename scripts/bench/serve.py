@@ -73,6 +73,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="The server's --max-batch.")
     group.add_argument("--serve-batch-wait-ms", type=float, default=5.0,
                        help="The server's --batch-wait-ms.")
+    group.add_argument("--serve-decode-processes", type=int, default=None,
+                       help="The server's --decode-processes (native engine; default: its "
+                       "own, one per core and at most one per model).")
 
 
 def _toy_run(folder: Path, quick: bool, reverse: bool = False) -> Path:
@@ -323,6 +326,8 @@ def _start_server(args: argparse.Namespace, runs: list[Path], folder: Path,
                "--batch-wait-ms", str(args.serve_batch_wait_ms), "--timeout", "60",
                "--intra-threads", str(args.serve_intra_threads),
                "--inter-threads", str(args.serve_inter_threads)]
+    if args.serve_decode_processes is not None:
+        command += ["--decode-processes", str(args.serve_decode_processes)]
     for run_dir in runs:
         command += ["--run", str(run_dir)]
     with open(log_path, "wb") as log:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,11 +79,10 @@ def find_models(models_dir: Path) -> list[Path]:
 
 def load_models(folders: Sequence[Path], options: EngineOptions,
                 checkpoint: Path | None = None, overrides: Sequence[str] = (),
-                decode_processes: bool = False) -> list[ServedModel]:
+                ) -> list[ServedModel]:
     """Load every folder (a run or an export) as a ServedModel, at start-up: a folder that
-    does not load is an error now, not for the first user of its pair. With
-    `decode_processes`, native models decode greedy requests in processes of their own
-    (`translator.serve.process`)."""
+    does not load is an error now, not for the first user of its pair. A native model also
+    says how a decoding process loads it (`translator.serve.process`)."""
     from translator.decode.ct2 import META, CT2Translator
     from translator.decode.translator import Translator
     from translator.run import RunLayout
@@ -108,8 +108,7 @@ def load_models(folders: Sequence[Path], options: EngineOptions,
                                      overrides)
             child = functools.partial(Translator.from_run, folder, checkpoint,
                                       options.device, options.dtype, tuple(overrides))
-            served.append(ServedModel(tr, str(folder),
-                                      decode_process=child if decode_processes else None))
+            served.append(ServedModel(tr, str(folder), decode_process=child))
             continue
         if options.dtype is not None:
             raise TranslatorError("--dtype is for the native engine; the ctranslate2 engine "
@@ -146,7 +145,9 @@ class ServerOptions:
     keep_alive: float = 5.0
     root_path: str = ""
     access_log: bool = True
-    decode_processes: bool = True
+    decode_processes: int | None = None
+    """Processes that decode native models' greedy requests (None: one per CPU core, at most
+    one per model; 0: none, they decode in the server's process)."""
 
 
 def run_server(models: Engine | Sequence[ServedModel], options: ServerOptions | None = None,
@@ -168,9 +169,13 @@ def run_server(models: Engine | Sequence[ServedModel], options: ServerOptions | 
         if not isinstance(models, Translator) and run_dir is not None:
             loader = _native_loader(Path(run_dir), None)
         models = [ServedModel(models, str(run_dir) if run_dir else None, loader)]
+    processes = opts.decode_processes
+    if processes is None:
+        processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            (os.cpu_count() or 1)
     service = TranslationService(list(models), max_batch=opts.max_batch, wait_ms=opts.wait_ms,
                                  limits=opts.limits, workers=workers,
-                                 hide_paths=bool(opts.api_key))
+                                 hide_paths=bool(opts.api_key), decode_processes=processes)
     app = create_app(service, api_key=opts.api_key, cors_origins=opts.cors_origins,
                      read_timeout=opts.read_timeout, root_path=opts.root_path)
     shown = f"[{opts.host}]" if ":" in opts.host else opts.host
@@ -216,7 +221,7 @@ def serve_runs(runs: Sequence[Path], models_dir: Path | None, config: Path | Non
     if not folders:
         found, overrides = find_run(None, config, overrides, checkpoint, announce)
         folders = [found]
-    served = load_models(folders, engine, checkpoint, overrides, options.decode_processes)
+    served = load_models(folders, engine, checkpoint, overrides)
     # A CTranslate2 model runs inter_threads batches at once: as many batcher workers.
     workers = max((m.translator.inter_threads for m in served), default=1)
     run_server(served, options, workers=workers)

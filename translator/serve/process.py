@@ -1,18 +1,24 @@
-"""A native model's greedy stream in a process of its own (`ProcessStream`).
+"""Native models' greedy streams in decoding processes (`DecodePool`).
 
 Why: Python runs one thread's bytecode at a time, and PyTorch hands that lock (the GIL) back
 and forth at every operation, about 80 per decoding step. With two models decoding on two
 threads of one process, beside the event loop, each step keeps waiting for the lock: on the
 2-core VM two models' streams on two threads of one process decoded 1.3x as fast as one after
 the other, and in two processes 1.9x (docs/benchmarks.md, "Continuous batching"). So the
-server runs each native model's greedy stream in a child process, which loads the model
-itself. The two talk through a pipe without waiting for each other: the server sends the
-sentences that join and the ones withdrawn; the child, while it has sentences, decodes step
-after step, takes in what arrived before each step, and sends after each the translations of
-those that ended. The batching, queue order and withdrawal stay in the server's batcher.
+server decodes its native models' greedy streams in child processes, each of which loads its
+models itself and steps their streams in turn on its one thread: one process per core at
+most, so ten models on two cores make two processes of five models, not ten copies of
+PyTorch.
 
-The cost is memory: the child holds a second copy of the model and of PyTorch (the server's
-own copy still runs beam search and attention maps). `translator serve --no-decode-processes`
+The server and a child talk through a pipe without waiting for each other: the server sends
+the sentences that join and the ones withdrawn (`ProcessStream`, one per model, what the
+model's batcher runs); the child, while it has sentences, decodes step after step, takes in
+what arrived before each step, and sends after each the translations of those that ended. A
+reader thread per child hands each model's messages to its stream. The batching, queue order
+and withdrawal stay in the server's batchers.
+
+The cost is memory: a child holds its own copy of its models and of PyTorch (the server's
+copies still run beam search and attention maps). `translator serve --decode-processes 0`
 keeps everything in one process.
 """
 
@@ -21,62 +27,169 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import queue
+import threading
 import traceback
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from translator.errors import TranslatorError
 
 log = logging.getLogger("translator")
 
-# Seconds a child may take to import torch and load its model.
+# Seconds a child may take to import torch and load its models.
 _START_TIMEOUT = 300.0
 
 
-class ProcessStream:
-    """The `translator.serve.batcher.Stream` of a native model's greedy translations,
-    decoded in a child process: `load()` (picklable) gives the child its Translator; `decoding`
-    its length caps; `threads` its torch threads. Answers are `[(text, 0.0)]` per sentence,
-    as the server's batches give them."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a child gets a model: its name (e.g. "en->de"), `load()` (picklable) giving its
+    Translator, and the decoding settings of its stream (their length caps)."""
 
-    def __init__(self, load: Callable[[], Any], decoding: Any, threads: int,
-                 name: str) -> None:
-        self._spec = (load, decoding, threads)
-        self.name = name
-        self._tags: dict[int, Hashable] = {}  # in the child's stream, by the id sent there
-        self._admits: list[tuple[int, str]] = []  # to send with the next step
-        self._ids = 0
+    name: str
+    load: Callable[[], Any]
+    decoding: Any
+
+
+class DecodePool:
+    """`processes` children (at most one per model) decoding the models of `specs`, dealt
+    out in turn; `stream(name)` is the batcher's stream of one model. Children load in the
+    background: `wait_ready` waits for all of them."""
+
+    def __init__(self, specs: Sequence[ModelSpec], processes: int, threads: int) -> None:
+        if processes < 1 or not specs:
+            raise ValueError("a pool needs a process and a model")
+        n = min(processes, len(specs))
+        self._children = [_Child(list(specs[i::n]), threads) for i in range(n)]
+        self._streams = {spec.name: ProcessStream(child, spec.name)
+                         for child in self._children for spec in child.specs}
+
+    def stream(self, name: str) -> ProcessStream:
+        return self._streams[name]
+
+    @property
+    def processes(self) -> int:
+        return len(self._children)
+
+    def wait_ready(self) -> None:
+        """Block until every child has loaded its models; one that failed is an error."""
+        for child in self._children:
+            child.wait_ready()
+
+    def close(self) -> None:
+        """Stop the children."""
+        for child in self._children:
+            child.close()
+
+
+class _Child:
+    """One decoding process: its pipe, the thread that reads it, a queue of messages per model
+    it hosts. A new process after a crash is a new `generation`: messages of an older one are
+    stale."""
+
+    def __init__(self, specs: list[ModelSpec], threads: int) -> None:
+        self.specs, self.threads = specs, threads
+        self.names = ", ".join(spec.name for spec in specs)
+        self.inbox: dict[str, queue.SimpleQueue[tuple[int, str, Any]]] = {
+            spec.name: queue.SimpleQueue() for spec in specs}
+        self.generation = 0
+        self._send_lock = threading.Lock()
+        self._restart_lock = threading.Lock()
         self._proc: multiprocessing.process.BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
         self.start()
 
     def start(self) -> None:
-        """Start the child (it loads the model in the background; `wait_ready` waits)."""
         ctx = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(child, *self._spec), daemon=True,
-                                 name=f"decode-{self.name}")
+        self._conn, theirs = ctx.Pipe()
+        self._proc = ctx.Process(target=_child, args=(theirs, self.specs, self.threads),
+                                 daemon=True, name=f"decode {self.names}")
         self._proc.start()
-        child.close()
-        self._ready = False
+        theirs.close()
+        self._ready = threading.Event()
+        self._failure: str | None = None
+        threading.Thread(target=self._read, args=(self._conn, self.generation), daemon=True,
+                         name=f"decode-reader {self.names}").start()
+
+    def _read(self, conn: multiprocessing.connection.Connection, generation: int) -> None:
+        """Hand each message to its model's inbox; at the end of the pipe, tell them all."""
+        try:
+            kind, detail = conn.recv()
+            if kind != "ready":
+                self._failure = detail
+                return
+            self._ready.set()
+            while True:
+                name, kind, detail = conn.recv()
+                self.inbox[name].put((generation, kind, detail))
+        except (EOFError, OSError):
+            if not self._ready.is_set():
+                self._failure = "it exited"
+        finally:
+            self._ready.set()
+            for box in self.inbox.values():
+                box.put((generation, "dead", None))
 
     def wait_ready(self) -> None:
-        """Block until the child has loaded its model; a child that failed is an error."""
-        if self._ready:
-            return
-        assert self._conn is not None
-        if not self._conn.poll(_START_TIMEOUT):
+        if not self._ready.wait(_START_TIMEOUT):
             self.close()
-            raise TranslatorError(f"the decoding process of {self.name} did not start in "
+            raise TranslatorError(f"the decoding process of {self.names} did not start in "
                                   f"{_START_TIMEOUT:g} s")
-        try:
-            kind, detail = self._conn.recv()
-        except EOFError:
-            kind, detail = "error", "it exited"
-        if kind != "ready":
+        if self._failure is not None:
+            failure = self._failure
             self.close()
-            raise TranslatorError(f"the decoding process of {self.name} failed: {detail}")
-        self._ready = True
+            raise TranslatorError(f"the decoding process of {self.names} failed: {failure}")
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive()
+
+    def send(self, message: Any) -> None:
+        """Send a message (from any batcher thread); OSError when the child is gone."""
+        with self._send_lock:
+            if self._conn is None:
+                raise OSError("no decoding process")
+            self._conn.send(message)
+
+    def restart(self, generation: int, why: str) -> None:
+        """Replace the child of `generation`, once, whichever of its streams noticed first."""
+        with self._restart_lock:
+            if generation != self.generation:
+                return
+            log.error("the decoding process of %s: %s; starting a new one", self.names, why)
+            self.close()
+            self.generation += 1
+            self.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._send_lock:
+            if self._conn is not None:
+                try:
+                    self._conn.send(None)
+                except (OSError, ValueError):
+                    pass
+                self._conn.close()
+                self._conn = None
+        if self._proc is not None:
+            self._proc.join(timeout)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(timeout)
+            self._proc = None
+
+
+class ProcessStream:
+    """The `translator.serve.batcher.Stream` of one model's greedy translations, decoded in a
+    child of a `DecodePool`. Answers are `[(text, 0.0)]` per sentence, as the server's
+    batches give them."""
+
+    def __init__(self, child: _Child, name: str) -> None:
+        self.child, self.name = child, name
+        self._inbox = child.inbox[name]
+        self._tags: dict[int, Hashable] = {}  # sent to the child (or about to be), by id
+        self._admits: list[tuple[int, str]] = []  # to send with the next step
+        self._ids = 0
+        self._generation = child.generation  # the child that holds what was sent
 
     def __len__(self) -> int:
         return len(self._tags)
@@ -95,120 +208,128 @@ class ProcessStream:
         gone = [i for i, tag in self._tags.items() if withdrawn(tag)]
         if not gone:
             return []
-        out = set(gone)
-        sent = [i for i in gone if i not in {j for j, _ in self._admits}]
-        self._admits = [(i, s) for i, s in self._admits if i not in out]
-        if sent and self._conn is not None:
+        waiting = {i for i, _ in self._admits}
+        self._admits = [(i, s) for i, s in self._admits if i not in set(gone)]
+        sent = [i for i in gone if i not in waiting]
+        if sent:
             try:
-                self._conn.send(([], sent))
+                self.child.send((self.name, [], sent))
             except OSError:  # the child is gone; the next step says so
                 pass
         return [self._tags.pop(i) for i in gone]
 
     def step(self) -> list[tuple[Hashable, Any]]:
-        """Send the items that joined since the last call, then wait for the child's next
-        step (and take any later ones already there); the answers of the items that ended.
-        A child that died loses what it held: RuntimeError, and a new child starts."""
-        if self._proc is None or not self._proc.is_alive():
-            self._lost("it had stopped")  # raises when it held sentences of ours
-        self.wait_ready()
-        assert self._conn is not None
+        """Send the items that joined since the last call, then wait for this model's next
+        step in the child (and take any later ones already there); the answers of the items
+        that ended. A child that died loses what it held: RuntimeError, and a new child
+        starts (its other models' sentences fail too)."""
         if not self._tags:  # nothing of ours in the child: no step to wait for
             return []
+        if self._generation != self.child.generation or not self.child.alive():
+            self._lost(self._generation, "it had stopped")
+        if self._admits:
+            message = (self.name, self._admits, [])
+            try:
+                self.child.send(message)
+            except OSError:  # it died since: what it held is lost, what waited goes anew
+                self._lost(self._generation, "its pipe is closed")
+                self.child.send(message)
+            self._admits = []
         ended: list[tuple[int, str]] = []
-        try:
-            if self._admits:
-                self._conn.send((self._admits, []))
-                self._admits = []
-            while True:
-                kind, detail = self._conn.recv()
-                if kind == "error":  # the child has cleared its stream
+        ours = False  # a step of ours came (messages of an older child are stale)
+        message = self._inbox.get()
+        while True:
+            generation, kind, detail = message
+            if generation == self._generation:
+                if kind == "dead":
+                    self._lost(generation, "it stopped")
+                if kind == "error":  # the child has cleared this model's stream
                     self._tags.clear()
-                    raise RuntimeError(f"decoding in the process of {self.name} failed: "
-                                       f"{detail}")
+                    raise RuntimeError(f"decoding {self.name} in its process failed: {detail}")
                 ended += detail
-                if not self._conn.poll(0):
+                ours = True
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                if ours:
                     break
-        except (EOFError, OSError) as exc:
-            self._lost(f"it stopped ({exc.__class__.__name__})")
+                message = self._inbox.get()
         # An item withdrawn here may still end there: it is no longer ours to answer.
         return [(self._tags.pop(i), [(text, 0.0)]) for i, text in ended if i in self._tags]
 
-    def _lost(self, why: str) -> None:
-        """The child died: start a new one; the items it held are lost (RuntimeError), those
-        not sent yet go to the new one."""
-        log.error("the decoding process of %s: %s; starting a new one", self.name, why)
-        self.close()
-        self.start()
+    def _lost(self, generation: int, why: str) -> None:
+        """The child of `generation` died: have it replaced (once, by whichever stream saw it
+        first), forget the sentences it held (RuntimeError, when there were some), and send
+        the ones still waiting to the new child."""
+        self.child.restart(generation, why)
         waiting = {i for i, _ in self._admits}
         lost = [i for i in self._tags if i not in waiting]
-        if not lost:
-            return
         for i in lost:
             del self._tags[i]
-        raise RuntimeError(f"the decoding process of {self.name} stopped ({why}); the "
-                           f"{len(lost)} sentences it held are lost and a new one is starting")
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the child."""
-        if self._conn is not None:
-            try:
-                self._conn.send(None)
-            except (OSError, ValueError):
-                pass
-            self._conn.close()
-            self._conn = None
-        if self._proc is not None:
-            self._proc.join(timeout)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join(timeout)
-            self._proc = None
+        self._generation = self.child.generation
+        if lost:
+            raise RuntimeError(f"the decoding process of {self.child.names} stopped ({why}); "
+                               f"the {len(lost)} sentences of {self.name} it held are lost and "
+                               "a new one is starting")
 
 
-def _child(conn: multiprocessing.connection.Connection, load: Callable[[], Any],
-           decoding: Any, threads: int) -> None:
-    """The child: load the model, then answer one step per message until told to stop (None)
-    or the server goes away (the pipe closes)."""
+def _child(conn: multiprocessing.connection.Connection, specs: list[ModelSpec],
+           threads: int) -> None:
+    """A decoding process: load the models, then step their streams in turn while they hold
+    sentences, until told to stop (None) or the server goes away (the pipe closes)."""
+    streams: dict[str, Any] = {}
     try:
         import torch
 
         if threads > 0:
             torch.set_num_threads(threads)
-        stream = load().stream(decoding)
+        for spec in specs:
+            try:
+                streams[spec.name] = spec.load().stream(spec.decoding)
+            except BaseException as exc:
+                raise RuntimeError(f"{spec.name}: {exc}") from exc
     except BaseException as exc:  # told to the server, which refuses to start
-        conn.send(("error", f"{exc.__class__.__name__}: {exc}"))
+        conn.send(("error", str(exc) if isinstance(exc, RuntimeError) else
+                   f"{exc.__class__.__name__}: {exc}"))
         return
     conn.send(("ready", None))
-    ended: list[tuple[Any, str]] = []
+    ended: dict[str, list[tuple[Any, str]]] = {name: [] for name in streams}
 
     def take(message: Any) -> bool:
         """Apply one message of the server; False when it says stop."""
         if message is None:
             return False
-        admits, drops = message
+        name, admits, drops = message
+        stream = streams[name]
         if drops:
             stream.drop(set(drops).__contains__)
         if admits:
-            ended.extend(stream.admit([s for _, s in admits], [i for i, _ in admits]))
+            ended[name].extend(stream.admit([s for _, s in admits], [i for i, _ in admits]))
         return True
+
+    def busy(name: str) -> bool:
+        return bool(len(streams[name]) or ended[name])
 
     try:
         while True:
             # Idle, wait for sentences; decoding, take in whatever came, without waiting.
-            if not len(stream) and not take(conn.recv()):
+            if not any(busy(name) for name in streams) and not take(conn.recv()):
                 return
             while conn.poll(0):
                 if not take(conn.recv()):
                     return
-            try:
-                ended.extend(stream.step())
-            except Exception as exc:
-                stream.drop(lambda tag: True)
-                ended.clear()
-                conn.send(("error", "".join(traceback.format_exception_only(exc)).strip()))
-                continue
-            conn.send(("ok", list(ended)))
-            ended.clear()
+            for name, stream in streams.items():
+                if not busy(name):
+                    continue
+                try:
+                    ended[name].extend(stream.step())
+                except Exception as exc:
+                    stream.drop(lambda tag: True)
+                    ended[name].clear()
+                    text = "".join(traceback.format_exception_only(exc)).strip()
+                    conn.send((name, "error", text))
+                    continue
+                conn.send((name, "ok", ended[name]))
+                ended[name] = []
     except (EOFError, OSError, KeyboardInterrupt):  # the server stopped, or Ctrl-C
         return

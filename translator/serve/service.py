@@ -33,7 +33,7 @@ from translator.languages import language_name
 from translator.serve.batcher import Batcher, BatcherClosed, QueueFull
 from translator.serve.detect import LanguageDetector
 from translator.serve.html import split_html
-from translator.serve.process import ProcessStream
+from translator.serve.process import DecodePool, ModelSpec
 
 log = logging.getLogger("translator")
 
@@ -91,8 +91,9 @@ class ServedModel:
     run_dir: str | None = None
     attention_loader: Callable[[], Translator] | None = None
     decode_process: Callable[[], Translator] | None = None
-    """How a child process loads this native model to decode its greedy requests
-    (`translator.serve.process`); None: they are decoded in the server's process."""
+    """How a decoding process loads this native model for its greedy requests
+    (`translator.serve.process`, picklable); None: they are decoded in the server's
+    process."""
     batcher: Batcher[str, Any] | None = field(default=None, repr=False)
     attention_model: Translator | None = field(default=None, repr=False)
 
@@ -130,7 +131,7 @@ class TranslationService:
                  *, max_batch: int = 64, wait_ms: float = 5.0, limits: Limits | None = None,
                  attention_translator: Callable[[], Translator] | None = None,
                  run_dir: str | None = None, workers: int = 1,
-                 hide_paths: bool = False) -> None:
+                 hide_paths: bool = False, decode_processes: int = 0) -> None:
         if isinstance(models, (Engine, ServedModel)) or not isinstance(models, Sequence):
             models = [models]  # type: ignore[list-item]
         served = [m if isinstance(m, ServedModel) else
@@ -139,7 +140,7 @@ class TranslationService:
             raise TranslatorError("no model to serve")
         self.limits = limits or Limits()
         self.max_batch = max_batch
-        self._streams: list[Any] = []
+        self.pool: DecodePool | None = None
         self.hide_paths = hide_paths
         self.models: dict[tuple[str, str], ServedModel] = {}
         for m in served:
@@ -149,11 +150,17 @@ class TranslationService:
                                       f"{self._origin(m)}; serve one of them")
             self.models[m.pair] = m
         try:
+            specs = [ModelSpec(m.name, m.decode_process, m.translator.decoding(beam_size=1))
+                     for m in served if isinstance(m.translator, Translator)
+                     and m.decode_process is not None]
+            if specs and decode_processes > 0 and workers == 1:
+                import torch
+
+                self.pool = DecodePool(specs, decode_processes, torch.get_num_threads())
             for m in served:
                 self._start(m, max_batch, wait_ms, workers)
-            for stream in self._streams:  # the decoding processes load side by side
-                if isinstance(stream, ProcessStream):
-                    stream.wait_ready()
+            if self.pool is not None:  # the processes load while the server's models start
+                self.pool.wait_ready()
         except BaseException:
             self.close()
             raise
@@ -168,23 +175,18 @@ class TranslationService:
             m.attention_model = m.translator
             if workers == 1:
                 stream = self._greedy_stream(m)
-                self._streams.append(stream)
         m.batcher = Batcher(self._decoder(m), max_batch=max_batch, wait_ms=wait_ms,
                             name=f"batcher-{m.name}", workers=workers,
                             max_queued=self.limits.max_queued,
                             stream=None if stream is None else _greedy_only(stream))
 
-    @staticmethod
-    def _greedy_stream(m: ServedModel) -> Any:
-        """The stream of a native model's greedy requests (see `_greedy_only`): in a child
-        process when the model says how to load it there, else on the batcher's thread."""
+    def _greedy_stream(self, m: ServedModel) -> Any:
+        """The stream of a native model's greedy requests (see `_greedy_only`): in the decoding
+        pool when it has the model, else on the batcher's thread."""
         assert isinstance(m.translator, Translator)
-        decoding = m.translator.decoding(beam_size=1)
-        if m.decode_process is not None:
-            import torch
-
-            return ProcessStream(m.decode_process, decoding, torch.get_num_threads(), m.name)
-        return _Answers(m.translator.stream(decoding))
+        if self.pool is not None and m.decode_process is not None:
+            return self.pool.stream(m.name)
+        return _Answers(m.translator.stream(m.translator.decoding(beam_size=1)))
 
     @staticmethod
     def _origin(m: ServedModel) -> str:
@@ -490,9 +492,8 @@ class TranslationService:
         for m in self.models.values():
             if m.batcher is not None:
                 m.batcher.close()
-        for stream in self._streams:
-            if isinstance(stream, ProcessStream):
-                stream.close()
+        if self.pool is not None:
+            self.pool.close()
 
 
 
