@@ -70,6 +70,10 @@ class Stream(Protocol):
     def drop(self, withdrawn: Callable[[Hashable], bool]) -> list[Hashable]:
         """Stop decoding the items whose tag `withdrawn` accepts; their tags."""
 
+    # A stream whose `step` waits until an item ends (one in another process) also has
+    # `wake()`, which makes a waiting `step` return at once: the batcher calls it when a job
+    # of its key is queued or withdrawn.
+
 
 @dataclass(eq=False)
 class _Job(Generic[Item, Result]):
@@ -161,6 +165,10 @@ class Batcher(Generic[Item, Result]):
             self._pending.append(job)
             self._queued += len(job.items)
             self._cond.notify()
+        wake = getattr(self._stream(key), "wake", None) if self._streamed(key) else None
+        if wake is not None:
+            wake()
+            job.future.add_done_callback(lambda f: wake() if f.cancelled() else None)
         return job.future
 
     async def run(self, items: Sequence[Item], key: Hashable = None,

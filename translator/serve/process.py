@@ -13,8 +13,10 @@ PyTorch.
 The server and a child talk through a pipe without waiting for each other: the server sends
 the sentences that join and the ones withdrawn (`ProcessStream`, one per model, what the
 model's batcher runs); the child, while it has sentences, decodes step after step, takes in
-what arrived before each step, and sends after each the translations of those that ended. A
-reader thread per child hands each model's messages to its stream. The batching, queue order
+what arrived before each step, and sends the translations of those that ended (a step where
+none did sends nothing, so the server's threads sleep through it). A reader thread per child
+hands each model's messages to its stream; a new request wakes the stream's batcher
+(`ProcessStream.wake`) so that it joins at the child's next step. The batching, queue order
 and withdrawal stay in the server's batchers.
 
 The cost is memory: a child holds its own copy of its models and of PyTorch (the server's
@@ -218,10 +220,15 @@ class ProcessStream:
                 pass
         return [self._tags.pop(i) for i in gone]
 
+    def wake(self) -> None:
+        """Make a `step` that waits return now (with what ended so far, maybe nothing): new
+        items are waiting, or one was withdrawn. Any thread may call it."""
+        self._inbox.put((-1, "wake", None))
+
     def step(self) -> list[tuple[Hashable, Any]]:
-        """Send the items that joined since the last call, then wait for this model's next
-        step in the child (and take any later ones already there); the answers of the items
-        that ended. A child that died loses what it held: RuntimeError, and a new child
+        """Send the items that joined since the last call, then wait until some of this
+        model's items end in the child, or `wake` is called; the answers of the items that
+        ended. A child that died loses what it held: RuntimeError, and a new child
         starts (its other models' sentences fail too)."""
         if not self._tags:  # nothing of ours in the child: no step to wait for
             return []
@@ -236,11 +243,13 @@ class ProcessStream:
                 self.child.send(message)
             self._admits = []
         ended: list[tuple[int, str]] = []
-        ours = False  # a step of ours came (messages of an older child are stale)
+        ours = False  # a message for us came (messages of an older child are stale)
         message = self._inbox.get()
         while True:
             generation, kind, detail = message
-            if generation == self._generation:
+            if kind == "wake":
+                ours = True
+            elif generation == self._generation:
                 if kind == "dead":
                     self._lost(generation, "it stopped")
                 if kind == "error":  # the child has cleared this model's stream
@@ -329,7 +338,8 @@ def _child(conn: multiprocessing.connection.Connection, specs: list[ModelSpec],
                     text = "".join(traceback.format_exception_only(exc)).strip()
                     conn.send((name, "error", text))
                     continue
-                conn.send((name, "ok", ended[name]))
-                ended[name] = []
+                if ended[name]:  # nothing ended: nothing to say (the server sleeps on)
+                    conn.send((name, "ok", ended[name]))
+                    ended[name] = []
     except (EOFError, OSError, KeyboardInterrupt):  # the server stopped, or Ctrl-C
         return
