@@ -169,13 +169,10 @@ def run_server(models: Engine | Sequence[ServedModel], options: ServerOptions | 
         if not isinstance(models, Translator) and run_dir is not None:
             loader = _native_loader(Path(run_dir), None)
         models = [ServedModel(models, str(run_dir) if run_dir else None, loader)]
-    processes = opts.decode_processes
-    if processes is None:
-        processes = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-            (os.cpu_count() or 1)
     service = TranslationService(list(models), max_batch=opts.max_batch, wait_ms=opts.wait_ms,
                                  limits=opts.limits, workers=workers,
-                                 hide_paths=bool(opts.api_key), decode_processes=processes)
+                                 hide_paths=bool(opts.api_key),
+                                 decode_processes=_decode_processes(opts))
     app = create_app(service, api_key=opts.api_key, cors_origins=opts.cors_origins,
                      read_timeout=opts.read_timeout, root_path=opts.root_path)
     shown = f"[{opts.host}]" if ":" in opts.host else opts.host
@@ -195,6 +192,15 @@ def run_server(models: Engine | Sequence[ServedModel], options: ServerOptions | 
                     timeout_keep_alive=int(max(1, opts.keep_alive)))
     finally:
         service.close()
+
+
+def _decode_processes(opts: ServerOptions) -> int:
+    """`--decode-processes`, or one per CPU core this process may run on."""
+    if opts.decode_processes is not None:
+        return opts.decode_processes
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def serve_runs(runs: Sequence[Path], models_dir: Path | None, config: Path | None,

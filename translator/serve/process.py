@@ -286,22 +286,37 @@ def _child(conn: multiprocessing.connection.Connection, specs: list[ModelSpec],
            threads: int) -> None:
     """A decoding process: load the models, then step their streams in turn while they hold
     sentences, until told to stop (None) or the server goes away (the pipe closes)."""
-    streams: dict[str, Any] = {}
     try:
-        import torch
-
-        if threads > 0:
-            torch.set_num_threads(threads)
-        for spec in specs:
-            try:
-                streams[spec.name] = spec.load().stream(spec.decoding)
-            except BaseException as exc:
-                raise RuntimeError(f"{spec.name}: {exc}") from exc
+        streams = _load(specs, threads)
     except BaseException as exc:  # told to the server, which refuses to start
         conn.send(("error", str(exc) if isinstance(exc, RuntimeError) else
                    f"{exc.__class__.__name__}: {exc}"))
         return
     conn.send(("ready", None))
+    try:
+        _decode(conn, streams)
+    except (EOFError, OSError, KeyboardInterrupt):  # the server stopped, or Ctrl-C
+        return
+
+
+def _load(specs: list[ModelSpec], threads: int) -> dict[str, Any]:
+    """Each model's stream; a model that fails to load is a RuntimeError naming it."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    streams = {}
+    for spec in specs:
+        try:
+            streams[spec.name] = spec.load().stream(spec.decoding)
+        except BaseException as exc:
+            raise RuntimeError(f"{spec.name}: {exc}") from exc
+    return streams
+
+
+def _decode(conn: multiprocessing.connection.Connection, streams: dict[str, Any]) -> None:
+    """The child's loop: idle, wait for sentences; decoding, take in whatever came without
+    waiting, step every busy stream, and send what ended."""
     ended: dict[str, list[tuple[Any, str]]] = {name: [] for name in streams}
 
     def take(message: Any) -> bool:
@@ -309,37 +324,32 @@ def _child(conn: multiprocessing.connection.Connection, specs: list[ModelSpec],
         if message is None:
             return False
         name, admits, drops = message
-        stream = streams[name]
         if drops:
-            stream.drop(set(drops).__contains__)
+            streams[name].drop(set(drops).__contains__)
         if admits:
-            ended[name].extend(stream.admit([s for _, s in admits], [i for i, _ in admits]))
+            ended[name].extend(streams[name].admit([s for _, s in admits],
+                                                   [i for i, _ in admits]))
         return True
 
     def busy(name: str) -> bool:
         return bool(len(streams[name]) or ended[name])
 
-    try:
-        while True:
-            # Idle, wait for sentences; decoding, take in whatever came, without waiting.
-            if not any(busy(name) for name in streams) and not take(conn.recv()):
+    while True:
+        if not any(busy(name) for name in streams) and not take(conn.recv()):
+            return
+        while conn.poll(0):
+            if not take(conn.recv()):
                 return
-            while conn.poll(0):
-                if not take(conn.recv()):
-                    return
-            for name, stream in streams.items():
-                if not busy(name):
-                    continue
-                try:
-                    ended[name].extend(stream.step())
-                except Exception as exc:
-                    stream.drop(lambda tag: True)
-                    ended[name].clear()
-                    text = "".join(traceback.format_exception_only(exc)).strip()
-                    conn.send((name, "error", text))
-                    continue
-                if ended[name]:  # nothing ended: nothing to say (the server sleeps on)
-                    conn.send((name, "ok", ended[name]))
-                    ended[name] = []
-    except (EOFError, OSError, KeyboardInterrupt):  # the server stopped, or Ctrl-C
-        return
+        for name, stream in streams.items():
+            if not busy(name):
+                continue
+            try:
+                ended[name].extend(stream.step())
+            except Exception as exc:
+                stream.drop(lambda tag: True)
+                ended[name].clear()
+                conn.send((name, "error", "".join(traceback.format_exception_only(exc)).strip()))
+                continue
+            if ended[name]:  # nothing ended: nothing to say (the server sleeps on)
+                conn.send((name, "ok", ended[name]))
+                ended[name] = []

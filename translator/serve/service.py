@@ -150,13 +150,8 @@ class TranslationService:
                                       f"{self._origin(m)}; serve one of them")
             self.models[m.pair] = m
         try:
-            specs = [ModelSpec(m.name, m.decode_process, m.translator.decoding(beam_size=1))
-                     for m in served if isinstance(m.translator, Translator)
-                     and m.decode_process is not None]
-            if specs and decode_processes > 0 and workers == 1:
-                import torch
-
-                self.pool = DecodePool(specs, decode_processes, torch.get_num_threads())
+            if decode_processes > 0 and workers == 1:
+                self.pool = _pool(served, decode_processes)
             for m in served:
                 self._start(m, max_batch, wait_ms, workers)
             if self.pool is not None:  # the processes load while the server's models start
@@ -495,6 +490,18 @@ class TranslationService:
         if self.pool is not None:
             self.pool.close()
 
+
+
+def _pool(served: Sequence[ServedModel], processes: int) -> DecodePool | None:
+    """Decoding processes for the native models that say how to load them there."""
+    specs = [ModelSpec(m.name, m.decode_process, m.translator.decoding(beam_size=1))
+             for m in served if isinstance(m.translator, Translator)
+             and m.decode_process is not None]
+    if not specs:
+        return None
+    import torch
+
+    return DecodePool(specs, processes, torch.get_num_threads())
 
 
 def _greedy_only(stream: Any) -> Callable[[Hashable], Any]:
