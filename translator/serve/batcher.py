@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 log = logging.getLogger("translator")
+_ANY: Hashable = object()  # `_pop_batch` without a key: whichever the oldest job has
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -262,13 +263,13 @@ class Batcher(Generic[Item, Result]):
     def _ready_size(self, key: Hashable) -> int:
         return sum(job.left for job in self._pending if job.key == key)
 
-    def _pop_batch(self, space: int | None = None, key: Hashable = None) -> list[_Chunk]:
+    def _pop_batch(self, space: int | None = None, key: Hashable = _ANY) -> list[_Chunk]:
         """The oldest job's key; in queue order, every job of that key that fits whole in
         `space` (default `max_batch`). The first job, when larger, gives its first `space`
         items and goes to the back of the queue, behind the others. With `key`, nothing
         unless the oldest job has that key. Called with the lock held."""
         self._drop_withdrawn()
-        if not self._pending or (key is not None and self._pending[0].key != key):
+        if not self._pending or (key is not _ANY and self._pending[0].key != key):
             return []
         key = self._pending[0].key
         chunks: list[_Chunk] = []

@@ -80,8 +80,9 @@ class DecodePool:
             child.wait_ready()
 
     def close(self) -> None:
-        """Stop the children."""
+        """Stop the children (for good: one that dies now is not replaced)."""
         for child in self._children:
+            child.closed = True
             child.close()
 
 
@@ -96,6 +97,7 @@ class _Child:
         self.inbox: dict[str, queue.SimpleQueue[tuple[int, str, Any]]] = {
             spec.name: queue.SimpleQueue() for spec in specs}
         self.generation = 0
+        self.closed = False  # the pool is closed: no restarts
         self._send_lock = threading.Lock()
         self._restart_lock = threading.Lock()
         self._proc: multiprocessing.process.BaseProcess | None = None
@@ -156,7 +158,7 @@ class _Child:
     def restart(self, generation: int, why: str) -> None:
         """Replace the child of `generation`, once, whichever of its streams noticed first."""
         with self._restart_lock:
-            if generation != self.generation:
+            if generation != self.generation or self.closed:
                 return
             log.error("the decoding process of %s: %s; starting a new one", self.names, why)
             self.close()

@@ -491,7 +491,6 @@ class TranslationService:
             self.pool.close()
 
 
-
 def _pool(served: Sequence[ServedModel], processes: int) -> DecodePool | None:
     """Decoding processes for the native models that say how to load them there."""
     specs = [ModelSpec(m.name, m.decode_process, m.translator.decoding(beam_size=1))
@@ -505,10 +504,10 @@ def _pool(served: Sequence[ServedModel], processes: int) -> DecodePool | None:
 
 
 def _greedy_only(stream: Any) -> Callable[[Hashable], Any]:
-    """The batcher's `stream` of a native model: greedy translation of one best (the common
-    request, and LibreTranslate's) is decoded step by step, sentences joining and leaving the
-    running batch (`translator.decode.continuous`); beam search and attention maps go batch
-    by batch."""
+    """The batcher's `stream` of a native model: greedy translation of one best (a request's
+    `beam: 1`, or any request to a run whose `decoding.beam_size` is 1) is decoded step by
+    step, sentences joining and leaving the running batch (`translator.decode.continuous`);
+    beam search and attention maps go batch by batch."""
     def pick(key: Hashable) -> Any:
         assert isinstance(key, _Key)
         greedy = key.kind == "translate" and key.beam_size == 1 and key.n_best == 1
