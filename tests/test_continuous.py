@@ -133,3 +133,26 @@ def test_a_trained_model_streams_what_translate_gives(trained_run: Path) -> None
     while len(stream):
         got.update(stream.step())
     assert [got[i] for i in range(len(sentences))] == tr.translate(sentences, beam_size=1)
+
+
+def test_rows_are_reused_and_the_cache_stays_short_under_endless_load() -> None:
+    """A sentence that ends frees its row for the next one (no copy of the batch), and with
+    sentences joining at every step the cache never grows past the longest sentence."""
+    model = _random_model("pre", seed=9)
+    a, b = 1.0, 3
+    sources = _sources(200, seed=9)
+    stream: GreedyStream[int] = GreedyStream(model, CPU, max_len_a=a, max_len_b=b)
+    got: dict[int, list[int]] = {}
+    widths, rows, nxt = [], [], 0
+    while nxt < len(sources) or len(stream):
+        while len(stream) < 6 and nxt < len(sources):
+            stream.admit([sources[nxt]], [nxt])
+            nxt += 1
+        got.update(stream.step())
+        if "self_k" in stream.cache[0]:
+            widths.append(stream.cache[0]["self_k"].size(2))
+        rows.append(len(stream.tags))
+    longest = max(int(a * (len(s) + 2) + b) for s in sources)
+    assert max(widths) <= longest + 1
+    assert max(rows) <= 8  # 6 running, and free rows reused rather than added
+    assert got == {i: _alone(model, ids, a, b) for i, ids in enumerate(sources)}

@@ -38,7 +38,11 @@ Tag = TypeVar("Tag", bound=Hashable)
 
 class GreedyStream(Generic[Tag]):
     """A running greedy batch of one model: `admit` sentences (source ids, each with a caller's
-    tag), call `step` until it is empty; each step returns the sentences that ended."""
+    tag), call `step` until it is empty; each step returns the sentences that ended.
+
+    A sentence that ends leaves its row free, masked, for the next one to join: copying
+    every cached tensor to remove a row costs more than decoding an idle one for a few steps.
+    The free rows are removed together once they are a quarter of the batch."""
 
     def __init__(self, model: Transformer, device: torch.device, *, max_len_a: float = 1.5,
                  max_len_b: int = 10) -> None:
@@ -50,23 +54,26 @@ class GreedyStream(Generic[Tag]):
         self._reset()
 
     def _reset(self) -> None:
-        self.tags: list[Tag] = []
+        self.tags: list[Tag | None] = []  # per batch row; None: a free row
         self.out: list[list[int]] = []
         self.limits: list[int] = []
         self.positions: list[int] = []  # per row: the position of its next input token
+        self.starts: list[int] = []  # per row: its sentence's first self-attention column
         self.ys = torch.empty(0, dtype=torch.long, device=self.device)  # newest token per row
         self.pos = torch.empty(0, dtype=torch.long, device=self.device)
         self.cache: list[LayerCache] = self.model.new_cache()
         self.src_keep = torch.empty(0, 0, dtype=torch.bool, device=self.device)  # [B, S]
         self.self_keep = torch.empty(0, 0, dtype=torch.bool, device=self.device)  # [B, T]
+        self.running = 0
 
     def __len__(self) -> int:
         """Sentences decoding now."""
-        return len(self.tags)
+        return self.running
 
     @torch.inference_mode()
     def admit(self, sources: Sequence[Sequence[int]], tags: Sequence[Tag]) -> None:
-        """Start decoding `sources` (ids without specials, none empty) at the next step."""
+        """Start decoding `sources` (ids without specials, none empty) at the next step: in
+        free rows first, then in new ones."""
         if not sources:
             return
         if any(not ids for ids in sources):
@@ -77,39 +84,75 @@ class GreedyStream(Generic[Tag]):
         kv = self._step.source_kv(memory)
         n, width = src.shape
         keep = keep.view(n, width)
-        if not self.tags:  # an idle stream starts over: no columns of old sentences to keep
+        free = [i for i, tag in enumerate(self.tags) if tag is None][:n]
+        if not self.running and not self.tags:  # idle: start over
             self.cache = [{"cross_k": k, "cross_v": v} for k, v in kv]
             self.src_keep = keep
             self.self_keep = torch.zeros(n, 0, dtype=torch.bool, device=self.device)
+            rows = list(range(n))
+            self._grow_lists(n)
         else:
-            old = self.src_keep.size(1)
-            s = max(old, width)
-            for layer, (k, v) in zip(self.cache, kv, strict=True):
-                layer["cross_k"] = torch.cat([_pad_to(layer["cross_k"], s), _pad_to(k, s)])
-                layer["cross_v"] = torch.cat([_pad_to(layer["cross_v"], s), _pad_to(v, s)])
-                if "self_k" in layer:  # the new rows' earlier columns: masked zeros
-                    b, h, t, d = layer["self_k"].shape
-                    blank = layer["self_k"].new_zeros(n, h, t, d)
-                    layer["self_k"] = torch.cat([layer["self_k"], blank])
-                    layer["self_v"] = torch.cat([layer["self_v"], blank])
-            self.src_keep = torch.cat([F.pad(self.src_keep, (0, s - old)),
-                                       F.pad(keep, (0, s - width))])
-            self.self_keep = torch.cat([self.self_keep, self.self_keep.new_zeros(
-                n, self.self_keep.size(1))])
-        self.tags.extend(tags)
-        self.out.extend([] for _ in sources)
-        self.limits.extend(output_caps([len(ids) for ids in sources], self.max_len_a,
-                                       self.max_len_b))
+            self._widen(width)
+            s = self.src_keep.size(1)
+            kv = [(_pad_to(k, s), _pad_to(v, s)) for k, v in kv]
+            keep = F.pad(keep, (0, s - width))
+            extra = n - len(free)
+            if free:  # free rows take the first sentences, in place
+                index = torch.tensor(free, dtype=torch.long, device=self.device)
+                for layer, (k, v) in zip(self.cache, kv, strict=True):
+                    layer["cross_k"][index] = k[:len(free)]
+                    layer["cross_v"][index] = v[:len(free)]
+                self.src_keep[index] = keep[:len(free)]
+                self.self_keep[index] = False  # the columns of the row's last sentence
+            if extra:  # the others in new rows; their earlier columns are masked zeros
+                for layer, (k, v) in zip(self.cache, kv, strict=True):
+                    layer["cross_k"] = torch.cat([layer["cross_k"], k[len(free):]])
+                    layer["cross_v"] = torch.cat([layer["cross_v"], v[len(free):]])
+                    if "self_k" in layer:
+                        _, h, t, d = layer["self_k"].shape
+                        blank = layer["self_k"].new_zeros(extra, h, t, d)
+                        layer["self_k"] = torch.cat([layer["self_k"], blank])
+                        layer["self_v"] = torch.cat([layer["self_v"], blank])
+                self.src_keep = torch.cat([self.src_keep, keep[len(free):]])
+                self.self_keep = torch.cat([self.self_keep, self.self_keep.new_zeros(
+                    extra, self.self_keep.size(1))])
+                self._grow_lists(extra)
+            rows = free + list(range(len(self.tags) - extra, len(self.tags)))
+        caps = output_caps([len(ids) for ids in sources], self.max_len_a, self.max_len_b)
+        column = self.self_keep.size(1)  # the column the next step appends
+        for row, tag, cap in zip(rows, tags, caps, strict=True):
+            self.tags[row], self.out[row], self.limits[row] = tag, [], cap
+            self.positions[row], self.starts[row] = 0, column
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        self.ys[index] = SOS_ID
+        self.pos[index] = 0
+        self.running += n
+
+    def _grow_lists(self, n: int) -> None:
+        """`n` more rows in the per-row lists and tensors (filled in by `admit`)."""
+        self.tags.extend([None] * n)
+        self.out.extend([] for _ in range(n))
+        self.limits.extend([0] * n)
         self.positions.extend([0] * n)
-        start = torch.full((n,), SOS_ID, dtype=torch.long, device=self.device)
-        self.ys = torch.cat([self.ys, start])
-        self.pos = torch.cat([self.pos, torch.zeros(n, dtype=torch.long, device=self.device)])
+        self.starts.extend([0] * n)
+        self.ys = torch.cat([self.ys, self.ys.new_full((n,), SOS_ID)])
+        self.pos = torch.cat([self.pos, self.pos.new_zeros(n)])
+
+    def _widen(self, width: int) -> None:
+        """Pad the source side to `width` positions when a longer source joins."""
+        old = self.src_keep.size(1)
+        if width <= old:
+            return
+        for layer in self.cache:
+            layer["cross_k"] = _pad_to(layer["cross_k"], width)
+            layer["cross_v"] = _pad_to(layer["cross_v"], width)
+        self.src_keep = F.pad(self.src_keep, (0, width - old))
 
     @torch.inference_mode()
     def step(self) -> list[tuple[Tag, list[int]]]:
         """Decode one token of every running sentence; return (tag, output ids without
-        [SOS]/[EOS]) of those that ended ([EOS], or their length cap), which leave."""
-        if not self.tags:
+        [SOS]/[EOS]) of those that ended ([EOS], or their length cap), whose rows are freed."""
+        if not self.running:
             return []
         rows = len(self.tags)
         self.self_keep = torch.cat([self.self_keep, self.self_keep.new_ones(rows, 1)], dim=1)
@@ -120,56 +163,80 @@ class GreedyStream(Generic[Tag]):
                             last=max(self.positions))
         # max().indices: the first maximum, like argmax, and several times faster on CPU.
         next_tok = logits.max(dim=-1).indices  # [rows]
-        done: list[int] = []
+        ended: list[tuple[Tag, list[int]]] = []
         for i, tok in enumerate(next_tok.tolist()):
-            if tok == EOS_ID:
-                done.append(i)
-                continue
-            self.out[i].append(tok)
-            if len(self.out[i]) >= self.limits[i]:
-                done.append(i)
+            tag = self.tags[i]
+            if tag is None:
+                continue  # a free row: its token means nothing
+            if tok != EOS_ID:
+                self.out[i].append(tok)
+            if tok == EOS_ID or len(self.out[i]) >= self.limits[i]:
+                ended.append((tag, self.out[i]))
+                self._free(i)
         self.ys = next_tok
         self.pos = self.pos + 1
         self.positions = [p + 1 for p in self.positions]
-        ended = [(self.tags[i], self.out[i]) for i in done]
-        if done:
-            gone = set(done)
-            self._keep([i for i in range(rows) if i not in gone])
+        self._tidy()
         return ended
 
+    @torch.inference_mode()
     def drop(self, withdrawn: Callable[[Tag], bool]) -> list[Tag]:
         """Stop decoding the sentences whose tag `withdrawn` accepts (their client went away);
         returns their tags."""
-        gone = [i for i, tag in enumerate(self.tags) if withdrawn(tag)]
-        if gone:
-            tags = [self.tags[i] for i in gone]
-            out = set(gone)
-            self._keep([i for i in range(len(self.tags)) if i not in out])
-            return tags
-        return []
+        gone = [(i, tag) for i, tag in enumerate(self.tags)
+                if tag is not None and withdrawn(tag)]
+        for i, _ in gone:
+            self._free(i)
+        self._tidy()
+        return [tag for _, tag in gone]
+
+    def _free(self, row: int) -> None:
+        self.tags[row] = None
+        self.out[row] = []
+        self.running -= 1
+
+    def _tidy(self) -> None:
+        """Remove the free rows once they are a quarter of the batch (all of them: reset), and
+        cut the self-attention columns before the oldest running sentence's first."""
+        free = len(self.tags) - self.running
+        if not self.running:
+            self._reset()
+        elif free and free >= _FREE_SHARE * len(self.tags):
+            self._keep([i for i, tag in enumerate(self.tags) if tag is not None])
+        else:
+            first = min(start for start, tag in zip(self.starts, self.tags, strict=True)
+                        if tag is not None)
+            if first:  # views, no copy: the next step's append copies anyway
+                self.starts = [max(0, start - first) for start in self.starts]
+                self.self_keep = self.self_keep[:, first:]
+                for layer in self.cache:
+                    layer["self_k"] = layer["self_k"][:, :, first:]
+                    layer["self_v"] = layer["self_v"][:, :, first:]
 
     def _keep(self, rows: list[int]) -> None:
         """Keep only batch rows `rows`, and cut the cache columns none of them uses."""
-        if not rows:
-            self._reset()
-            return
         self.tags = [self.tags[i] for i in rows]
         self.out = [self.out[i] for i in rows]
         self.limits = [self.limits[i] for i in rows]
         self.positions = [self.positions[i] for i in rows]
+        first = min(self.starts[i] for i in rows)
+        self.starts = [self.starts[i] - first for i in rows]
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
-        self_keep = self.self_keep.index_select(0, index)
         src_keep = self.src_keep.index_select(0, index)
-        # The oldest row's first column, the widest row's last source position: what is left.
-        first = int(self_keep.any(dim=0).int().argmax()) if self_keep.size(1) else 0
+        # The widest running source's last position: what is left of the source side.
         width = int(src_keep.any(dim=0).nonzero().max()) + 1
-        self.self_keep, self.src_keep = self_keep[:, first:], src_keep[:, :width]
+        self.self_keep = self.self_keep.index_select(0, index)[:, first:]
+        self.src_keep = src_keep[:, :width]
         self.ys, self.pos = self.ys.index_select(0, index), self.pos.index_select(0, index)
         for layer in self.cache:
             for name, tensor in layer.items():
                 kept = tensor.index_select(0, index)  # [B', H, T|S, K]
                 layer[name] = kept[:, :, first:] if name.startswith("self") else \
                     kept[:, :, :width]
+
+
+# Free rows are removed together once they are this share of the batch.
+_FREE_SHARE = 0.25
 
 
 def _pad_to(x: Tensor, width: int) -> Tensor:
