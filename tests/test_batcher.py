@@ -251,16 +251,19 @@ def test_a_lone_request_waits_only_the_gathering_window() -> None:
 class FakeStream:
     """A stream whose item "abc" takes len("abc") steps and answers "ABC"; records each
     admission with the step it came before and the rows already running. `gate` holds a
-    step back; an item "boom" fails the step it is in."""
+    step back; `pause_at` N stops the stream after step N (setting `paused`) until `resume`
+    is set; an item "boom" fails the step it is in."""
 
     def __init__(self) -> None:
         self.rows: dict[Hashable, list[object]] = {}  # tag -> [item, steps left]
         self.steps = 0
         self.admitted: list[tuple[int, int, list[str]]] = []  # (step, rows before, items)
         self.dropped: list[Hashable] = []
+        self.finished: list[tuple[int, str]] = []  # (step, item) of each item that ended
         self.gate = threading.Event()
         self.gate.set()
-        self.delay = 0.001  # seconds per step
+        self.pause_at: int | None = None
+        self.paused, self.resume = threading.Event(), threading.Event()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -277,7 +280,9 @@ class FakeStream:
 
     def step(self) -> list[tuple[Hashable, str]]:
         self.gate.wait(10)
-        time.sleep(self.delay)
+        if self.steps == self.pause_at:
+            self.paused.set()
+            self.resume.wait(10)
         self.steps += 1
         if any(item == "boom" for item, _ in self.rows.values()):
             raise ValueError("step failed")
@@ -286,6 +291,7 @@ class FakeStream:
             row[1] = int(row[1]) - 1  # type: ignore[call-overload]
             if row[1] == 0:
                 ended.append((tag, str(row[0]).upper()))
+                self.finished.append((self.steps, str(row[0])))
                 del self.rows[tag]
         return ended
 
@@ -306,20 +312,22 @@ def _streamed(stream: FakeStream, decode: Recorder | None = None, **kwargs: obje
 
 def test_a_stream_takes_jobs_in_at_the_next_step_and_answers_each_when_it_ends() -> None:
     stream = FakeStream()
+    stream.pause_at = 3
     batcher = _streamed(stream, max_batch=8, wait_ms=0)
     try:
         long = batcher.submit(["x" * 40], "s")
-        while stream.steps < 3:
-            time.sleep(0.001)
+        assert stream.paused.wait(5)  # the long one is 3 steps in
         short = batcher.submit(["ab", "", "abc"], "s")
+        stream.resume.set()
         assert short.result(5) == ["AB", "", "ABC"]
-        assert not long.done()  # the short job did not wait for the long one
         assert long.result(5) == ["X" * 40]
     finally:
         batcher.close()
-    # The short job joined the running stream (one row in it), after the long one had begun.
+    # The short job joined the running stream (one row in it) after the long one's 4th step,
+    # and ended 2 and 3 steps later, long before the long one.
     step, rows, items = stream.admitted[1]
-    assert items == ["ab", "", "abc"] and rows == 1 and step >= 3
+    assert items == ["ab", "", "abc"] and rows == 1 and step == 4
+    assert stream.finished == [(6, "ab"), (7, "abc"), (40, "x" * 40)]
     assert batcher.items_decoded == 4 and batcher.largest_batch == 3
 
 
@@ -337,12 +345,12 @@ def test_a_stream_starts_at_once_without_the_gathering_wait() -> None:
 def test_a_stream_holds_at_most_max_batch_and_large_jobs_take_turns() -> None:
     stream = FakeStream()
     batcher = _streamed(stream, max_batch=3, wait_ms=0)
-    stream.gate.clear()
+    stream.pause_at = 0
     try:
         big = batcher.submit(["aaaa"] * 7, "s")
-        time.sleep(0.05)
+        assert stream.paused.wait(5)  # its first chunk is in, before the first step
         other = batcher.submit(["b"], "s")
-        stream.gate.set()
+        stream.resume.set()
         assert other.result(5) == ["B"]
         assert big.result(5) == ["AAAA"] * 7
     finally:
@@ -355,28 +363,30 @@ def test_a_stream_holds_at_most_max_batch_and_large_jobs_take_turns() -> None:
 
 def test_a_withdrawn_job_leaves_the_running_stream() -> None:
     stream = FakeStream()
+    stream.pause_at = 2
     batcher = _streamed(stream, wait_ms=0)
     try:
         gone = batcher.submit(["x" * 500, "y" * 500], "s")
-        while stream.steps < 2:
-            time.sleep(0.001)
+        assert stream.paused.wait(5)
         assert gone.cancel()
+        stream.resume.set()
         assert batcher.submit(["ok"], "s").result(5) == ["OK"]
     finally:
         batcher.close()
-    assert len(stream.dropped) == 2 and stream.steps < 400
+    assert len(stream.dropped) == 2 and stream.steps < 10
     assert batcher.items_decoded == 1
 
 
 def test_another_key_waits_for_the_stream_to_finish_and_is_not_starved() -> None:
     stream, decode = FakeStream(), Recorder()
+    stream.pause_at = 2
     batcher = _streamed(stream, decode, wait_ms=0)
     try:
         first = batcher.submit(["aaaaaaaaaa"], "s")
-        while stream.steps < 2:
-            time.sleep(0.001)
+        assert stream.paused.wait(5)
         beam = batcher.submit(["beam"], "b")
         later = batcher.submit(["c"], "s")
+        stream.resume.set()
         assert beam.result(5) == ["b:BEAM"]
         assert first.done()  # the running sentence finished first
         assert not later.done() or stream.admitted[-1][2] == ["c"]

@@ -104,7 +104,8 @@ def test_two_models_in_one_process_translate_as_translate_does_and_survive_their
                    for st in (ende, deen)]
         for t in waiting:
             t.start()
-        time.sleep(0.3)  # both sent their sentence and wait
+        # Both sent their sentence and wait for the stopped child.
+        assert _wait(lambda: not ende._admits and not deen._admits)
         os.kill(old, signal.SIGKILL)
         for t in waiting:
             t.join(30)

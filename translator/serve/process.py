@@ -212,8 +212,8 @@ class ProcessStream:
         gone = [i for i, tag in self._tags.items() if withdrawn(tag)]
         if not gone:
             return []
-        waiting = {i for i, _ in self._admits}
-        self._admits = [(i, s) for i, s in self._admits if i not in set(gone)]
+        waiting, out = {i for i, _ in self._admits}, set(gone)
+        self._admits = [(i, s) for i, s in self._admits if i not in out]
         sent = [i for i in gone if i not in waiting]
         if sent:
             try:
